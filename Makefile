@@ -1,0 +1,21 @@
+# The two commands of the README: `make demo` (set up + offline demo) and `make test` (set up + all tests).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup system-deps demo test lint
+
+setup:
+	bash scripts/bootstrap.sh
+
+system-deps:
+	bash scripts/system-deps.sh
+
+demo: setup
+	$(VENV)/bin/modelrig demo
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks library
+	$(VENV)/bin/modelrig validate -q
+
+test: setup system-deps lint
+	$(PY) -m pytest -q

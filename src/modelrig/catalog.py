@@ -1,0 +1,66 @@
+"""Finding manifests by id or path, and validating a set of them together (cross-manifest references)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modelrig.errors import ManifestError, ModelNotFoundError
+from modelrig.manifest import Manifest, load_manifest
+from modelrig.resources import manifest_dirs
+
+
+def manifest_paths() -> list[Path]:
+    """Every manifest file, earlier folders shadowing later ones with the same id."""
+    seen: dict[str, Path] = {}
+    for folder in manifest_dirs():
+        for path in sorted(folder.glob("*.yaml")):
+            seen.setdefault(path.stem, path)
+    return sorted(seen.values(), key=lambda p: p.stem)
+
+
+def resolve_model(name: str) -> Path:
+    """Turn a model id or a path to a YAML file into the manifest's path."""
+    candidate = Path(name)
+    if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
+        if not candidate.is_file():
+            raise ModelNotFoundError(f"{name}: manifest file not found")
+        return candidate
+    for path in manifest_paths():
+        if path.stem == name:
+            return path
+    known = ", ".join(p.stem for p in manifest_paths())
+    raise ModelNotFoundError(f"no manifest with id {name!r} (known: {known}); or give a path to a YAML file")
+
+
+def load_model(name: str) -> Manifest:
+    """Load the manifest named by id or path, and the manifests it depends on must exist."""
+    manifest = load_manifest(resolve_model(name))
+    for source_name, source in manifest.weights.items():
+        if source.model is not None:
+            try:
+                resolve_model(source.model)
+            except ModelNotFoundError:
+                raise ManifestError(
+                    [f"{resolve_model(name)}: weights.{source_name}.model: no manifest with id {source.model!r}"]
+                ) from None
+    return manifest
+
+
+def validate_files(paths: list[Path]) -> tuple[list[Manifest], list[str]]:
+    """Validate files, returning the good manifests and every problem line of the bad ones."""
+    good: list[Manifest] = []
+    problems: list[str] = []
+    known_ids = {p.stem for p in manifest_paths()} | {p.stem for p in paths}
+    for path in paths:
+        try:
+            manifest = load_manifest(path)
+        except ManifestError as exc:
+            problems.extend(exc.problems)
+            continue
+        dangling = [f"{path}: weights.{n}.model: no manifest with id {s.model!r}"
+                    for n, s in manifest.weights.items() if s.model is not None and s.model not in known_ids]
+        if dangling:
+            problems.extend(dangling)
+            continue
+        good.append(manifest)
+    return good, problems

@@ -1,0 +1,59 @@
+"""The `modelrig` command line: global options, one sub-module per group of verbs, errors as one line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from modelrig import __version__
+from modelrig.config import Context, DataRoot, default_data_root, load_host_config
+from modelrig.errors import ManifestError, ModelrigError
+
+#: Modules under `modelrig.cli` that each add their verbs with a `register(subparsers)` function.
+COMMAND_MODULES: tuple[str, ...] = ("manifests",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, with every registered verb."""
+    parser = argparse.ArgumentParser(
+        prog="modelrig",
+        description="Turn a bare machine into a running, verified model demo, and rebuild it exactly later.",
+    )
+    parser.add_argument("--version", action="version", version=f"modelrig {__version__}")
+    parser.add_argument("--data-root", type=Path, help="data root (default: $MODELRIG_HOME, AutoDL's "
+                        "/root/autodl-tmp/modelrig, or ~/.local/share/modelrig)")
+    parser.add_argument("--config", type=Path, help="host config file (default: <data root>/config.yaml)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only results and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"modelrig.cli.{name}").register(sub)
+    return parser
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    """Give a verb the standard `--json` switch (a stable, documented machine-readable result)."""
+    parser.add_argument("--json", action="store_true", help="print a machine-readable JSON result")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit code (0 success, 2 bad input, others per error class)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        data = DataRoot((args.data_root or default_data_root()).expanduser().absolute())
+        ctx = Context(data=data, config=load_host_config(args.config, data), quiet=args.quiet,
+                      as_json=getattr(args, "json", False))
+        return int(args.func(args, ctx) or 0)
+    except ManifestError as exc:
+        for problem in exc.problems:
+            print(f"modelrig: error: {problem}", file=sys.stderr)
+        return exc.exit_code
+    except ModelrigError as exc:
+        print(f"modelrig: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("modelrig: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,154 @@
+"""Host configuration (mirrors, endpoints, local weight paths) and the data-root layout every stage writes to."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from modelrig.errors import ConfigError
+
+#: AutoDL containers mount their large, persistent data disk here; the system disk is small.
+AUTODL_DATA_DISK = Path("/root/autodl-tmp")
+
+
+def default_data_root() -> Path:
+    """`$MODELRIG_HOME`, else AutoDL's data disk when present, else `~/.local/share/modelrig`."""
+    if env := os.environ.get("MODELRIG_HOME"):
+        return Path(env).expanduser()
+    if AUTODL_DATA_DISK.is_dir():
+        return AUTODL_DATA_DISK / "modelrig"
+    return Path.home() / ".local" / "share" / "modelrig"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HubSettings(_Strict):
+    """Which hub to use and where it is (mirrors such as a China Hub mirror or a local `modelrig hub serve`)."""
+
+    prefer: Literal["auto", "huggingface", "modelscope"] = "auto"
+    hf_endpoint: str | None = None
+    modelscope_endpoint: str | None = None
+    #: A file holding the Hub token for gated repos (the HF_TOKEN environment variable wins).
+    token_file: str | None = None
+
+
+class PipSettings(_Strict):
+    """Package indexes for model environments."""
+
+    index_url: str | None = None
+    extra_index_urls: list[str] = []
+    find_links: list[str] = []
+    #: Base of the PyTorch wheel indexes; the plan appends the variant (`/cu121`, `/cpu`).
+    torch_index_base: str = "https://download.pytorch.org/whl"
+    #: Use the torch variant index at all (off: take torch from the normal index, e.g. a local mirror).
+    use_torch_index: bool = True
+
+
+class CondaSettings(_Strict):
+    """An existing Miniforge/conda install and its channels (e.g. a mirror)."""
+
+    prefix: str | None = None
+    channels: list[str] = ["conda-forge"]
+
+
+class ServeSettings(_Strict):
+    """How demos listen: loopback unless a host says otherwise (then auth is required)."""
+
+    bind: str = "127.0.0.1"
+    supervisor: Literal["auto", "systemd", "launchd", "process"] = "auto"
+
+
+class HostConfig(_Strict):
+    """Everything about this host that is not in a manifest."""
+
+    hub: HubSettings = HubSettings()
+    pip: PipSettings = PipSettings()
+    conda: CondaSettings = CondaSettings()
+    serve: ServeSettings = ServeSettings()
+    #: Paths of user-supplied weights, by the `var` a manifest's `local:` source names.
+    local: dict[str, str] = {}
+
+
+@dataclass(frozen=True)
+class DataRoot:
+    """The layout under the data root: one folder per stage."""
+
+    root: Path
+
+    @property
+    def store(self) -> Path:
+        """Fetched weights: `store/<hub>/<org>--<name>/`."""
+        return self.root / "store"
+
+    @property
+    def models(self) -> Path:
+        """Conversion outputs: `models/<model-id>/<output-name>/`."""
+        return self.root / "models"
+
+    @property
+    def envs(self) -> Path:
+        """Model environments, keyed by a hash of their resolved spec: `envs/<hash>/`."""
+        return self.root / "envs"
+
+    @property
+    def launch(self) -> Path:
+        """Rendered launch scripts: `launch/<model-id>/<entry>/`."""
+        return self.root / "launch"
+
+    @property
+    def run(self) -> Path:
+        """Pidfiles and logs of supervised processes: `run/<model-id>/`."""
+        return self.root / "run"
+
+    @property
+    def cache(self) -> Path:
+        """Download and package caches (uv, pip, hub clients)."""
+        return self.root / "cache"
+
+    @property
+    def config_file(self) -> Path:
+        """The host configuration file."""
+        return self.root / "config.yaml"
+
+    def store_dir(self, hub: str, repo: str) -> Path:
+        """Where a hub repo is downloaded to."""
+        return self.store / hub / repo.replace("/", "--")
+
+    def output_dir(self, model_id: str, output: str) -> Path:
+        """Where a conversion step of a model writes its result."""
+        return self.models / model_id / output
+
+
+def load_host_config(path: Path | None, data_root: DataRoot) -> HostConfig:
+    """Read the host config from `path`, `$MODELRIG_CONFIG`, or `<data root>/config.yaml`; defaults if none exists."""
+    chosen = path or (Path(p) if (p := os.environ.get("MODELRIG_CONFIG")) else data_root.config_file)
+    if not chosen.is_file():
+        if path is not None:
+            raise ConfigError(f"{path}: config file not found")
+        return HostConfig()
+    try:
+        data = yaml.safe_load(chosen.read_text(encoding="utf-8")) or {}
+        return HostConfig.model_validate(data)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{chosen}: not valid YAML: {exc}") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{chosen}: {where}: {first['msg']}") from None
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every command gets: the data root, the host config, and output switches."""
+
+    data: DataRoot
+    config: HostConfig
+    quiet: bool = False
+    as_json: bool = False

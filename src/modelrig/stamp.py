@@ -1,0 +1,111 @@
+"""Atomic outputs and idempotency stamps shared by every stage (fetch, convert, env, render)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+STAMP_NAME = ".modelrig-stamp.json"
+_TMP_MARK = ".modelrig-tmp-"
+
+
+def digest(value: Any) -> str:
+    """A stable sha256 of a JSON-serialisable value (keys sorted), used to key stamps and envs."""
+    blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def sha256_file(path: Path, *, chunk: int = 8 << 20) -> str:
+    """The sha256 hex digest of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_text(path: Path, text: str, *, mode: int | None = None) -> None:
+    """Write `text` to `path` via a temporary sibling and a rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{_TMP_MARK}{uuid.uuid4().hex[:8]}-{path.name}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode if mode is not None else 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Atomically write a JSON document (sorted keys, trailing newline)."""
+    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_stamp(directory: Path) -> dict[str, Any] | None:
+    """The stamp of a finished output directory, or None when absent or unreadable."""
+    try:
+        return json.loads((directory / STAMP_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def write_stamp(directory: Path, stamp: dict[str, Any]) -> None:
+    """Mark `directory` finished; only call this once everything in it is in place."""
+    write_json(directory / STAMP_NAME, stamp)
+
+
+def stamp_matches(directory: Path, key: str) -> bool:
+    """True when `directory` holds a finished output stamped with the same input key."""
+    stamp = read_stamp(directory)
+    return stamp is not None and stamp.get("key") == key
+
+
+def remove_stale_temporaries(parent: Path) -> list[Path]:
+    """Delete temporary siblings left in `parent` by interrupted runs; return what was removed."""
+    removed: list[Path] = []
+    if parent.is_dir():
+        for entry in parent.iterdir():
+            if entry.name.startswith(_TMP_MARK):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                removed.append(entry)
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `final` to fill; on success it replaces `final`, on error it is deleted.
+
+    An interrupted run leaves only a `.modelrig-tmp-*` sibling (cleaned by the next run), never a `final`
+    that looks finished. An existing `final` is replaced only after the new one is complete.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final.parent)
+    tmp = final.with_name(f"{_TMP_MARK}{uuid.uuid4().hex[:8]}-{final.name}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if final.exists():
+            old = final.with_name(f"{_TMP_MARK}old-{uuid.uuid4().hex[:8]}-{final.name}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,65 @@
+"""Shared fixtures: an isolated data root per test, the CLI in-process, and cached real venvs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.venvs import VenvFactory
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+FIXTURES = SHARED / "fixtures"
+
+# Every test is offline and quiet: no telemetry, no xet, no progress bars, no user config.
+for _var, _value in {
+    "HF_HUB_DISABLE_XET": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "MODELRIG_NO_PROGRESS": "1",
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "DO_NOT_TRACK": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ[_var] = _value
+os.environ.pop("MODELRIG_CONFIG", None)
+os.environ.pop("HF_TOKEN", None)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh data root and hub caches for every test."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("MODELRIG_HOME", str(home / "modelrig"))
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(home / "modelscope"))
+    return home
+
+
+@pytest.fixture
+def data_root(_isolated_home: Path) -> Path:
+    """The data root the CLI uses in this test."""
+    return _isolated_home / "modelrig"
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+    """Run `modelrig ARGS...` in-process; returns (exit code, stdout, stderr)."""
+    from modelrig.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def venvs() -> VenvFactory:
+    """Builds real venvs with uv, cached by spec across the session (and across runs on one machine)."""
+    return VenvFactory()

@@ -1,0 +1,64 @@
+"""Real virtual environments for tests, built with uv and cached by their spec."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+#: torch 2.13.0 is the CPU build available from pip's find-links on these machines; other versions pull CUDA.
+TORCH = "torch==2.13.0"
+CACHE = Path(os.environ.get("MODELRIG_TEST_CACHE", Path.home() / ".cache" / "modelrig-tests"))
+
+
+def pip_find_links() -> list[str]:
+    """find-links folders from pip's own configuration, so uv sees the same local wheels as pip."""
+    links = [p for p in os.environ.get("PIP_FIND_LINKS", "").split() if p]
+    try:
+        out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
+                             check=False).stdout
+    except OSError:
+        out = ""
+    for line in out.splitlines():
+        if "find-links" in line:
+            links += line.split("=", 1)[1].strip().strip("'\"").split()
+    return sorted({link for link in links if Path(link).is_dir()})
+
+
+class VenvFactory:
+    """`get(name, packages)` returns the python of a venv holding exactly those packages."""
+
+    def __init__(self, root: Path = CACHE / "venvs") -> None:
+        self.root = root
+        self.uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv") or "uv"
+
+    def get(self, packages: list[str], *, python: str | None = None) -> Path:
+        """Build (once) and return `<venv>/bin/python` for this package list."""
+        python = python or sys.executable
+        spec = {"packages": sorted(packages), "python": _python_version(python)}
+        key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+        venv = self.root / key
+        done = venv / ".complete"
+        if done.is_file():
+            return venv / "bin" / "python"
+        shutil.rmtree(venv, ignore_errors=True)
+        venv.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "UV_CACHE_DIR": str(CACHE / "uv"), "VIRTUAL_ENV": str(venv)}
+        subprocess.run([self.uv, "venv", "-q", "-p", python, str(venv)], check=True, env=env)
+        cmd = [self.uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
+               "--index-strategy", "unsafe-best-match"]
+        for link in pip_find_links():
+            cmd += ["--find-links", link]
+        subprocess.run([*cmd, *packages], check=True, env=env)
+        done.write_text(json.dumps(spec))
+        return venv / "bin" / "python"
+
+
+def _python_version(python: str) -> str:
+    out = subprocess.run([python, "-c", "import sys;print('%d.%d' % sys.version_info[:2])"],
+                         capture_output=True, text=True, check=True)
+    return out.stdout.strip()
