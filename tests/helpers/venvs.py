@@ -62,3 +62,9 @@ def _python_version(python: str) -> str:
     out = subprocess.run([python, "-c", "import sys;print('%d.%d' % sys.version_info[:2])"],
                          capture_output=True, text=True, check=True)
     return out.stdout.strip()
+
+#: A launch-era env: LLaMA loading as of transformers 4.37.
+T437 = [TORCH, "transformers==4.37.0", "tokenizers", "sentencepiece", "accelerate", "protobuf", "numpy<2"]
+#: The conversion env: tensorflow-cpu plus the last transformers with TF loaders and convert_llama_weights_to_hf.
+TF_CONVERT = [TORCH, "transformers==4.47.1", "sentencepiece", "protobuf", "tiktoken", "blobfile", "accelerate",
+              "numpy<2", "tensorflow-cpu", "tf-keras", "h5py"]
