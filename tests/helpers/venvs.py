@@ -68,3 +68,7 @@ T437 = [TORCH, "transformers==4.37.0", "tokenizers", "sentencepiece", "accelerat
 #: The conversion env: tensorflow-cpu plus the last transformers with TF loaders and convert_llama_weights_to_hf.
 TF_CONVERT = [TORCH, "transformers==4.47.1", "sentencepiece", "protobuf", "tiktoken", "blobfile", "accelerate",
               "numpy<2", "tensorflow-cpu", "tf-keras", "h5py"]
+#: Launch templates, old side: gradio 3.x (`.style()`, `queue(concurrency_count=...)`, tuple Chatbot) over T437.
+OLD_GRADIO = [*T437, "gradio==3.50.2", "gradio_client==0.6.1", "httpx<0.28", "fastapi<0.113", "pillow<11"]
+#: Launch templates, current side: gradio 6 (messages Chatbot) and streamlit over T437.
+CURRENT_UI = [*T437, "gradio>=6,<7", "streamlit", "pillow"]
