@@ -1,0 +1,275 @@
+"""Building a model env: plan the commands (pure), run them under a lock, smoke-check, then stamp.
+
+Atomicity: venvs and conda envs are not relocatable (absolute shebangs, `pyvenv.cfg`, conda prefixes baked into
+files), so an env is built in place at its final path `envs/<key>/` and is complete only once its stamp is
+written, after the smoke check passed. A directory without a matching stamp is a leftover of an interrupted or
+failed build: the next build deletes it first. A failed build deletes its directory and keeps only the log
+`envs/<key>.log`. A lock file `envs/<key>.lock` serialises concurrent builds of the same env.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from modelrig.config import DataRoot, HostConfig
+from modelrig.envs.install import (
+    Installer,
+    create_conda_command,
+    create_venv_command,
+    indexes_for,
+    install_commands,
+)
+from modelrig.envs.smoke import describe, smoke_check
+from modelrig.envs.spec import Backend, env_key, package_requirements, resolved_spec
+from modelrig.envs.tools import (
+    RUSTUP_HINT,
+    clean_environ,
+    conda_missing_message,
+    find_conda,
+    find_python,
+    find_rust,
+    find_uv,
+)
+from modelrig.errors import EnvBuildError
+from modelrig.plan import EnvPlan
+from modelrig.result import StageResult
+from modelrig.stamp import read_stamp, write_stamp
+
+ENV_STAMP_VERSION = 1
+CONSTRAINTS_NAME = "modelrig-constraints.txt"
+
+
+@dataclass(frozen=True)
+class EnvBuildPlan:
+    """Everything a build will do, decided before anything runs (shown by `modelrig env --dry-run`)."""
+
+    key: str
+    path: Path
+    spec: dict[str, Any]
+    backend: Backend
+    installer: Installer
+    #: The env's own interpreter once built.
+    python: Path
+    #: The torch requirements, written to the constraints file before the package install.
+    constraints: list[str]
+    commands: list[list[str]]
+    #: Set when tokenizers is built from a git ref (needs cargo and rustc).
+    needs_rust: bool
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"key": self.key, "path": str(self.path), "backend": self.backend, "installer": self.installer,
+                "python": str(self.python), "commands": self.commands, "needs_rust": self.needs_rust,
+                "warnings": list(self.warnings), "spec": self.spec}
+
+
+def plan_env_build(
+    env: EnvPlan,
+    *,
+    envs_dir: Path,
+    config: HostConfig,
+    backend: Backend = "venv",
+    installer: Installer = "uv",
+    uv: str | None = None,
+    base_python: str | None = None,
+    python_version: str | None = None,
+    conda: str | None = None,
+    offline: bool = False,
+) -> EnvBuildPlan:
+    """The env directory, its key and the exact commands, from the plan and what was found on the host (pure).
+
+    `base_python`/`python_version` are the venv backend's interpreter; the conda backend creates its own Python
+    (`python=X.Y`), so its key uses the plan's version and `conda` is the conda executable.
+    """
+    version = python_version if backend == "venv" and python_version else env.python
+    spec = resolved_spec(env, backend=backend, python_version=version)
+    key = env_key(spec)
+    path = envs_dir / key
+    python = path / "bin" / "python"
+    if backend == "venv":
+        if not base_python:
+            raise ValueError("the venv backend needs base_python")
+        create = create_venv_command(installer=installer, uv=uv, base_python=base_python, path=path)
+    else:
+        if not conda:
+            raise ValueError("the conda backend needs the conda executable")
+        create = create_conda_command(conda=conda, path=path, python=env.python, channels=list(config.conda.channels))
+    packages = package_requirements(env)
+    installs = install_commands(env, packages, installer=installer, uv=uv, python=python,
+                                indexes=indexes_for(env, config.pip, offline=offline),
+                                constraints=path / CONSTRAINTS_NAME)
+    needs_rust = bool(env.tokenizers and env.tokenizers.get("source") == "git")
+    return EnvBuildPlan(key=key, path=path, spec=spec, backend=backend, installer=installer, python=python,
+                        constraints=list(env.torch.requirements), commands=[create, *installs],
+                        needs_rust=needs_rust)
+
+
+def resolve_installer(requested: Literal["auto", "uv", "pip"]) -> tuple[Installer, str | None]:
+    """uv when available (or asked for), else pip; returns the installer and uv's path."""
+    uv = find_uv()
+    if requested == "pip":
+        return "pip", uv
+    if uv is None:
+        if requested == "uv":
+            raise EnvBuildError("--installer uv: uv not found (pip install uv, or use --installer pip)")
+        return "pip", None
+    return "uv", uv
+
+
+def prepare_env_build(
+    env: EnvPlan,
+    *,
+    data: DataRoot,
+    config: HostConfig,
+    backend: Backend = "venv",
+    python: str | None = None,
+    installer: Literal["auto", "uv", "pip"] = "auto",
+    offline: bool = False,
+) -> EnvBuildPlan:
+    """Find the interpreter/conda and installer on this host, then plan the build."""
+    chosen, uv = resolve_installer(installer)
+    warnings: list[str] = []
+    base_python = version = conda = None
+    if backend == "venv":
+        interp, warnings = find_python(env.python, explicit=python)
+        base_python, version = interp.path, interp.version
+    else:
+        conda = find_conda(config.conda)
+        if conda is None:
+            raise EnvBuildError(conda_missing_message(config.conda))
+    plan = plan_env_build(env, envs_dir=data.envs, config=config, backend=backend, installer=chosen, uv=uv,
+                          base_python=base_python, python_version=version, conda=conda, offline=offline)
+    return dataclasses.replace(plan, warnings=warnings)
+
+
+def env_is_complete(plan: EnvBuildPlan) -> dict[str, Any] | None:
+    """The stamp of a finished env with this key, or None."""
+    stamp = read_stamp(plan.path)
+    if stamp and stamp.get("key") == plan.key and plan.python.exists():
+        return stamp
+    return None
+
+
+def build_env(
+    env: EnvPlan,
+    *,
+    data: DataRoot,
+    config: HostConfig,
+    backend: Backend = "venv",
+    python: str | None = None,
+    installer: Literal["auto", "uv", "pip"] = "auto",
+    offline: bool = False,
+    model: str | None = None,
+) -> StageResult:
+    """Create (or find) the env for `env`; `changed=False` when a complete env with the same spec exists.
+
+    Raises EnvBuildError with one line naming the failing command and the log file; nothing is left that looks
+    complete.
+    """
+    start = time.perf_counter()
+    plan = prepare_env_build(env, data=data, config=config, backend=backend, python=python, installer=installer,
+                             offline=offline)
+    data.envs.mkdir(parents=True, exist_ok=True)
+    with _lock(data.envs / f"{plan.key}.lock"):
+        stamp = env_is_complete(plan)
+        if stamp is not None:
+            return _result(plan, stamp, changed=False, start=start, model=model)
+        if plan.needs_rust:
+            rust = find_rust()
+            if not rust.usable:
+                raise EnvBuildError(f"tokenizers from {env.tokenizers.get('repo')}@{env.tokenizers.get('ref')} "
+                                    f"needs cargo and rustc, not found; {RUSTUP_HINT}")
+        if plan.path.exists():
+            shutil.rmtree(plan.path)
+        log = data.envs / f"{plan.key}.log"
+        log.write_text("", encoding="utf-8")
+        try:
+            smoke = _run_build(plan, env, data=data, log=log)
+        except BaseException:
+            shutil.rmtree(plan.path, ignore_errors=True)
+            raise
+        stamp = {"key": plan.key, "version": ENV_STAMP_VERSION, "spec": plan.spec, "installer": plan.installer,
+                 "python": str(plan.python), "smoke": smoke, "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                        time.gmtime())}
+        write_stamp(plan.path, stamp)
+    return _result(plan, stamp, changed=True, start=start, model=model)
+
+
+def _run_build(plan: EnvBuildPlan, env: EnvPlan, *, data: DataRoot, log: Path) -> dict[str, Any]:
+    proc_env = clean_environ(_cache_vars(data))
+    create, *installs = plan.commands
+    _run(create, env=proc_env, log=log, what="create the env")
+    if plan.constraints:
+        (plan.path / CONSTRAINTS_NAME).write_text("\n".join(plan.constraints) + "\n", encoding="utf-8")
+    for cmd in installs:
+        _run(cmd, env={**proc_env, "VIRTUAL_ENV": str(plan.path)}, log=log, what=f"{plan.installer} install")
+    return smoke_check(plan.python, env_vars=env.env_vars)
+
+
+def _cache_vars(data: DataRoot) -> dict[str, str]:
+    return {"UV_CACHE_DIR": os.environ.get("UV_CACHE_DIR") or str(data.cache / "uv"),
+            "PIP_CACHE_DIR": os.environ.get("PIP_CACHE_DIR") or str(data.cache / "pip")}
+
+
+def _run(cmd: list[str], *, env: dict[str, str], log: Path, what: str) -> None:
+    with open(log, "a", encoding="utf-8") as out:
+        out.write("$ " + " ".join(cmd) + "\n")
+        out.flush()
+        try:
+            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=log.parent, check=False)
+        except OSError as exc:
+            raise EnvBuildError(f"cannot {what}: {cmd[0]}: {exc.strerror}") from None
+    if proc.returncode != 0:
+        reason = failure_reason(log.read_text(encoding="utf-8", errors="replace"))
+        raise EnvBuildError(f"{what} failed (exit {proc.returncode}): {reason} (log: {log})")
+
+
+_DECORATION = re.compile(r"^[\s×╰─▶│|:]+")
+
+
+def failure_reason(output: str) -> str:
+    """The most telling line of an installer's output: uv's "Because ..." cause, pip's last ERROR, else the last."""
+    lines = [_DECORATION.sub("", line).strip() for line in output.splitlines()]
+    lines = [line for line in lines if line and not line.startswith("$ ")]
+    for line in lines:
+        if "Because " in line:
+            return line[line.index("Because "):]
+    for marker in ("ERROR: No matching distribution", "ERROR:", "error:"):
+        hits = [line for line in lines if line.startswith(marker)]
+        if hits:
+            return hits[-1]
+    return lines[-1] if lines else "no output"
+
+
+def _result(plan: EnvBuildPlan, stamp: dict[str, Any], *, changed: bool, start: float,
+            model: str | None) -> StageResult:
+    smoke = stamp.get("smoke", {})
+    verb = "built" if changed else "exists"
+    summary = f"{verb} {plan.backend} env {plan.key} ({describe(smoke)}) with {stamp.get('installer')}"
+    details = {"key": plan.key, "path": str(plan.path), "python": str(plan.python), "backend": plan.backend,
+               "installer": stamp.get("installer"), "smoke": smoke, "warnings": list(plan.warnings),
+               "env_vars": dict(plan.spec["plan"].get("env_vars", {}))}
+    return StageResult(stage="env", changed=changed, summary=summary, model=model,
+                       seconds=time.perf_counter() - start, details=details)
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
