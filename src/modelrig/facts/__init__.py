@@ -17,6 +17,11 @@ class Gpu:
     compute_capability: str | None = None
     uuid: str | None = None
     mig: bool = False
+    #: True when nvidia-smi cut the name short ("NVIDIA GeForce RTX 4080 ...") and no full name was found.
+    name_truncated: bool = False
+    #: Where compute_capability came from: "nvidia-smi" (the compute_cap query), "table" (an exact name in
+    #: data/gpus.yaml), "table-prefix" (a partial name all of whose matches agree), or None when unknown.
+    capability_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,10 @@ class HostFacts:
     os_version: str | None = None
     #: Container or platform hints: "autodl", "docker", "lxd", "colab", "kaggle", ...
     environment: list[str] = field(default_factory=list)
+    #: Memory shared by CPU and GPU on Apple Silicon (equal to ram_bytes there); None elsewhere.
+    unified_memory_bytes: int | None = None
+    #: Things the facts could not establish for sure (cut-off output, unknown compute capability, ...).
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def platform(self) -> str:
@@ -64,4 +73,5 @@ class HostFacts:
         values = {k: v for k, v in data.items() if k in known}
         values["gpus"] = [Gpu(**g) for g in data.get("gpus", [])]
         values["environment"] = list(data.get("environment", []))
+        values["warnings"] = list(data.get("warnings", []))
         return cls(**values)
