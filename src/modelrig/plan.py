@@ -59,6 +59,10 @@ class Plan:
     #: Why the host cannot run the model and what would (set when fits is False).
     refusal: str | None = None
     warnings: list[str] = field(default_factory=list)
+    #: GPUs the weights are spread over: 1 on one GPU, more with device_map="auto"; 0 on MPS and CPU hosts.
+    gpus: int = 0
+    #: Ids of the `model:` dependencies built (or reused) first, in build order.
+    dependencies: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

@@ -1,0 +1,105 @@
+"""`modelrig plan MODEL [--facts FILE] [--json]`: what this host (or a recorded one) would do for a model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from modelrig.catalog import load_model
+from modelrig.config import Context
+from modelrig.errors import HostCannotRunError, UsageError
+from modelrig.facts import HostFacts
+from modelrig.manifest import Manifest
+from modelrig.plan import Plan
+
+GB = 1e9
+
+
+def register(sub: Any) -> None:
+    """Add the `plan` verb."""
+    from modelrig.cli import add_json_flag
+
+    p = sub.add_parser("plan", help="plan a model on this host: torch build, precision, downloads, disk, steps")
+    p.add_argument("model", help="model id or path to a manifest YAML file")
+    p.add_argument("--facts", type=Path, help="host facts JSON (from `modelrig facts --json`) instead of this host")
+    add_json_flag(p)
+    p.set_defaults(func=_plan)
+
+
+def read_facts(path: Path) -> HostFacts:
+    """Host facts recorded as JSON; a missing or malformed file is a usage error naming it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and isinstance(data.get("facts"), dict):
+            data = data["facts"]
+        return HostFacts.from_dict(data)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: facts file not found") from None
+    except (json.JSONDecodeError, TypeError, AttributeError) as exc:
+        raise UsageError(f"{path}: not a host facts JSON document ({exc})") from None
+
+
+def _this_host(ctx: Context) -> HostFacts:
+    try:
+        from modelrig.facts.collect import collect
+    except ImportError:
+        raise UsageError("collecting this host's facts is not available here: pass --facts FILE") from None
+    return collect(ctx.data.root)
+
+
+def dependency_manifests(manifest: Manifest) -> dict[str, Manifest]:
+    """Every manifest reachable through `model:` sources, by id."""
+    found: dict[str, Manifest] = {}
+    pending = [s.model for s in manifest.weights.values() if s.model]
+    while pending:
+        model_id = pending.pop()
+        if model_id is None or model_id in found:
+            continue
+        dep = load_model(model_id)
+        found[model_id] = dep
+        pending.extend(s.model for s in dep.weights.values() if s.model)
+    return found
+
+
+def _plan(args: argparse.Namespace, ctx: Context) -> int:
+    from modelrig.planner import make_plan
+
+    manifest = load_model(args.model)
+    facts = read_facts(args.facts) if args.facts else _this_host(ctx)
+    deps = dependency_manifests(manifest)
+    built = {d.id for d in deps.values() if ctx.data.output_dir(d.id, d.output_name).is_dir()}
+    plan = make_plan(manifest, facts, ctx.config, manifests=deps, built=built)
+    if ctx.as_json:
+        print(json.dumps(plan.to_dict(), indent=2))
+    elif not ctx.quiet or not plan.fits:
+        print(summary(plan))
+    if not plan.fits:
+        raise HostCannotRunError(f"{plan.model} cannot run on this host: {plan.refusal}")
+    return 0
+
+
+def summary(plan: Plan) -> str:
+    """A short human-readable account of a plan."""
+    torch = plan.env.torch
+    if plan.quantization:
+        precision = f"{plan.quantization} ({plan.dtype} compute, bitsandbytes)"
+    else:
+        precision = plan.dtype
+    spread = f" over {plan.gpus} GPUs (device_map=auto)" if plan.gpus > 1 else ""
+    lines = [
+        f"model     {plan.model}" + (f"  (needs {', '.join(plan.dependencies)})" if plan.dependencies else ""),
+        f"host      {plan.platform}" + (f", {plan.gpus} GPU(s) used" if plan.gpus else ""),
+        f"torch     {torch.version or '-'} [{torch.variant}]" + (f" from {torch.index_url}" if torch.index_url else ""),
+        f"python    {plan.env.python}, {len(plan.env.packages)} packages",
+        f"precision {precision}{spread}: needs {plan.memory_needed_gb:g} GB of {plan.memory_available_gb:g} GB",
+        f"download  {plan.download_bytes / GB:.1f} GB; disk needed {plan.disk_needed_bytes / GB:.1f} GB of "
+        f"{plan.disk_free_bytes / GB:.1f} GB free",
+        f"launch    {', '.join(plan.launch) or '-'}",
+        "steps",
+    ]
+    lines += [f"  {i}. {s['stage']:<8} {s['description']}" for i, s in enumerate(plan.steps, 1)]
+    lines += [f"warning   {w}" for w in plan.warnings]
+    lines.append("fits      yes" if plan.fits else f"fits      NO: {plan.refusal}")
+    return "\n".join(lines)
