@@ -1,0 +1,84 @@
+"""`modelrig hub serve DIR`, `hub index DIR`, `hub make-tiny DIR`: the local Hugging Face / ModelScope hub."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from modelrig.config import Context
+
+
+def register(sub: Any) -> None:
+    """Add the `hub` verbs."""
+    from modelrig.cli import add_json_flag
+
+    hub = sub.add_parser("hub", help="a local hub serving model repos over the Hub and ModelScope protocols")
+    verbs = hub.add_subparsers(dest="hub_command", metavar="VERB", required=True)
+
+    p = verbs.add_parser("serve", help="serve DIR (read-only) until interrupted; prints the URL once ready")
+    p.add_argument("dir", type=Path, help="hub directory: DIR/<org>/<name>/<revision>/...")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8790, help="port (0: any free port; default 8790)")
+    p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host (serve other machines)")
+    p.add_argument("--token-file", type=Path, help="tokens accepted for gated repos, one per line")
+    p.add_argument("--max-connections", type=int, default=32, help="requests handled at once (default 32)")
+    p.add_argument("--throttle", type=int, default=0, metavar="BYTES_PER_S",
+                   help="limit each file transfer to this rate (simulates a slow link; 0: unlimited)")
+    add_json_flag(p)
+    p.set_defaults(func=_serve)
+
+    p = verbs.add_parser("index", help="record the size and sha256 of every file of every repo in DIR")
+    p.add_argument("dir", type=Path)
+    add_json_flag(p)
+    p.set_defaults(func=_index)
+
+    p = verbs.add_parser("make-tiny", help="write tiny, deterministic model repos into DIR for tests and demos")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    add_json_flag(p)
+    p.set_defaults(func=_make_tiny)
+
+
+def _serve(args: argparse.Namespace, ctx: Context) -> int:
+    from modelrig.hub.server import make_server
+
+    server = make_server(args.dir, host=args.host, port=args.port, allow_remote=args.allow_remote,
+                         token_file=args.token_file, max_connections=args.max_connections,
+                         throttle_bps=args.throttle)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    if ctx.as_json:
+        print(json.dumps({"url": server.url, "dir": str(args.dir.resolve())}), flush=True)
+    else:
+        print(f"serving {args.dir.resolve()} at {server.url}", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def _index(args: argparse.Namespace, ctx: Context) -> int:
+    from modelrig.hub.layout import list_repos, write_index
+
+    written = [str(write_index(args.dir / repo)) for repo in list_repos(args.dir)]
+    if ctx.as_json:
+        print(json.dumps({"indexes": written}, indent=2))
+    elif not ctx.quiet:
+        for path in written:
+            print(path)
+    return 0
+
+
+def _make_tiny(args: argparse.Namespace, ctx: Context) -> int:
+    from modelrig.hub.tiny_repos import make_tiny_hub
+
+    result = make_tiny_hub(args.dir, seed=args.seed, log=None if ctx.quiet or ctx.as_json else
+                           (lambda line: print(line, file=sys.stderr)))
+    print(result.to_json() if ctx.as_json else result.line())
+    return 0
