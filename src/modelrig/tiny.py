@@ -1,0 +1,583 @@
+"""Deterministic tiny real models (LLaMA in Meta and HF layouts, a Ziya-style delta, BLIP-2, LLaVA, TF1 BERT)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import subprocess
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: safetensors metadata written on every tiny shard (fixed, so files are byte-stable).
+_ST_META = {"format": "pt"}
+
+_WORDS = (
+    "the model runs on a small machine and answers every question with care . "
+    "weights are converted from the original checkpoint into shards that load fast . "
+    "a delta holds the difference between the base and the target , so users can rebuild it . "
+    "tokens , layers , heads and norms are all tiny here ; nothing is large or slow . "
+    "please write a short poem about rivers , mountains , clouds , trees and quiet evenings . "
+    "human : hello ! bot : hi , how can i help you today ? "
+    "numbers 0 1 2 3 4 5 6 7 8 9 10 42 100 2023 appear in text too . "
+    "你好 世界 模型 转换 权重 中文 问答 机器 学习 ."
+)
+
+
+def _corpus() -> list[str]:
+    """A fixed training corpus for the tiny sentencepiece model."""
+    words = _WORDS.split()
+    lines = []
+    for i in range(400):
+        start = (i * 7) % len(words)
+        length = 6 + (i * 5) % 11
+        lines.append(" ".join(words[(start + k) % len(words)] for k in range(length)))
+    return lines
+
+
+def sentencepiece_model(*, vocab_size: int = 384) -> bytes:
+    """Train a LLaMA-like (BPE, byte fallback) sentencepiece model on a fixed corpus with one thread."""
+    import sentencepiece as spm
+
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_corpus()),
+        model_writer=buffer,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        num_threads=1,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        add_dummy_prefix=True,
+        split_digits=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        minloglevel=2,
+    )
+    return buffer.getvalue()
+
+
+def llama_intermediate_size(dim: int, multiple_of: int, ffn_dim_multiplier: float = 1.0) -> int:
+    """Meta's FFN width: `multiple_of * ceil(int(mult * int(8*dim/3)) / multiple_of)`."""
+    hidden = int(ffn_dim_multiplier * int(8 * dim / 3))
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+def _randn(gen: torch.Generator, *shape: int, scale: float = 0.02) -> torch.Tensor:
+    return (torch.randn(*shape, generator=gen) * scale).to(torch.float16)
+
+
+def _norm(gen: torch.Generator, n: int) -> torch.Tensor:
+    return (1.0 + torch.randn(n, generator=gen) * 0.05).to(torch.float16)
+
+
+def _meta_full_weights(*, seed: int, vocab: int, dim: int, n_layers: int, n_heads: int, n_kv_heads: int,
+                       ffn: int) -> dict[str, torch.Tensor]:
+    """Unsharded weights in Meta's naming and rotary layout (interleaved q/k pairs), fp16."""
+    gen = torch.Generator().manual_seed(seed)
+    head_dim = dim // n_heads
+    kv_dim = head_dim * n_kv_heads
+    w: dict[str, torch.Tensor] = {"tok_embeddings.weight": _randn(gen, vocab, dim, scale=1.0)}
+    for i in range(n_layers):
+        p = f"layers.{i}."
+        w[p + "attention.wq.weight"] = _randn(gen, dim, dim, scale=0.2)
+        w[p + "attention.wk.weight"] = _randn(gen, kv_dim, dim, scale=0.2)
+        w[p + "attention.wv.weight"] = _randn(gen, kv_dim, dim, scale=0.2)
+        w[p + "attention.wo.weight"] = _randn(gen, dim, dim, scale=0.2)
+        w[p + "feed_forward.w1.weight"] = _randn(gen, ffn, dim, scale=0.2)
+        w[p + "feed_forward.w2.weight"] = _randn(gen, dim, ffn, scale=0.2)
+        w[p + "feed_forward.w3.weight"] = _randn(gen, ffn, dim, scale=0.2)
+        w[p + "attention_norm.weight"] = _norm(gen, dim)
+        w[p + "ffn_norm.weight"] = _norm(gen, dim)
+    w["norm.weight"] = _norm(gen, dim)
+    w["output.weight"] = _randn(gen, vocab, dim, scale=0.2)
+    return w
+
+
+#: Meta tensor-parallel layout: the dimension each weight is split along across shards (None = replicated).
+def meta_split_dim(name: str) -> int | None:
+    """0 for column-parallel weights, 1 for row-parallel ones and the embedding, None for replicated norms."""
+    if name.endswith("norm.weight") or name == "rope.freqs":
+        return None
+    if name == "tok_embeddings.weight" or name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
+        return 1
+    return 0
+
+
+def write_llama_meta(out: Path, *, seed: int = 0, shards: int = 2, dim: int = 64, n_layers: int = 2,
+                     n_heads: int = 4, n_kv_heads: int | None = None, multiple_of: int = 32,
+                     norm_eps: float = 1e-6, vocab_size: int = 384) -> Path:
+    """Write a tiny LLaMA in Meta's original layout: `consolidated.NN.pth`, `params.json`, `tokenizer.model`.
+
+    Tensors are fp16 and split across `shards` files exactly like Meta's tensor-parallel checkpoints; within a
+    shard each layer's tensors share one storage, as in the real files. Returns `out`.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    kv = n_kv_heads or n_heads
+    ffn = llama_intermediate_size(dim, multiple_of)
+    if vocab_size % shards or ffn % shards or n_heads % shards or kv % shards:
+        raise ValueError("vocab, FFN width and head counts must divide evenly across shards")
+    full = _meta_full_weights(seed=seed, vocab=vocab_size, dim=dim, n_layers=n_layers, n_heads=n_heads,
+                              n_kv_heads=kv, ffn=ffn)
+    head_dim = dim // n_heads
+    rope = 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    for s in range(shards):
+        state: dict[str, torch.Tensor] = {}
+        layer_parts: dict[int, list[tuple[str, torch.Tensor]]] = {}
+        for name, tensor in full.items():
+            split = meta_split_dim(name)
+            part = tensor if split is None else tensor.chunk(shards, dim=split)[s]
+            if name.startswith("layers."):
+                layer_parts.setdefault(int(name.split(".")[1]), []).append((name, part.contiguous()))
+            else:
+                state[name] = part.clone()
+        for parts in layer_parts.values():
+            flat = torch.cat([t.reshape(-1) for _, t in parts])
+            offset = 0
+            for name, t in parts:
+                state[name] = flat[offset:offset + t.numel()].view(t.shape)
+                offset += t.numel()
+        state["rope.freqs"] = rope.to(torch.float16)
+        torch.save(state, out / f"consolidated.{s:02d}.pth")
+    params = {"dim": dim, "multiple_of": multiple_of, "n_heads": n_heads, "n_layers": n_layers,
+              "norm_eps": norm_eps, "vocab_size": -1}
+    if n_kv_heads:
+        params["n_kv_heads"] = n_kv_heads
+    (out / "params.json").write_text(json.dumps(params))
+    (out / "tokenizer.model").write_bytes(sentencepiece_model(vocab_size=vocab_size))
+    return out
+
+
+def _permute_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Meta interleaved rotary pairs to HF halves (transformers' `permute`)."""
+    dim1, dim2 = w.shape
+    return w.view(n_heads, dim1 // n_heads // 2, 2, dim2).transpose(1, 2).reshape(dim1, dim2)
+
+
+def llama_config_dict(*, vocab_size: int, hidden_size: int, intermediate_size: int, num_layers: int,
+                      num_heads: int, num_kv_heads: int, rms_norm_eps: float = 1e-6,
+                      max_position_embeddings: int = 2048, dtype: str = "float16") -> dict[str, Any]:
+    """A LLaMA `config.json` that transformers 4.29 through 5.x all understand."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "hidden_act": "silu",
+        "hidden_size": hidden_size,
+        "initializer_range": 0.02,
+        "intermediate_size": intermediate_size,
+        "max_position_embeddings": max_position_embeddings,
+        "model_type": "llama",
+        "num_attention_heads": num_heads,
+        "num_hidden_layers": num_layers,
+        "num_key_value_heads": num_kv_heads,
+        "pad_token_id": 0,
+        "rms_norm_eps": rms_norm_eps,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+        "torch_dtype": dtype,
+        "use_cache": True,
+        "vocab_size": vocab_size,
+    }
+
+
+def write_llama_tokenizer(out: Path, sp_model: bytes, *, added_tokens: Sequence[str] = (),
+                          first_added_id: int | None = None, chat_template: str | None = None) -> None:
+    """LLaMA tokenizer files (`tokenizer.model`, config, special tokens, added tokens) readable by 4.29..5.x."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tokenizer.model").write_bytes(sp_model)
+    specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    config: dict[str, Any] = {
+        "tokenizer_class": "LlamaTokenizer",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "legacy": True,
+        "model_max_length": 2048,
+        "sp_model_kwargs": {},
+        **specials,
+    }
+    decoder = {str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                        "single_word": False, "special": True}
+               for i, t in enumerate(("<unk>", "<s>", "</s>"))}
+    if added_tokens:
+        import sentencepiece as spm
+
+        start = first_added_id if first_added_id is not None else spm.SentencePieceProcessor(
+            model_proto=sp_model).get_piece_size()
+        ids = {tok: start + k for k, tok in enumerate(added_tokens)}
+        (out / "added_tokens.json").write_text(json.dumps(ids, indent=2, sort_keys=True) + "\n")
+        for tok, i in ids.items():
+            decoder[str(i)] = {"content": tok, "lstrip": False, "normalized": False, "rstrip": False,
+                               "single_word": False, "special": True}
+        specials_map: dict[str, Any] = {**specials, "additional_special_tokens": list(added_tokens)}
+        config["additional_special_tokens"] = list(added_tokens)
+    else:
+        specials_map = dict(specials)
+    config["added_tokens_decoder"] = decoder
+    if chat_template:
+        config["chat_template"] = chat_template
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (out / "special_tokens_map.json").write_text(json.dumps(specials_map, indent=2, sort_keys=True) + "\n")
+
+
+def _save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata=_ST_META)
+
+
+def llama_hf_state(*, seed: int, vocab_size: int, hidden_size: int, num_layers: int, num_heads: int,
+                   num_kv_heads: int, intermediate_size: int) -> dict[str, torch.Tensor]:
+    """HF-named fp16 LLaMA weights from a seed (the same numbers `write_llama_meta` shards, permuted)."""
+    full = _meta_full_weights(seed=seed, vocab=vocab_size, dim=hidden_size, n_layers=num_layers,
+                              n_heads=num_heads, n_kv_heads=num_kv_heads, ffn=intermediate_size)
+    state = {"model.embed_tokens.weight": full["tok_embeddings.weight"],
+             "model.norm.weight": full["norm.weight"], "lm_head.weight": full["output.weight"]}
+    names = {"attention.wo": "self_attn.o_proj", "attention.wv": "self_attn.v_proj",
+             "feed_forward.w1": "mlp.gate_proj", "feed_forward.w2": "mlp.down_proj",
+             "feed_forward.w3": "mlp.up_proj"}
+    for i in range(num_layers):
+        src, dst = f"layers.{i}.", f"model.layers.{i}."
+        state[dst + "self_attn.q_proj.weight"] = _permute_rotary(full[src + "attention.wq.weight"], num_heads)
+        state[dst + "self_attn.k_proj.weight"] = _permute_rotary(full[src + "attention.wk.weight"], num_kv_heads)
+        for a, b in names.items():
+            state[dst + b + ".weight"] = full[src + a + ".weight"]
+        state[dst + "input_layernorm.weight"] = full[src + "attention_norm.weight"]
+        state[dst + "post_attention_layernorm.weight"] = full[src + "ffn_norm.weight"]
+    return {k: v.contiguous() for k, v in state.items()}
+
+
+def write_llama_hf(out: Path, *, seed: int = 0, vocab_size: int = 384, hidden_size: int = 64,
+                   num_layers: int = 2, num_heads: int = 4, num_kv_heads: int | None = None,
+                   multiple_of: int = 32, chat_template: str | None = None) -> Path:
+    """Write a tiny HF `LlamaForCausalLM` (fp16 `model.safetensors`, `config.json`, tokenizer files); returns `out`.
+
+    With the same seed and sizes it holds exactly the weights `write_llama_meta` shards, so it is also the
+    expected result of converting that checkpoint.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    kv = num_kv_heads or num_heads
+    ffn = llama_intermediate_size(hidden_size, multiple_of)
+    state = llama_hf_state(seed=seed, vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers,
+                           num_heads=num_heads, num_kv_heads=kv, intermediate_size=ffn)
+    _save_safetensors(state, out / "model.safetensors")
+    config = llama_config_dict(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=ffn,
+                               num_layers=num_layers, num_heads=num_heads, num_kv_heads=kv)
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (out / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}, indent=2, sort_keys=True) + "\n")
+    write_llama_tokenizer(out, sentencepiece_model(vocab_size=vocab_size), chat_template=chat_template)
+    return out
+
+
+def _load_state(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for f in sorted(directory.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    for f in sorted(directory.glob("*.bin")):
+        state.update(torch.load(f, map_location="cpu", weights_only=True))
+    return state
+
+
+#: Tokens Ziya's tokenizer adds on top of its sentencepiece model.
+ZIYA_ADDED_TOKENS = ("<human>", "<bot>")
+#: Ziya keeps these tensors whole in its delta instead of storing a difference.
+ZIYA_FULL_KEYS = ("embed_tokens", "lm_head.weight", "rotary_emb.inv_freq")
+
+
+def write_ziya_delta(base_hf_dir: Path, out: Path, *, seed: int = 1, pad_to: int = 64,
+                     target_dir: Path | None = None, with_inv_freq: bool = True,
+                     max_shard_bytes: int = 150_000) -> Path:
+    """Write a Ziya-style delta for the HF model in `base_hf_dir`, and the target it encodes; returns the target.
+
+    The target is the base perturbed, with `<human>`/`<bot>` added after the sentencepiece pieces and its
+    vocabulary padded to a multiple of `pad_to` (as Ziya pads its 39410 tokens to 39424 rows). The delta, in
+    Fengshenbang's `replace` convention, holds `embed_tokens`/`lm_head` (and `rotary_emb.inv_freq`) as full
+    target weights and every other tensor as `target - base`; it is saved as fp16 `.bin` shards with an index,
+    like the published Ziya delta. Differences are drawn first and the target is `fp16(fp32(base) + fp32(delta))`,
+    so a correct merge reproduces the target bit for bit. The target goes to `target_dir` (default: a
+    `<out>-target` sibling).
+    """
+    base_hf_dir, out = Path(base_hf_dir), Path(out)
+    target_dir = Path(target_dir) if target_dir else out.with_name(out.name + "-target")
+    base = _load_state(base_hf_dir)
+    config = json.loads((base_hf_dir / "config.json").read_text())
+    base_vocab = config["vocab_size"]
+    used = base_vocab + len(ZIYA_ADDED_TOKENS)
+    vocab = int(math.ceil(used / pad_to) * pad_to)
+    gen = torch.Generator().manual_seed(seed)
+    delta: dict[str, torch.Tensor] = {}
+    target: dict[str, torch.Tensor] = {}
+    for name in sorted(base):
+        b = base[name]
+        if any(k in name for k in ZIYA_FULL_KEYS):
+            grown = torch.cat([b.float() + torch.randn(b.shape, generator=gen) * 0.01,
+                               torch.randn(vocab - b.shape[0], b.shape[1], generator=gen) * 0.2]).to(b.dtype)
+            delta[name] = grown.contiguous()
+            target[name] = grown.clone()
+        else:
+            d = (torch.randn(b.shape, generator=gen) * 0.01).to(b.dtype)
+            delta[name] = d
+            target[name] = (b.float() + d.float()).to(b.dtype)
+    if with_inv_freq:
+        head_dim = config["hidden_size"] // config["num_attention_heads"]
+        inv = 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+        for i in range(config["num_hidden_layers"]):
+            delta[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = inv.clone()
+    new_config = {**config, "vocab_size": vocab}
+    sp_model = (base_hf_dir / "tokenizer.model").read_bytes()
+    # Target: safetensors, the model users would get after merging.
+    target_dir.mkdir(parents=True, exist_ok=True)
+    _save_safetensors(target, target_dir / "model.safetensors")
+    for d in (target_dir, out):
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "config.json").write_text(json.dumps(new_config, indent=2, sort_keys=True) + "\n")
+        write_llama_tokenizer(d, sp_model, added_tokens=ZIYA_ADDED_TOKENS, first_added_id=base_vocab)
+    _save_bin_shards(delta, out, max_shard_bytes=max_shard_bytes)
+    return target_dir
+
+
+def _save_bin_shards(state: dict[str, torch.Tensor], out: Path, *, max_shard_bytes: int) -> None:
+    """Pickle shards `pytorch_model-0000k-of-0000N.bin` + index, split greedily in key order."""
+    groups: list[list[str]] = [[]]
+    size = 0
+    for name in sorted(state):
+        n = state[name].numel() * state[name].element_size()
+        if groups[-1] and size + n > max_shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(name)
+        size += n
+    weight_map: dict[str, str] = {}
+    for k, names in enumerate(groups, 1):
+        fname = f"pytorch_model-{k:05d}-of-{len(groups):05d}.bin"
+        torch.save({n: state[n].clone() for n in names}, out / fname)
+        weight_map.update(dict.fromkeys(names, fname))
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out / "pytorch_model.bin.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def _vision_tower_config(kind: str) -> dict[str, Any]:
+    base = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "image_size": 30, "patch_size": 15, "num_channels": 3}
+    if kind == "siglip_vision_model":
+        return {**base, "model_type": kind}
+    return {**base, "model_type": "clip_vision_model", "projection_dim": 32}
+
+
+def _image_processor(kind: str) -> Any:
+    from transformers import CLIPImageProcessor, SiglipImageProcessor
+
+    if kind == "siglip_vision_model":
+        return SiglipImageProcessor(size={"height": 30, "width": 30})
+    return CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30})
+
+
+def _tiny_llama_tokenizer(directory: Path, *, added: Sequence[str], chat_template: str | None = None) -> Any:
+    from transformers import AutoTokenizer
+
+    write_llama_tokenizer(directory, sentencepiece_model(), added_tokens=added, chat_template=chat_template)
+    return AutoTokenizer.from_pretrained(str(directory))
+
+
+def _save_model(model: Any, out: Path) -> None:
+    model.save_pretrained(str(out), safe_serialization=True)
+    cfg_path = out / "config.json"
+    config = json.loads(cfg_path.read_text())
+    _legacy_fields(config)
+    cfg_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _legacy_fields(config: dict[str, Any]) -> None:
+    """Add the names older transformers read (`torch_dtype`, `image_token_index`) next to v5's."""
+    if "dtype" in config and "torch_dtype" not in config:
+        config["torch_dtype"] = config["dtype"]
+    if "image_token_id" in config and "image_token_index" not in config:
+        config["image_token_index"] = config["image_token_id"]
+    for key in ("text_config", "vision_config", "qformer_config"):
+        if isinstance(config.get(key), dict):
+            _legacy_fields(config[key])
+
+
+#: A LLaVA-1.5-style chat template (`USER: <image>\n... ASSISTANT:`).
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}USER: "
+    "{% else %}ASSISTANT: {% endif %}{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{% if message['role'] == 'user' %} {% else %}{{ eos_token }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def write_llava(out: Path, *, seed: int = 0, vision: str = "siglip_vision_model") -> Path:
+    """Write a tiny `LlavaForConditionalGeneration` (LLaMA + SigLIP/CLIP tower), its processor and chat template."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok_dir = out / ".tokenizer-src"
+    tokenizer = _tiny_llama_tokenizer(tok_dir, added=("<image>",), chat_template=LLAVA_CHAT_TEMPLATE)
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    text = llama_config_dict(vocab_size=image_token_id + 1, hidden_size=64, intermediate_size=192, num_layers=2,
+                             num_heads=4, num_kv_heads=4, dtype="float32")
+    text.pop("architectures")
+    config = LlavaConfig(vision_config=_vision_tower_config(vision), text_config=text,
+                         image_token_index=image_token_id, vision_feature_select_strategy="full"
+                         if vision == "siglip_vision_model" else "default", vision_feature_layer=-1,
+                         projector_hidden_act="gelu")
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    _save_model(model, out)
+    processor = LlavaProcessor(image_processor=_image_processor(vision), tokenizer=tokenizer,
+                               chat_template=LLAVA_CHAT_TEMPLATE, patch_size=15,
+                               vision_feature_select_strategy=config.vision_feature_select_strategy,
+                               num_additional_image_tokens=0 if vision == "siglip_vision_model" else 1)
+    processor.save_pretrained(str(out))
+    (out / "tokenizer.model").write_bytes((tok_dir / "tokenizer.model").read_bytes())
+    _rmtree(tok_dir)
+    return out
+
+
+def write_blip2(out: Path, *, seed: int = 0) -> Path:
+    """Write a tiny `Blip2ForConditionalGeneration` (tiny ViT + Q-Former + OPT) with its processor."""
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok_dir = out / ".tokenizer-src"
+    tokenizer = _tiny_llama_tokenizer(tok_dir, added=("<image>",))
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    vision = _vision_tower_config("blip")
+    vision.pop("model_type")
+    vision.pop("projection_dim")
+    text = {"model_type": "opt", "vocab_size": image_token_id + 1, "hidden_size": 32, "num_hidden_layers": 2,
+            "ffn_dim": 37, "num_attention_heads": 2, "max_position_embeddings": 64, "word_embed_proj_dim": 32,
+            "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+    qformer = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 37,
+               "encoder_hidden_size": 32, "vocab_size": 64}
+    config = Blip2Config(vision_config=vision, qformer_config=qformer, text_config=text, num_query_tokens=4,
+                         image_token_index=image_token_id)
+    torch.manual_seed(seed)
+    model = Blip2ForConditionalGeneration(config).eval()
+    _save_model(model, out)
+    processor = Blip2Processor(image_processor=BlipImageProcessor(size={"height": 30, "width": 30}),
+                               tokenizer=tokenizer, num_query_tokens=4)
+    processor.save_pretrained(str(out))
+    (out / "tokenizer.model").write_bytes((tok_dir / "tokenizer.model").read_bytes())
+    _rmtree(tok_dir)
+    return out
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+#: BERT sizes of the tiny TF checkpoints.
+TINY_BERT = {"vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "intermediate_size": 37, "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
+             "attention_probs_dropout_prob": 0.0, "max_position_embeddings": 64, "type_vocab_size": 2,
+             "initializer_range": 0.02}
+
+_BERT_TF_SCRIPT = textwrap.dedent(
+    '''
+    import json, os, re, sys
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import numpy as np
+    import tensorflow as tf
+    from transformers import BertConfig, TFBertForPreTraining
+
+    out, seed, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    cfg = json.loads(sys.argv[4])
+    tf.random.set_seed(seed)
+    tf.keras.utils.set_random_seed(seed)
+    config = BertConfig(**cfg)
+    model = TFBertForPreTraining(config)
+    ids = np.array([[1, 5, 9, 23, 42, 7, 2], [1, 17, 3, 64, 98, 11, 2]], dtype=np.int32)
+    tt = np.array([[0, 0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1, 1]], dtype=np.int32)
+    model(ids, token_type_ids=tt)
+    rng = np.random.default_rng(seed)
+    for v in model.weights:  # replace the initial values with non-trivial ones (incl. biases, norms)
+        v.assign((rng.standard_normal(v.shape) * 0.1 + (1.0 if "gamma" in v.name else 0.0)).astype(np.float32))
+    res = model(ids, token_type_ids=tt, output_hidden_states=True)
+    np.savez(os.path.join(out, "tf_outputs.npz"), input_ids=ids, token_type_ids=tt,
+             prediction_logits=res.prediction_logits.numpy(),
+             seq_relationship_logits=res.seq_relationship_logits.numpy(),
+             last_hidden_state=res.hidden_states[-1].numpy())
+    with open(os.path.join(out, "vocab.txt"), "w") as f:
+        words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(cfg["vocab_size"] - 5)]
+        f.write("\\n".join(words) + "\\n")
+    if mode == "h5":
+        model.save_pretrained(out)
+        sys.exit(0)
+
+    def tf1_name(name):
+        name = name.split(":")[0]
+        name = name.split("/", 1)[1]  # drop the Keras model scope
+        name = name.replace("layer_._", "layer_")
+        name = re.sub(r"^(mlm|nsp)___cls/", "cls/", name)
+        name = name.replace("predictions/transform/", "predictions/transform/")
+        name = name.replace("embeddings/word_embeddings/weight", "embeddings/word_embeddings")
+        name = re.sub(r"embeddings/(position|token_type)_embeddings/embeddings", r"embeddings/\\1_embeddings", name)
+        name = name.replace("cls/predictions/bias", "cls/predictions/output_bias")
+        name = name.replace("cls/seq_relationship/kernel", "cls/seq_relationship/output_weights")
+        name = name.replace("cls/seq_relationship/bias", "cls/seq_relationship/output_bias")
+        return name
+
+    variables = {}
+    for v in model.weights:
+        name = tf1_name(v.name)
+        value = v.numpy()
+        if name.endswith("seq_relationship/output_weights"):
+            value = value.T  # Google stores it [2, hidden]
+        variables[name] = tf.Variable(value)
+        variables[name + "/adam_m"] = tf.Variable(rng.standard_normal(value.shape).astype(np.float32))
+        variables[name + "/adam_v"] = tf.Variable(rng.standard_normal(value.shape).astype(np.float32))
+    variables["global_step"] = tf.Variable(np.int64(1000))
+    saver = tf.compat.v1.train.Saver(var_list=variables, write_version=tf.compat.v1.train.SaverDef.V2)
+    saver.save(None, os.path.join(out, "bert_model.ckpt"), write_meta_graph=False, write_state=False)
+    with open(os.path.join(out, "bert_config.json"), "w") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+    '''
+)
+
+
+def write_bert_tf(out: Path, *, python: Path | str, seed: int = 0, mode: str = "tf1",
+                  config: dict[str, Any] | None = None) -> Path:
+    """Write a tiny BERT with TensorFlow, run by `python` (a venv with tensorflow-cpu and transformers 4.x).
+
+    `mode="tf1"` writes a Google-style TF1 checkpoint (`bert_model.ckpt.index/.data-00000-of-00001`,
+    `bert_config.json`, `vocab.txt`) including `adam_m`/`adam_v` slots and `global_step`; `mode="h5"` writes
+    Hugging Face's `tf_model.h5` + `config.json`. Both also write `tf_outputs.npz`: TF's own forward pass
+    (pre-training heads and last hidden state) on fixed inputs. Returns `out`.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = {**TINY_BERT, **(config or {})}
+    proc = subprocess.run([str(python), "-c", _BERT_TF_SCRIPT, str(out), str(seed), mode, json.dumps(cfg)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"writing the TF BERT failed:\n{proc.stderr[-4000:]}")
+    return out
+
+
+def write_bert_tf1(out: Path, *, python: Path | str, seed: int = 0) -> Path:
+    """A Google-style TF1 BERT checkpoint with optimizer slots; see `write_bert_tf`."""
+    return write_bert_tf(out, python=python, seed=seed, mode="tf1")
