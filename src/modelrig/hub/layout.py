@@ -28,7 +28,7 @@ import yaml
 REPO_CONFIG = ".modelrig-hub.yaml"
 REPO_INDEX = ".modelrig-hub-index.json"
 #: Names never served: hub metadata, VCS folders, client caches left by a download into the folder.
-_HIDDEN = (".modelrig-hub", ".git", ".cache")
+_HIDDEN = (".modelrig", ".git", ".cache")
 #: File types a hub stores in LFS (by extension); anything at least LFS_MIN_SIZE bytes is LFS too.
 LFS_SUFFIXES = frozenset({
     ".bin", ".safetensors", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".model", ".gguf", ".onnx", ".npy",
