@@ -1,0 +1,356 @@
+"""Rendering launch entries into self-contained scripts, start scripts and service units from `launch/` templates."""
+
+from __future__ import annotations
+
+import json
+import secrets as _secrets
+import shlex
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from modelrig.config import HostConfig
+from modelrig.errors import LaunchError
+from modelrig.manifest import CUDA_ONLY_KINDS, LaunchEntry, Manifest
+from modelrig.plan import Plan
+from modelrig.resources import launch_dir
+from modelrig.result import StageResult
+from modelrig.stamp import atomic_write_text, digest, read_stamp, write_stamp
+
+#: The file each kind's template renders to inside the entry folder.
+SCRIPT_NAMES = {
+    "gradio_chat": "app.py",
+    "gradio_vision_chat": "app.py",
+    "streamlit_chat": "app.py",
+    "openai_api": "app.py",
+    "batch_caption": "app.py",
+    "vllm_serve": "serve.sh",
+    "upstream_script": "serve.sh",
+}
+#: Ports used when an entry names none.
+DEFAULT_PORTS = {"gradio_chat": 7860, "gradio_vision_chat": 7860, "streamlit_chat": 8501, "openai_api": 8000,
+                 "vllm_serve": 8000, "upstream_script": 8000}
+#: Where each kind answers a health check (an HTTP GET that returns 2xx once the app is ready).
+HEALTH_PATHS = {"gradio_chat": "/", "gradio_vision_chat": "/", "streamlit_chat": "/_stcore/health",
+                "openai_api": "/health", "vllm_serve": "/health", "upstream_script": "/"}
+#: Generation settings every chat template starts from; an entry's `options` override them.
+GENERATION_KEYS = {"max_new_tokens": 512, "temperature": 0.7, "top_p": 0.9, "top_k": None, "repetition_penalty": 1.0}
+#: Kinds protected by an API key (the others by a UI password).
+API_KEY_KINDS = frozenset({"openai_api", "vllm_serve"})
+UI_AUTH_KINDS = frozenset({"gradio_chat", "gradio_vision_chat", "streamlit_chat"})
+
+SECRETS_FILE = "secrets.env"
+ENTRY_FILE = "entry.json"
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach."""
+    return host in _LOOPBACK or host.startswith("127.")
+
+
+def unit_name(model_id: str, entry: str) -> str:
+    """The systemd unit name of an entry."""
+    return f"modelrig-{model_id}-{entry}.service"
+
+
+def launchd_label(model_id: str, entry: str) -> str:
+    """The launchd job label of an entry."""
+    return f"ai.modelrig.{model_id}.{entry}"
+
+
+def _py(value: Any) -> str:
+    """A Python literal for a JSON-like value (paths become strings)."""
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{_py(k)}: {_py(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_py(v) for v in value) + "]"
+    if value is None or isinstance(value, bool | int | float | str):
+        return repr(value)
+    raise LaunchError(f"cannot put {type(value).__name__} {value!r} into a launch script")
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(launch_dir())),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=lambda name: bool(name and name.endswith(".plist.j2")),
+    )
+    env.filters["py"] = _py
+    env.filters["sh"] = lambda value: shlex.quote(str(value))
+    return env
+
+
+def served_weights(manifest: Manifest, entry: LaunchEntry) -> str:
+    """The weight source or step output an entry serves."""
+    return entry.weights or manifest.output_name
+
+
+def _hub_sources_pinned(manifest: Manifest, revisions: Mapping[str, str]) -> list[str]:
+    unpinned = []
+    for name, source in manifest.weights.items():
+        for hub, ref in source.hubs:
+            if not ref.pinned and name not in revisions:
+                unpinned.append(f"weights.{name}.{hub}.revision={ref.revision}")
+    return unpinned
+
+
+def render_entry(manifest: Manifest, entry: LaunchEntry, plan: Plan, paths: Mapping[str, Path | str], *,
+                 config: HostConfig, python: Path | str, entry_dir: Path, bind: str | None = None,
+                 secrets: Mapping[str, str] | None = None, revisions: Mapping[str, str] | None = None,
+                 cache_dir: Path | None = None, log_path: Path | None = None) -> dict[str, str]:
+    """Render one launch entry; return {relative path: text} for its folder. Pure: reads only templates.
+
+    Args:
+        paths: folders of the model's weight sources and step outputs by name (the served one is required;
+            a `model:` dependency such as Ziya-BLIP2's LLM is looked up here too).
+        python: the interpreter of the model's environment (its `bin/` goes first on PATH).
+        entry_dir: the absolute folder the files will live in (service units name it).
+        bind: listen address; defaults to the host config's `serve.bind` (127.0.0.1).
+        secrets: variables for `secrets.env` (MODELRIG_API_KEY, MODELRIG_UI_AUTH); required off loopback.
+        revisions: resolved commits by weight source name (from the lock), for the remote-code pin check.
+
+    Raises `LaunchError` when the entry cannot run as planned: a CUDA-only kind on another platform, a missing
+    weights path, remote code served by vLLM from an unpinned revision, or a non-loopback bind without auth.
+    """
+    kind = entry.kind
+    if entry.name not in [e.name for e in manifest.launch]:
+        raise LaunchError(f"{manifest.id}: no launch entry named {entry.name!r}")
+    if kind in CUDA_ONLY_KINDS and plan.device != "cuda":
+        raise LaunchError(f"{manifest.id}/{entry.name}: {kind} runs only on CUDA hosts; the plan is for "
+                          f"{plan.device} (use the openai_api entry instead)")
+    if plan.platform not in entry.allowed_platforms:
+        raise LaunchError(f"{manifest.id}/{entry.name}: not for {plan.platform} hosts (platforms: "
+                          f"{', '.join(sorted(entry.allowed_platforms))})")
+    weights_name = served_weights(manifest, entry)
+    if weights_name not in paths:
+        raise LaunchError(f"{manifest.id}/{entry.name}: no folder for weights {weights_name!r} "
+                          f"(known: {', '.join(sorted(paths)) or 'none'})")
+    if manifest.trust_remote_code and kind == "vllm_serve":
+        unpinned = _hub_sources_pinned(manifest, revisions or {})
+        if unpinned:
+            raise LaunchError(f"{manifest.id}/{entry.name}: vLLM would run remote code from unpinned revisions "
+                              f"({', '.join(unpinned)}); run `modelrig lock` first")
+    bind = bind or entry.options.get("bind") or config.serve.bind
+    secrets = dict(secrets or {})
+    if not is_loopback(bind):
+        if kind == "upstream_script":
+            raise LaunchError(f"{manifest.id}/{entry.name}: upstream demos have no authentication; keep them on "
+                              "127.0.0.1 (put a reverse proxy with auth in front)")
+        needed = "MODELRIG_API_KEY" if kind in API_KEY_KINDS else "MODELRIG_UI_AUTH" if kind in UI_AUTH_KINDS else None
+        if needed and not secrets.get(needed):
+            raise LaunchError(f"{manifest.id}/{entry.name}: listening on {bind} needs {needed} in the secrets")
+
+    python = Path(python)
+    env_prefix = python.parent.parent
+    port = entry.port or DEFAULT_PORTS.get(kind)
+    generation = {k: entry.options.get(k, v) for k, v in GENERATION_KEYS.items()}
+    script = SCRIPT_NAMES[kind]
+    context: dict[str, Any] = {
+        "model_id": manifest.id,
+        "entry_name": entry.name,
+        "title": f"{manifest.title} ({entry.name})",
+        "kind": kind,
+        "adapter": entry.adapter,
+        "model_path": str(paths[weights_name]),
+        "weights": {name: str(path) for name, path in sorted(paths.items())},
+        "device": plan.device,
+        "dtype": plan.dtype,
+        "quantization": plan.quantization,
+        "trust_remote_code": manifest.trust_remote_code,
+        "architecture": manifest.architecture,
+        "options": dict(entry.options),
+        "generation": generation,
+        "bind": bind,
+        "port": port,
+    }
+    env = _environment()
+    files: dict[str, str] = {}
+    if kind == "vllm_serve":
+        context.update(
+            served_name=entry.options.get("served_model_name", manifest.id),
+            max_model_len=int(entry.options.get("max_model_len", 4096)),
+            prefix_caching=bool(entry.options.get("enable_prefix_caching", True)),
+            vllm_dtype={"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[plan.dtype],
+            extra_args=_vllm_args(entry.options),
+        )
+    if kind == "upstream_script":
+        assert entry.upstream is not None
+        context.update(upstream=entry.upstream, repo_url=_repo_url(entry.upstream.repo),
+                       args=_upstream_args(entry, plan, str(paths[weights_name])))
+    template = f"{kind}.py.j2" if script.endswith(".py") else f"{kind}.sh.j2"
+    files[script] = env.get_template(template).render(**context)
+
+    exec_line = _exec_line(kind, script)
+    service = {"model_id": manifest.id, "entry_name": entry.name, "kind": kind, "entry_dir": str(entry_dir)}
+    files["start.sh"] = env.get_template("services/start.sh.j2").render(
+        **service, env_prefix=str(env_prefix), bind=bind, port=port, device=plan.device,
+        cache_dir=str(cache_dir) if cache_dir else "", env_vars=sorted(plan.env.env_vars.items()),
+        exec_line=exec_line)
+    unit = unit_name(manifest.id, entry.name)
+    label = launchd_label(manifest.id, entry.name)
+    files[unit] = env.get_template("services/systemd.service.j2").render(**service, wanted_by="default.target")
+    files[f"{label}.plist"] = env.get_template("services/launchd.plist.j2").render(
+        **service, label=label, log_path=str(log_path or entry_dir / f"{entry.name}.log"))
+    if secrets:
+        files[SECRETS_FILE] = "".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(secrets.items()))
+    health: dict[str, Any] = {"type": "none"}
+    if kind in HEALTH_PATHS:
+        probe_host = "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
+        path = entry.options.get("health_path", HEALTH_PATHS[kind])
+        health = {"type": "http", "url": f"http://{_url_host(probe_host)}:{port}{path}",
+                  "timeout_s": float(entry.options.get("start_timeout_s", 900))}
+    info = {
+        "model": manifest.id, "entry": entry.name, "kind": kind, "adapter": entry.adapter, "bind": bind,
+        "port": port, "script": script, "start": "start.sh", "health": health, "systemd_unit": unit,
+        "launchd_label": label, "python": str(python), "device": plan.device, "dtype": plan.dtype,
+        "quantization": plan.quantization, "auth": sorted(secrets),
+    }
+    info["files"] = sorted([*files, ENTRY_FILE])
+    files[ENTRY_FILE] = json.dumps(info, indent=2, sort_keys=True) + "\n"
+    return files
+
+
+#: Entry options passed through to `vllm serve` as flags.
+VLLM_FLAGS = ("limit_mm_per_prompt", "gpu_memory_utilization", "tensor_parallel_size", "max_num_seqs")
+
+
+def _vllm_args(options: Mapping[str, Any]) -> list[str]:
+    args = []
+    for name in VLLM_FLAGS:
+        if options.get(name) is not None:
+            args += [f"--{name.replace('_', '-')}", str(options[name])]
+    if options.get("enforce_eager"):
+        args.append("--enforce-eager")
+    return args + [str(a) for a in options.get("extra_args", [])]
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _exec_line(kind: str, script: str) -> str:
+    if kind == "streamlit_chat":
+        return ('exec "$ENV_PREFIX/bin/python" -m streamlit run app.py --server.address "$MODELRIG_BIND" '
+                '--server.port "$MODELRIG_PORT" --server.headless true --browser.gatherUsageStats false')
+    if kind == "batch_caption":
+        return 'exec "$ENV_PREFIX/bin/python" app.py "$@"'
+    if script.endswith(".sh"):
+        return "exec /bin/sh serve.sh"
+    return 'exec "$ENV_PREFIX/bin/python" app.py --host "$MODELRIG_BIND" --port "$MODELRIG_PORT"'
+
+
+def _repo_url(repo: str) -> str:
+    if "://" in repo or repo.startswith(("/", "git@")):
+        return repo
+    return f"https://github.com/{repo}.git"
+
+
+def _upstream_args(entry: LaunchEntry, plan: Plan, model_path: str) -> list[str]:
+    """Shell words for the upstream script: `{model_path}`, `{host}`/`{bind}`, `{port}` are filled in."""
+    words = []
+    shell_vars = {"{host}": '"$HOST"', "{bind}": '"$HOST"', "{port}": '"$PORT"'}
+    for arg in entry.upstream.args if entry.upstream else []:
+        if arg in shell_vars:
+            words.append(shell_vars[arg])
+            continue
+        text = shlex.quote(arg.replace("{model_path}", model_path).replace("{weights}", model_path))
+        text = text.replace("{host}", "'\"$HOST\"'").replace("{bind}", "'\"$HOST\"'").replace("{port}", "'\"$PORT\"'")
+        words.append(text)
+    cpu_flag = entry.options.get("cpu_flag", "--cpu-only")  # Qwen's demos; `cpu_flag: null` for none
+    if cpu_flag and plan.device == "cpu":
+        words.append(shlex.quote(str(cpu_flag)))
+    return words
+
+
+def _read_secrets(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key.strip() and not key.startswith("#"):
+                parsed = shlex.split(value)
+                values[key.strip()] = parsed[0] if parsed else ""
+    return values
+
+
+def entry_secrets(entry: LaunchEntry, entry_dir: Path, *, bind: str,
+                  given: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The secrets an entry runs with: `given` ones, else those already in its secrets.env, else (off loopback)
+    a freshly generated API key or UI password, so a non-loopback listener never runs without authentication."""
+    values = _read_secrets(entry_dir / SECRETS_FILE)
+    values.update({k: v for k, v in (given or {}).items() if v})
+    if not is_loopback(bind):
+        if entry.kind in API_KEY_KINDS and not values.get("MODELRIG_API_KEY"):
+            values["MODELRIG_API_KEY"] = "sk-" + _secrets.token_urlsafe(24)
+        if entry.kind in UI_AUTH_KINDS and not values.get("MODELRIG_UI_AUTH"):
+            values["MODELRIG_UI_AUTH"] = "modelrig:" + _secrets.token_urlsafe(12)
+    return values
+
+
+def _mode(name: str) -> int:
+    if name == SECRETS_FILE:
+        return 0o600
+    return 0o755 if name.endswith(".sh") or name == "app.py" else 0o644
+
+
+def render(manifest: Manifest, plan: Plan, out_dir: Path, *, paths: Mapping[str, Path | str], python: Path | str,
+           config: HostConfig | None = None, entries: list[str] | None = None, bind: str | None = None,
+           secrets: Mapping[str, str] | None = None, revisions: Mapping[str, str] | None = None,
+           cache_dir: Path | None = None, log_dir: Path | None = None) -> StageResult:
+    """Render the plan's launch entries (or `entries`) into `out_dir/<entry>/`; idempotent.
+
+    Files whose content is unchanged are not rewritten, so `changed` is True only when something was written
+    or removed. `secrets.env` is written with mode 0600; see `entry_secrets` for where secrets come from.
+    Returns a `StageResult` whose details map each entry to its folder and written files.
+    """
+    started = time.perf_counter()
+    config = config or HostConfig()
+    out_dir = Path(out_dir).absolute()
+    names = entries if entries is not None else list(plan.launch)
+    by_name = {e.name: e for e in manifest.launch}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise LaunchError(f"{manifest.id}: no launch entry {', '.join(map(repr, unknown))} (entries: "
+                          f"{', '.join(by_name) or 'none'})")
+    report: dict[str, Any] = {}
+    changed = False
+    for name in names:
+        entry = by_name[name]
+        entry_dir = out_dir / name
+        entry_bind = bind or entry.options.get("bind") or config.serve.bind
+        values = entry_secrets(entry, entry_dir, bind=entry_bind, given=secrets)
+        files = render_entry(manifest, entry, plan, paths, config=config, python=python, entry_dir=entry_dir,
+                             bind=entry_bind, secrets=values, revisions=revisions, cache_dir=cache_dir,
+                             log_path=(log_dir / f"{name}.log") if log_dir else None)
+        key = digest(files)
+        written: list[str] = []
+        removed: list[str] = []
+        if read_stamp(entry_dir) is None or read_stamp(entry_dir).get("key") != key or not all(
+                (entry_dir / rel).is_file() for rel in files):
+            previous = read_stamp(entry_dir) or {}
+            for rel, text in files.items():
+                target = entry_dir / rel
+                mode = _mode(rel)
+                current = target.read_text(encoding="utf-8") if target.is_file() else None
+                if current != text or (target.stat().st_mode & 0o777) != mode:
+                    atomic_write_text(target, text, mode=mode)
+                    written.append(rel)
+            for rel in previous.get("files", []):
+                if rel not in files and (entry_dir / rel).is_file():
+                    (entry_dir / rel).unlink()
+                    removed.append(rel)
+            write_stamp(entry_dir, {"key": key, "files": sorted(files)})
+        changed = changed or bool(written or removed)
+        report[name] = {"dir": str(entry_dir), "written": sorted(written), "removed": removed,
+                        "kind": entry.kind, "port": entry.port or DEFAULT_PORTS.get(entry.kind)}
+    summary = (f"rendered {sum(bool(r['written'] or r['removed']) for r in report.values())} of {len(report)} "
+               f"launch entries into {out_dir}")
+    return StageResult(stage="render", changed=changed, summary=summary, model=manifest.id,
+                       seconds=time.perf_counter() - started, details={"entries": report, "out": str(out_dir)})
