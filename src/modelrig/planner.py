@@ -71,7 +71,10 @@ class CudaVersion:
 
     variant: str
     cuda: tuple[int, int]
+    #: The driver of the CUDA toolkit release itself.
     min_driver: tuple[int, ...]
+    #: The oldest driver that runs this CUDA version through minor version compatibility.
+    min_driver_compat: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,8 @@ def _driver(text: str) -> tuple[int, ...]:
 def parse_torch_table(data: Mapping[str, Any]) -> TorchTable:
     """Build a `TorchTable` from the parsed YAML document (see `torch_builds.yaml` for the format)."""
     cuda = {
-        name: CudaVersion(variant=name, cuda=_pair(entry["cuda"]), min_driver=_driver(entry["min_driver"]))
+        name: CudaVersion(variant=name, cuda=_pair(entry["cuda"]), min_driver=_driver(entry["min_driver"]),
+                          min_driver_compat=_driver(entry.get("min_driver_compat", entry["min_driver"])))
         for name, entry in data["cuda_versions"].items()
     }
     arch_sets = {
@@ -149,18 +153,27 @@ def _capability(gpu: Gpu) -> tuple[int, int] | None:
     return _pair(gpu.compute_capability) if gpu.compute_capability else None
 
 
-def _driver_cuda(facts: HostFacts, table: TorchTable) -> tuple[int, int] | None:
-    """The newest CUDA version the host's driver supports, from nvidia-smi's CUDA Version or the driver number."""
+def _driver_cuda(facts: HostFacts) -> tuple[int, int] | None:
+    """The newest CUDA version the host's driver supports natively (nvidia-smi's "CUDA Version")."""
     if facts.cuda_driver_max:
         try:
             return _pair(facts.cuda_driver_max)
         except ValueError:
-            pass
-    if facts.driver_version:
-        driver = _driver(facts.driver_version)
-        ok = [c.cuda for c in table.cuda.values() if driver >= c.min_driver]
-        return max(ok) if ok else (0, 0)
+            return None
     return None
+
+
+def driver_runs(facts: HostFacts, cuda: CudaVersion) -> bool | None:
+    """Whether the host's driver runs wheels built with `cuda`; None when the host reported no driver.
+
+    PyTorch wheels carry their own CUDA runtime, so minor version compatibility applies: a CUDA 12.x build runs on
+    any driver >= 525.60.13, a 11.x build on >= 450.80.02, a 13.x build on >= 580. Without a driver number the
+    driver's own CUDA version (nvidia-smi's "CUDA Version") must be at least the variant's.
+    """
+    if facts.driver_version and _driver(facts.driver_version):
+        return _driver(facts.driver_version) >= cuda.min_driver_compat
+    native = _driver_cuda(facts)
+    return None if native is None else native >= cuda.cuda
 
 
 def _companions(spec: EnvSpec) -> list[Requirement]:
@@ -247,21 +260,24 @@ def plan_torch_build(
                                  "(or allow other torch versions in the manifest's env.torch)")
     if not candidates:
         raise HostCannotRunError(_no_release_message(spec))
-    driver_cuda = _driver_cuda(facts, table)
-    if driver_cuda is None:
-        warnings.append("the NVIDIA driver's CUDA version is unknown; the newest variant is assumed to work")
+    driver_cuda = _driver_cuda(facts)
+    if driver_runs(facts, next(iter(table.cuda.values()))) is None:
+        warnings.append("the NVIDIA driver's version is unknown; the newest variant is assumed to work")
     caps = [c for c in (_capability(g) for g in facts.gpus) if c is not None]
     if len(caps) < len(facts.gpus):
         warnings.append("a GPU's compute capability is unknown; wheel architecture support was not checked for it")
     for release in candidates:
         for variant in sorted(release.variants, key=lambda v: table.cuda[v].cuda, reverse=True):
             arch = release.variants[variant]
-            if driver_cuda is not None and table.cuda[variant].cuda > driver_cuda:
+            if driver_runs(facts, table.cuda[variant]) is False:
                 continue
             if not all(arch.supports(c) for c in caps):
                 continue
             if not release.verified:
                 warnings.append(f"torch {release.version}: some facts in torch_builds.yaml are unverified")
+            if driver_cuda is not None and table.cuda[variant].cuda > driver_cuda:
+                warnings.append(f"{variant} runs on driver {facts.driver_version} (CUDA {_cuda_text(driver_cuda)}) "
+                                "through CUDA minor version compatibility")
             version = str(release.version)
             return TorchBuild(version=version, variant=variant, index_url=_index(config, variant),
                               requirements=_requirements(version, spec, release, warnings))
@@ -295,11 +311,12 @@ def _no_cuda_build_message(
         return (f"the NVIDIA driver {facts.driver_version or ''} supports {have}, older than every torch build "
                 f"the manifest allows for this {gpu} ({cap_text}): the oldest usable is torch {release.version}+"
                 f"{variant}, which needs CUDA {_cuda_text(need.cuda)} (driver >= "
-                f"{'.'.join(map(str, need.min_driver))}); update the driver or allow an older torch").replace("  ", " ")
+                f"{'.'.join(map(str, need.min_driver_compat))}); update the driver or allow an older torch"
+                ).replace("  ", " ")
     anywhere = sorted(
         (r.version, v) for r in table.releases.values() for v in r.variants
         if all(r.variants[v].supports(c) for c in caps)
-        and (driver_cuda is None or table.cuda[v].cuda <= driver_cuda)
+        and driver_runs(facts, table.cuda[v]) is not False
     )
     if anywhere:
         first_version, first_variant = anywhere[0]
@@ -411,7 +428,8 @@ def _plan_cuda_precision(facts: HostFacts, resources: Resources, *, quantization
     smallest_p, smallest = min(memory.items(), key=lambda kv: kv[1])
     needed = _with_headroom(figure)
     want = math.ceil(_with_headroom(smallest) + CUDA_CONTEXT_GB)
-    refusal = (f"needs {needed:g} GB at {first} ({figure:g} GB + 10%); this host's {names} has "
+    shown = dtype if first in ("bf16", "fp16") else first
+    refusal = (f"needs {needed:g} GB at {shown} ({figure:g} GB + 10%); this host's {names} has "
                f"{total:.1f} GB usable: use a GPU with at least {want} GB"
                + (f" (enough for {smallest_p})" if smallest_p != first else "")
                + _quant_hint(memory, skipped_quant))
