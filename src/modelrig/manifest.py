@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from modelrig.errors import ManifestError
 from modelrig.yamlpos import Loc, YamlSyntaxError, line_for, load_with_lines
@@ -51,6 +51,29 @@ ADAPTERS = frozenset(
 ADAPTER_KINDS = frozenset({"gradio_chat", "gradio_vision_chat", "streamlit_chat", "openai_api", "batch_caption"})
 #: Launch kinds that run only on CUDA hosts.
 CUDA_ONLY_KINDS = frozenset({"vllm_serve"})
+
+
+def _check_specifier(value: str) -> str:
+    try:
+        SpecifierSet(value)
+    except InvalidSpecifier:
+        raise ValueError("not a version specifier such as '==2.1.2' or '>=2.1,<2.4'") from None
+    return value
+
+
+def _check_requirement(value: str) -> str:
+    try:
+        req = Requirement(value)
+    except InvalidRequirement as exc:
+        reason = str(exc).splitlines()[0]
+        raise ValueError(f"not a valid requirement such as 'transformers==4.33.1' ({reason})") from None
+    if req.url and req.url.startswith("git+") and "@" not in req.url.rsplit("/", 1)[-1]:
+        raise ValueError("a git requirement must pin a ref: 'name @ git+URL@<tag-or-commit>'")
+    return value
+
+
+#: A PEP 508 requirement string; git URLs must name a tag or commit.
+RequirementStr = Annotated[str, AfterValidator(_check_requirement)]
 
 
 class _Strict(BaseModel):
@@ -211,13 +234,8 @@ class TokenizersSpec(_Strict):
 class PlatformExtras(_Strict):
     """Packages and environment variables added on one kind of host."""
 
-    packages: list[str] = []
+    packages: list[RequirementStr] = []
     env: dict[str, str] = {}
-
-    @field_validator("packages")
-    @classmethod
-    def _requirements(cls, value: list[str]) -> list[str]:
-        return [_check_requirement(v) for v in value]
 
 
 class EnvSpec(_Strict):
@@ -226,8 +244,8 @@ class EnvSpec(_Strict):
     python: Annotated[str, Field(pattern=r"^3\.\d{1,2}$")]
     torch: str = ""
     #: Installed from the same index as torch (their builds must match it), e.g. torchvision==0.16.2.
-    torch_companions: list[str] = []
-    packages: list[str] = []
+    torch_companions: list[RequirementStr] = []
+    packages: list[RequirementStr] = []
     tokenizers: TokenizersSpec | None = None
     platform: dict[Platform, PlatformExtras] = {}
     env: dict[str, str] = {}
@@ -236,11 +254,6 @@ class EnvSpec(_Strict):
     @classmethod
     def _torch(cls, value: str) -> str:
         return _check_specifier(value)
-
-    @field_validator("packages", "torch_companions")
-    @classmethod
-    def _requirements(cls, value: list[str]) -> list[str]:
-        return [_check_requirement(v) for v in value]
 
 
 class Resources(_Strict):
@@ -262,12 +275,7 @@ class UpstreamRepo(_Strict):
     to_pin: bool = False
     script: str
     args: list[str] = []
-    requirements: list[str] = []
-
-    @field_validator("requirements")
-    @classmethod
-    def _requirements(cls, value: list[str]) -> list[str]:
-        return [_check_requirement(v) for v in value]
+    requirements: list[RequirementStr] = []
 
 
 class LaunchEntry(_Strict):
@@ -349,22 +357,6 @@ class Manifest(_Strict):
         return next(iter(self.weights))
 
 
-def _check_specifier(value: str) -> str:
-    try:
-        SpecifierSet(value)
-    except InvalidSpecifier:
-        raise ValueError(f"not a version specifier such as '==2.1.2' or '>=2.1,<2.4': {value!r}") from None
-    return value
-
-
-def _check_requirement(value: str) -> str:
-    try:
-        req = Requirement(value)
-    except InvalidRequirement as exc:
-        raise ValueError(f"not a valid requirement {value!r}: {exc}") from None
-    if req.url and req.url.startswith("git+") and "@" not in req.url.rsplit("/", 1)[-1]:
-        raise ValueError(f"git requirement {value!r} must pin a ref: git+URL@<tag-or-commit>")
-    return value
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -443,18 +435,38 @@ def load_manifest(path: Path | str) -> Manifest:
         raise ManifestError([f"{where}: not valid YAML: {exc}"]) from None
     if not isinstance(data, dict):
         raise ManifestError([f"{shown}:1: expected a mapping of manifest fields at the top level"])
+    problems: list[str] = []
+    if isinstance(data.get("id"), str) and data["id"] != path.stem:
+        problems.append(f"{shown}:{line_for(lines, ('id',)) or 1}: id: {data['id']!r} must match the file "
+                        f"name {path.stem!r} (one file per model, named after its id)")
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
-        raise ManifestError([_format_error(shown, lines, err) for err in exc.errors()]) from None
-    problems = [f"{shown}:{line_for(lines, loc) or 1}: {_dotted(loc)}: {msg}" for loc, msg in
-                semantic_problems(manifest)]
-    if manifest.id != path.stem:
-        problems.append(f"{shown}:{line_for(lines, ('id',)) or 1}: id: {manifest.id!r} must match the file "
-                        f"name {path.stem!r} (one file per model, named after its id)")
+        problems[:0] = [_format_error(shown, lines, err) for err in exc.errors()]
+        raise ManifestError(_by_line(problems)) from None
+    problems[:0] = [f"{shown}:{line_for(lines, loc) or 1}: {_dotted(loc)}: {msg}" for loc, msg in
+                    semantic_problems(manifest)]
     if problems:
-        raise ManifestError(problems)
+        raise ManifestError(_by_line(problems))
     return manifest
+
+
+def _by_line(problems: list[str]) -> list[str]:
+    """Problems in file order (stable for problems on the same line)."""
+    def line(problem: str) -> int:
+        parts = problem.split(":")
+        return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    return sorted(problems, key=line)
+
+
+#: What a value that fails a pattern should look like, by pattern.
+_PATTERN_MESSAGES = {
+    _REPO: "expected a repo id 'owner/name' (letters, digits, '.', '_', '-')",
+    _SLUG: "expected a lowercase id: a-z, 0-9, '.', '_', '-', starting with a letter or digit",
+    r"^3\.\d{1,2}$": "expected a Python version such as '3.10'",
+    r"^[a-z][a-z0-9_]*$": "expected a lowercase name: a-z, 0-9, '_', starting with a letter",
+    r"^[a-z][a-z0-9_-]*$": "expected a lowercase name: a-z, 0-9, '_', '-', starting with a letter",
+}
 
 
 def _display(path: Path) -> str:
@@ -485,6 +497,10 @@ def _format_error(shown: str, lines: dict[Loc, int], err: Any) -> str:
         msg = f"unknown step kind; expected one of {err['ctx'].get('expected_tags')}"
     elif kind == "literal_error":
         msg = f"expected {err['ctx'].get('expected')}"
+    elif kind == "string_pattern_mismatch":
+        msg = _PATTERN_MESSAGES.get(err["ctx"].get("pattern"), msg)
+    elif kind == "too_short" and isinstance(err.get("input"), dict | list):
+        msg = "needs at least one entry"
     if kind not in ("missing", "extra_forbidden") and "input" in err and not isinstance(err["input"], dict | list):
         msg += f" (got {err['input']!r})"
     return f"{shown}:{line_for(lines, loc) or 1}: {_dotted(loc)}: {msg}"
