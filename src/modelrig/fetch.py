@@ -75,7 +75,8 @@ class SourcePlan:
     repo: str
     revision: str
     commit: str
-    moving: bool
+    #: What `revision` names: "commit", "branch" (moving: warned about) or "tag".
+    ref_kind: str
     files: tuple[RemoteFile, ...]
     target: Path
     include: tuple[str, ...] = ()
@@ -198,19 +199,19 @@ def resolve_source(name: str, hub: str, ref: HubRef, source: WeightSource, *, en
     """Ask `hub` for the commit `ref.revision` points at and the files there, filtered by the source's patterns."""
     token = token_for(endpoints, hub)
     if hub == "huggingface":
-        commit, files = _resolve_hf(ref, endpoint=endpoints.huggingface, token=token)
+        commit, kind, files = _resolve_hf(ref, endpoint=endpoints.huggingface, token=token)
     else:
-        commit, files = _resolve_ms(ref, endpoint=endpoints.modelscope, token=token)
+        commit, kind, files = _resolve_ms(ref, endpoint=endpoints.modelscope, token=token)
     chosen = select_files(files, include=source.include, exclude=source.exclude)
     if not chosen:
         raise FetchError(f"{hub}: {ref.repo}@{ref.revision}: no file matches include {source.include} / "
                          f"exclude {source.exclude}")
     return SourcePlan(name=name, hub=hub, repo=ref.repo, revision=ref.revision, commit=commit,
-                      moving=not ref.pinned, files=tuple(chosen), target=store / hub / ref.repo.replace("/", "--"),
+                      ref_kind=kind, files=tuple(chosen), target=store / hub / ref.repo.replace("/", "--"),
                       include=tuple(source.include), exclude=tuple(source.exclude))
 
 
-def _resolve_hf(ref: HubRef, *, endpoint: str, token: str | None) -> tuple[str, list[RemoteFile]]:
+def _resolve_hf(ref: HubRef, *, endpoint: str, token: str | None) -> tuple[str, str, list[RemoteFile]]:
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile
 
@@ -222,13 +223,21 @@ def _resolve_hf(ref: HubRef, *, endpoint: str, token: str | None) -> tuple[str, 
                             git_oid=None if e.lfs else e.blob_id)
                  for e in api.list_repo_tree(ref.repo, revision=commit, recursive=True)
                  if isinstance(e, RepoFile)]
-    return commit, files
+        kind = "commit"
+        if not ref.pinned:
+            tags = {t.name for t in api.list_repo_refs(ref.repo).tags}
+            kind = "tag" if ref.revision in tags else "branch"
+    return commit, kind, files
 
 
-def _resolve_ms(ref: HubRef, *, endpoint: str, token: str | None) -> tuple[str, list[RemoteFile]]:
+def _resolve_ms(ref: HubRef, *, endpoint: str, token: str | None) -> tuple[str, str, list[RemoteFile]]:
     api = _ms_api(endpoint, token)
     with _ms_errors(ref, endpoint, api):
         raw = api.legacy.list_repo_files(ref.repo, "model", revision=ref.revision, recursive=True)
+        kind = "commit"
+        if not ref.pinned:
+            _branches, tags = api.legacy.list_revisions_detail(ref.repo, "model")
+            kind = "tag" if ref.revision in {t.get("Revision") for t in tags} else "branch"
     files, commits = [], set()
     for entry in raw:
         if entry.get("Type", "blob") != "blob":
@@ -238,7 +247,7 @@ def _resolve_ms(ref: HubRef, *, endpoint: str, token: str | None) -> tuple[str, 
         if FULL_COMMIT.match(str(entry.get("Revision", ""))):
             commits.add(str(entry["Revision"]))
     commit = commits.pop() if len(commits) == 1 else ref.revision
-    return commit, files
+    return commit, kind, files
 
 
 def _ms_api(endpoint: str, token: str | None) -> Any:
@@ -352,6 +361,17 @@ class _Progress:
 
         return _Forward
 
+    def modelscope_callback(self) -> type:
+        from modelscope_hub._download import ProgressCallback
+
+        progress = self
+
+        class _Forward(ProgressCallback):  # type: ignore[misc]
+            def update(self, size: int) -> None:
+                progress.add(size)
+
+        return _Forward
+
 
 def _hash_file(path: Path) -> tuple[str, str]:
     """(sha256, git blob oid) in one read."""
@@ -393,9 +413,9 @@ def _download_one(plan: SourcePlan, f: RemoteFile, *, endpoints: Endpoints, forc
         if force:
             local.unlink(missing_ok=True)
         revision = plan.commit if FULL_COMMIT.match(plan.commit) else plan.revision
-        api.download_file(plan.repo, "model", f.path, revision=revision, local_dir=plan.target,
-                          expected_sha256=f.sha256, file_size=f.size, force=force)
-        progress.add(f.size)
+        api.downloader.download_file(repo_id=plan.repo, repo_type="model", file_path=f.path, revision=revision,
+                                     local_dir=plan.target, expected_sha256=f.sha256, file_size=f.size,
+                                     force=force, progress_callbacks=[progress.modelscope_callback()])
         if f.sha256 is not None and local.is_file() and local.stat().st_size == f.size:
             ok, sha = True, f.sha256  # verified by the client while streaming
         else:
@@ -463,7 +483,8 @@ def download(plan: SourcePlan, *, endpoints: Endpoints, verify: bool = False) ->
     finally:
         progress.bar.close()
     stamp = {"key": plan.stamp_key(), "hub": plan.hub, "repo": plan.repo, "revision": plan.revision,
-             "commit": plan.commit, "include": list(plan.include), "exclude": list(plan.exclude),
+             "ref_kind": plan.ref_kind, "commit": plan.commit, "include": list(plan.include),
+             "exclude": list(plan.exclude),
              "files": [{"path": f.path, "size": f.size, "sha256": hashes[f.path]} for f in plan.files],
              "downloaded": [f.path for f in todo], "downloaded_bytes": sum(f.size for f in todo)}
     write_stamp(plan.target, stamp)
@@ -613,9 +634,9 @@ def fetch_model(manifest: Manifest, ctx: Context, *, options: FetchOptions) -> S
             plans.append(_plan_with_fallback(name, source, store, endpoints, options,
                                              prefer=ctx.config.hub.prefer))
         for plan in plans:
-            if plan.moving:
-                options.log(f"modelrig: warning: {plan.name}: revision {plan.revision!r} of {plan.repo} is a moving "
-                            f"ref, resolved to {plan.commit}; pin that commit in the manifest")
+            if plan.ref_kind == "branch":
+                options.log(f"modelrig: warning: {plan.name}: {plan.hub} revision {plan.revision!r} of {plan.repo} "
+                            f"is a branch (a moving ref), resolved to {plan.commit}; pin that commit in the manifest")
         pending = [p for p in plans if _plan_matches_stamp(p) is None or options.verify]
         need = sum(needed_bytes(p) for p in pending)
         free = shutil.disk_usage(_existing_parent(store)).free
@@ -695,14 +716,15 @@ def _locked_download(plan: SourcePlan, endpoints: Endpoints, *, verify: bool) ->
 def _plan_from_stamp(name: str, stamp: dict[str, Any], store: Path) -> SourcePlan:
     files = tuple(RemoteFile(path=e["path"], size=e["size"], sha256=e["sha256"]) for e in stamp["files"])
     return SourcePlan(name=name, hub=stamp["hub"], repo=stamp["repo"], revision=stamp["revision"],
-                      commit=stamp["commit"], moving=False, files=files,
+                      commit=stamp["commit"], ref_kind="commit", files=files,
                       target=store / stamp["hub"] / stamp["repo"].replace("/", "--"),
                       include=tuple(stamp.get("include", [])), exclude=tuple(stamp.get("exclude", [])))
 
 
 def _source_record(name: str, stamp: dict[str, Any], store: Path) -> dict[str, Any]:
     return {"name": name, "hub": stamp["hub"], "repo": stamp["repo"], "revision": stamp["revision"],
-            "commit": stamp["commit"], "path": str(store / stamp["hub"] / stamp["repo"].replace("/", "--")),
+            "ref_kind": stamp.get("ref_kind", "commit"), "commit": stamp["commit"],
+            "path": str(store / stamp["hub"] / stamp["repo"].replace("/", "--")),
             "files": stamp["files"]}
 
 
