@@ -484,7 +484,7 @@ def _dotted(loc: Loc) -> str:
 
 
 def _format_error(shown: str, lines: dict[Loc, int], err: Any) -> str:
-    loc: Loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    loc: Loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p.startswith("function-") or p == "[key]")))
     kind = err["type"]
     msg = err["msg"]
     if kind == "extra_forbidden":
