@@ -213,8 +213,12 @@ def _run_build(plan: EnvBuildPlan, env: EnvPlan, *, data: DataRoot, log: Path) -
     _run(create, env=proc_env, log=log, what="create the env")
     if plan.constraints:
         (plan.path / CONSTRAINTS_NAME).write_text("\n".join(plan.constraints) + "\n", encoding="utf-8")
+    offline = any("--offline" in c or "--no-index" in c for c in installs)
+    where = f"uv's cache {proc_env['UV_CACHE_DIR']}" if plan.installer == "uv" else "the find-links folders"
+    what = f"{plan.installer} install" + (f" (offline: only packages in {where}; run once online or point "
+                                          "UV_CACHE_DIR at a warm cache)" if offline else "")
     for cmd in installs:
-        _run(cmd, env={**proc_env, "VIRTUAL_ENV": str(plan.path)}, log=log, what=f"{plan.installer} install")
+        _run(cmd, env={**proc_env, "VIRTUAL_ENV": str(plan.path)}, log=log, what=what)
     return smoke_check(plan.python, env_vars=env.env_vars)
 
 
