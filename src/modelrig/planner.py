@@ -452,7 +452,8 @@ def _gpu_names(facts: HostFacts) -> str:
 def _plan_mps_precision(facts: HostFacts, resources: Resources) -> PrecisionChoice:
     warnings: list[str] = []
     memory = resources.memory_gb
-    available = round(mps_usable_gb(facts.ram_bytes), 2)
+    usable = mps_usable_gb(facts.ram_bytes)
+    available = round(usable, 2)
     options: list[tuple[str, float]] = []
     for precision, figure in memory.items():
         if precision in ("bf16", "fp16") and all(p != "fp16" for p, _ in options):
@@ -471,7 +472,7 @@ def _plan_mps_precision(facts: HostFacts, resources: Resources) -> PrecisionChoi
         needed = _with_headroom(figure)
         want = math.ceil(needed / MPS_SHARE_LARGE)
         refusal = (f"needs {needed:g} GB at {dtype} ({figure:g} GB + 10%); this {chip} lets the GPU use "
-                   f"{available:.1f} GB of its {ram:.0f} GB: use a Mac with at least {want} GB"
+                   f"{usable:.1f} GB of its {ram:.0f} GB: use a Mac with at least {want} GB"
                    + (f", or a CUDA GPU with {'/'.join(quant)} (bitsandbytes is CUDA-only)" if quant else ""))
         return PrecisionChoice(dtype, None, needed, available, False, refusal=refusal, warnings=warnings)
     refusal = (f"the manifest lists only {'/'.join(memory)} figures, which need bitsandbytes (CUDA-only); "
@@ -482,7 +483,8 @@ def _plan_mps_precision(facts: HostFacts, resources: Resources) -> PrecisionChoi
 def _plan_cpu_precision(facts: HostFacts, resources: Resources) -> PrecisionChoice:
     memory = resources.memory_gb
     sixteen = _sixteen_bit(resources)
-    available = round(facts.ram_bytes / GB * CPU_SHARE, 2)
+    usable = facts.ram_bytes / GB * CPU_SHARE
+    available = round(usable, 2)
     options: list[tuple[str, float]] = []
     fp32 = memory.get("fp32") or (2 * sixteen if sixteen else None)
     if fp32:
@@ -503,7 +505,7 @@ def _plan_cpu_precision(facts: HostFacts, resources: Resources) -> PrecisionChoi
     want = math.ceil(needed / CPU_SHARE)
     return PrecisionChoice(dtype, None, needed, available, False, refusal=(
         f"needs {needed:g} GB of RAM at {dtype} ({figure:g} GB + 10%); this CPU-only host has {ram:.0f} GB "
-        f"({available:.1f} GB usable): use a host with at least {want} GB of RAM or a GPU"))
+        f"({usable:.1f} GB usable): use a host with at least {want} GB of RAM or a GPU"))
 
 
 # ---------------------------------------------------------------------------------------------------------
