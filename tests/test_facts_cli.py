@@ -14,6 +14,7 @@ import pytest
 from modelrig.facts import HostFacts
 from modelrig.facts.collect import OUTPUT_FILES, detect_environment, facts_from_outputs
 from tests.conftest import FIXTURES, REPO
+from tests.helpers.offline import offline
 
 HOSTS = FIXTURES / "hosts"
 RECORDED = REPO / "tests" / "fixtures" / "hosts"
@@ -90,6 +91,32 @@ def test_old_driver_without_compute_cap_falls_back_to_query_without_it(cli, monk
     assert [(g["name"], g["memory_mib"], g["compute_capability"], g["capability_source"], g["uuid"])
             for g in data["gpus"]] == [("A100-SXM4-40GB", 40537, "8.0", "table", "GPU-1")]
     assert data["cuda_driver_max"] == "11.0"
+
+
+def test_saved_outputs_describe_the_same_host_through_from_dir(cli, monkeypatch, tmp_path):
+    """`--save` on a (remote) host, `--from-dir` elsewhere: the same facts, old-driver fallbacks included."""
+    table = HOSTS / "nvidia-smi_2x_rtx4090_535.146.02_lxd_container.txt"
+    smi = tmp_path / "bin" / "nvidia-smi"
+    smi.parent.mkdir()
+    smi.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in\n'
+        '  --query-gpu=*) printf "0, NVIDIA GeForce RTX 4090, 24564, 8.9, 535.146.02, GPU-a\\n'
+        '1, NVIDIA GeForce RTX 4090, 24564, 8.9, 535.146.02, GPU-b\\n" ;;\n'
+        f"  *) cat {table} ;;\n"
+        "esac\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{smi.parent}{os.pathsep}{os.environ['PATH']}")
+    code, live, _ = cli("facts", "--json", "--save", tmp_path / "rec")
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == ["host.json", "nvidia-smi-query.csv",
+                                                                   "nvidia-smi.txt"]
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    code, recorded, _ = cli("facts", "--json", "--from-dir", tmp_path / "rec")
+    assert code == 0 and json.loads(recorded) == json.loads(live)
+    assert [g["uuid"] for g in json.loads(live)["gpus"]] == ["GPU-a", "GPU-b"]
+    code, _, err = cli("facts", "--from-dir", tmp_path / "rec", "--save", tmp_path / "again")
+    assert code == 2 and "cannot be combined" in err
 
 
 def test_hanging_nvidia_smi_times_out_and_counts_as_no_gpu(cli, monkeypatch, tmp_path):
@@ -199,8 +226,8 @@ def test_recorded_host_matches_what_its_raw_outputs_give(path: Path):
     assert derived.to_dict() == HostFacts.from_dict(data).to_dict()
 
 
-def test_console_script_prints_json(tmp_path):
+def test_console_script_prints_json_without_network(tmp_path):
     script = Path(sys.executable).parent / "modelrig"
-    done = subprocess.run([str(script), "--data-root", str(tmp_path), "facts", "--json"], capture_output=True,
-                          text=True, check=True, timeout=120)
+    done = subprocess.run(offline([str(script), "--data-root", str(tmp_path), "facts", "--json"]),
+                          capture_output=True, text=True, check=True, timeout=120)
     assert json.loads(done.stdout)["data_root"] == str(tmp_path)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from modelrig.config import Context
+from modelrig.errors import UsageError
 from modelrig.facts import HostFacts
 from modelrig.facts.collect import COMMAND_TIMEOUT, HOST_FILE, OUTPUT_FILES, collect, facts_from_dir
 
@@ -25,6 +26,8 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("--from-dir", type=Path, metavar="DIR",
                         help="read recorded command outputs from DIR instead of running commands")
+    parser.add_argument("--save", type=Path, metavar="DIR",
+                        help="also record the command outputs and host.json in DIR, for a later --from-dir")
     parser.add_argument("--timeout", type=float, default=COMMAND_TIMEOUT, metavar="SECONDS",
                         help=f"time limit per command such as nvidia-smi (default {COMMAND_TIMEOUT:g})")
     add_json_flag(parser)
@@ -33,9 +36,12 @@ def register(sub: Any) -> None:
 
 def _facts(args: argparse.Namespace, ctx: Context) -> int:
     if args.from_dir is not None:
+        if args.save is not None:
+            raise UsageError("--save records this host's outputs; it cannot be combined with --from-dir")
         facts = facts_from_dir(args.from_dir.expanduser(), data_root=ctx.data.root)
     else:
-        facts = collect(ctx.data.root, timeout=args.timeout)
+        facts = collect(ctx.data.root, timeout=args.timeout,
+                        save_to=args.save.expanduser() if args.save is not None else None)
     if args.json:
         print(json.dumps(facts.to_dict(), indent=2))
     else:

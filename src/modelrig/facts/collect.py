@@ -17,6 +17,7 @@ from typing import Any
 
 from modelrig.errors import UsageError
 from modelrig.facts import HostFacts, macos, nvidia
+from modelrig.stamp import atomic_write_text
 
 #: Recorded output name -> file name in a `--from-dir` folder.
 OUTPUT_FILES: dict[str, str] = {
@@ -290,7 +291,23 @@ def live_host(data_root: Path) -> dict[str, Any]:
     }
 
 
-def collect(data_root: Path, *, timeout: float = COMMAND_TIMEOUT) -> HostFacts:
-    """Facts about this machine, running nvidia-smi (Linux, Windows) or system_profiler/sysctl (macOS)."""
+def collect(data_root: Path, *, timeout: float = COMMAND_TIMEOUT, save_to: Path | None = None) -> HostFacts:
+    """Facts about this machine, running nvidia-smi (Linux, Windows) or system_profiler/sysctl (macOS).
+
+    With `save_to`, the command outputs and host.json are also written there, in the layout `facts_from_dir` reads
+    (so a remote host can be recorded once and planned for elsewhere).
+    """
     host = live_host(data_root)
-    return facts_from_outputs(live_outputs(host["os"], timeout=timeout), host=host)
+    outputs = live_outputs(host["os"], timeout=timeout)
+    if save_to is not None:
+        save_outputs(save_to, outputs, host)
+    return facts_from_outputs(outputs, host=host)
+
+
+def save_outputs(directory: Path, outputs: Mapping[str, str], host: Mapping[str, Any]) -> None:
+    """Write outputs (names from `OUTPUT_FILES`) and host.json into `directory`, each file atomically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {OUTPUT_FILES[name]: text for name, text in outputs.items()}
+    files[HOST_FILE] = json.dumps(dict(host), indent=2) + "\n"
+    for file, text in files.items():
+        atomic_write_text(directory / file, text)
