@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from modelrig.facts import HostFacts
-from modelrig.facts.collect import OUTPUT_FILES, detect_environment, facts_from_outputs
+from modelrig.facts.collect import OUTPUT_FILES, cpu_count, detect_environment, facts_from_outputs, ram_bytes
 from tests.conftest import FIXTURES, REPO
 from tests.helpers.offline import offline
 
@@ -37,7 +37,7 @@ def test_live_facts_describe_this_host_as_json(cli, data_root):
     data = json.loads(out)
     facts = HostFacts.from_dict(data)
     assert (facts.os, facts.arch) == (platform.system().lower(), platform.machine().lower())
-    assert facts.cpu_count == len(os.sched_getaffinity(0))
+    assert facts.cpu_count == cpu_count() and 1 <= facts.cpu_count <= len(os.sched_getaffinity(0))
     assert facts.ram_bytes > 0 and facts.disk_free_bytes > 0
     assert facts.data_root == str(data_root)
     assert isinstance(data["gpus"], list) and "warnings" in data
@@ -199,6 +199,21 @@ def test_environment_detection(tmp_path, markers, environ, hostname, expected):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.touch()
     assert detect_environment(root=tmp_path, environ=environ, hostname=hostname) == expected
+
+
+def test_container_limits_lower_cpu_and_ram(tmp_path):
+    cgroup = tmp_path / "sys" / "fs" / "cgroup"
+    cgroup.mkdir(parents=True)
+    assert cpu_count(root=tmp_path) == len(os.sched_getaffinity(0))
+    assert ram_bytes(root=tmp_path) == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    (cgroup / "cpu.max").write_text("50000 100000\n")  # half a CPU counts as one
+    (cgroup / "memory.max").write_text(f"{2**30}\n")
+    assert cpu_count(root=tmp_path) == 1
+    assert ram_bytes(root=tmp_path) == 2**30
+    (cgroup / "cpu.max").write_text("max 100000\n")
+    (cgroup / "memory.max").write_text("max\n")
+    assert cpu_count(root=tmp_path) == len(os.sched_getaffinity(0))
+    assert ram_bytes(root=tmp_path) > 2**30
 
 
 def test_planner_host_files_exist_and_load():

@@ -234,15 +234,15 @@ def _cpu_name(system: str) -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def _ram_bytes() -> int:
+def ram_bytes(*, root: Path = Path("/")) -> int:
     """Physical memory, or the cgroup memory limit when a container has a lower one (AutoDL, Docker)."""
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         total = 0
-    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+    for limit_file in ("sys/fs/cgroup/memory.max", "sys/fs/cgroup/memory/memory.limit_in_bytes"):
         try:
-            limit = Path(limit_file).read_text().strip()
+            limit = (root / limit_file).read_text().strip()
         except OSError:
             continue
         if limit.isdigit() and 0 < int(limit) < total:
@@ -269,10 +269,21 @@ def _os_version(system: str) -> str | None:
     return platform.version() or None
 
 
-def _cpu_count() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+def cpu_count(*, root: Path = Path("/")) -> int:
+    """Usable CPUs: the affinity mask, lowered to a container's cgroup CPU quota when there is one (AutoDL)."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota_files = {"sys/fs/cgroup/cpu.max": None,
+                   "sys/fs/cgroup/cpu/cpu.cfs_quota_us": "sys/fs/cgroup/cpu/cpu.cfs_period_us"}
+    for quota_file, period_file in quota_files.items():
+        try:
+            words = (root / quota_file).read_text().split()
+            if period_file:
+                words.append((root / period_file).read_text().strip())
+        except OSError:
+            continue
+        if len(words) >= 2 and words[0].isdigit() and words[1].isdigit() and int(words[1]) > 0:
+            return max(1, min(count, -(-int(words[0]) // int(words[1]))))
+    return count
 
 
 def live_host(data_root: Path) -> dict[str, Any]:
@@ -282,8 +293,8 @@ def live_host(data_root: Path) -> dict[str, Any]:
         "os": system,
         "arch": platform.machine().lower() or "unknown",
         "cpu": _cpu_name(system),
-        "cpu_count": _cpu_count(),
-        "ram_bytes": _ram_bytes(),
+        "cpu_count": cpu_count(),
+        "ram_bytes": ram_bytes(),
         "disk_free_bytes": _disk_free(data_root),
         "data_root": str(data_root),
         "os_version": _os_version(system),
