@@ -99,7 +99,8 @@ def summary(plan: Plan) -> str:
         f"launch    {', '.join(plan.launch) or '-'}",
         "steps",
     ]
-    lines += [f"  {i}. {s['stage']:<8} {s['description']}" for i, s in enumerate(plan.steps, 1)]
+    lines += [f"  {i:>2}. {s['stage']:<8} " + (f"[{s['model']}] " if s.get("model") != plan.model else "")
+              + s["description"] for i, s in enumerate(plan.steps, 1)]
     lines += [f"warning   {w}" for w in plan.warnings]
     lines.append("fits      yes" if plan.fits else f"fits      NO: {plan.refusal}")
     return "\n".join(lines)
