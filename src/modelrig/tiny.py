@@ -13,6 +13,13 @@ from typing import Any
 
 import torch
 
+from modelrig.convert.llama_meta import (
+    llama_config_dict,
+    llama_intermediate_size,
+    permute_rotary,
+    write_llama_tokenizer,
+)
+
 #: safetensors metadata written on every tiny shard (fixed, so files are byte-stable).
 _ST_META = {"format": "pt"}
 
@@ -63,12 +70,6 @@ def sentencepiece_model(*, vocab_size: int = 384) -> bytes:
         minloglevel=2,
     )
     return buffer.getvalue()
-
-
-def llama_intermediate_size(dim: int, multiple_of: int, ffn_dim_multiplier: float = 1.0) -> int:
-    """Meta's FFN width: `multiple_of * ceil(int(mult * int(8*dim/3)) / multiple_of)`."""
-    hidden = int(ffn_dim_multiplier * int(8 * dim / 3))
-    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
 
 
 def _randn(gen: torch.Generator, *shape: int, scale: float = 0.02) -> torch.Tensor:
@@ -157,79 +158,6 @@ def write_llama_meta(out: Path, *, seed: int = 0, shards: int = 2, dim: int = 64
     return out
 
 
-def _permute_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Meta interleaved rotary pairs to HF halves (transformers' `permute`)."""
-    dim1, dim2 = w.shape
-    return w.view(n_heads, dim1 // n_heads // 2, 2, dim2).transpose(1, 2).reshape(dim1, dim2)
-
-
-def llama_config_dict(*, vocab_size: int, hidden_size: int, intermediate_size: int, num_layers: int,
-                      num_heads: int, num_kv_heads: int, rms_norm_eps: float = 1e-6,
-                      max_position_embeddings: int = 2048, dtype: str = "float16") -> dict[str, Any]:
-    """A LLaMA `config.json` that transformers 4.29 through 5.x all understand."""
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "hidden_act": "silu",
-        "hidden_size": hidden_size,
-        "initializer_range": 0.02,
-        "intermediate_size": intermediate_size,
-        "max_position_embeddings": max_position_embeddings,
-        "model_type": "llama",
-        "num_attention_heads": num_heads,
-        "num_hidden_layers": num_layers,
-        "num_key_value_heads": num_kv_heads,
-        "pad_token_id": 0,
-        "rms_norm_eps": rms_norm_eps,
-        "rope_theta": 10000.0,
-        "tie_word_embeddings": False,
-        "torch_dtype": dtype,
-        "use_cache": True,
-        "vocab_size": vocab_size,
-    }
-
-
-def write_llama_tokenizer(out: Path, sp_model: bytes, *, added_tokens: Sequence[str] = (),
-                          first_added_id: int | None = None, chat_template: str | None = None) -> None:
-    """LLaMA tokenizer files (`tokenizer.model`, config, special tokens, added tokens) readable by 4.29..5.x."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "tokenizer.model").write_bytes(sp_model)
-    specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
-    config: dict[str, Any] = {
-        "tokenizer_class": "LlamaTokenizer",
-        "add_bos_token": True,
-        "add_eos_token": False,
-        "clean_up_tokenization_spaces": False,
-        "legacy": True,
-        "model_max_length": 2048,
-        "sp_model_kwargs": {},
-        **specials,
-    }
-    decoder = {str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
-                        "single_word": False, "special": True}
-               for i, t in enumerate(("<unk>", "<s>", "</s>"))}
-    if added_tokens:
-        import sentencepiece as spm
-
-        start = first_added_id if first_added_id is not None else spm.SentencePieceProcessor(
-            model_proto=sp_model).get_piece_size()
-        ids = {tok: start + k for k, tok in enumerate(added_tokens)}
-        (out / "added_tokens.json").write_text(json.dumps(ids, indent=2, sort_keys=True) + "\n")
-        for tok, i in ids.items():
-            decoder[str(i)] = {"content": tok, "lstrip": False, "normalized": False, "rstrip": False,
-                               "single_word": False, "special": True}
-        specials_map: dict[str, Any] = {**specials, "additional_special_tokens": list(added_tokens)}
-        config["additional_special_tokens"] = list(added_tokens)
-    else:
-        specials_map = dict(specials)
-    config["added_tokens_decoder"] = decoder
-    if chat_template:
-        config["chat_template"] = chat_template
-    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    (out / "special_tokens_map.json").write_text(json.dumps(specials_map, indent=2, sort_keys=True) + "\n")
-
-
 def _save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
@@ -248,8 +176,8 @@ def llama_hf_state(*, seed: int, vocab_size: int, hidden_size: int, num_layers: 
              "feed_forward.w3": "mlp.up_proj"}
     for i in range(num_layers):
         src, dst = f"layers.{i}.", f"model.layers.{i}."
-        state[dst + "self_attn.q_proj.weight"] = _permute_rotary(full[src + "attention.wq.weight"], num_heads)
-        state[dst + "self_attn.k_proj.weight"] = _permute_rotary(full[src + "attention.wk.weight"], num_kv_heads)
+        state[dst + "self_attn.q_proj.weight"] = permute_rotary(full[src + "attention.wq.weight"], num_heads)
+        state[dst + "self_attn.k_proj.weight"] = permute_rotary(full[src + "attention.wk.weight"], num_kv_heads)
         for a, b in names.items():
             state[dst + b + ".weight"] = full[src + a + ".weight"]
         state[dst + "input_layernorm.weight"] = full[src + "attention_norm.weight"]

@@ -1,0 +1,485 @@
+"""Streaming checkpoint I/O: lazy tensor readers (safetensors, zip pickles) and a sharded safetensors writer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import struct
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modelrig.errors import ConversionError, DiskSpaceError
+from modelrig.progress import bar
+
+#: File names that hold weights (never copied as "extra" files next to converted weights).
+WEIGHT_SUFFIXES = (".bin", ".safetensors", ".pth", ".pt", ".h5", ".msgpack", ".ckpt", ".gguf")
+#: Elements per chunk when a tensor is processed piecewise (64 Mi elements = 128 MiB of fp16).
+CHUNK_ELEMENTS = 64 << 20
+
+_ST_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+_ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
+_STORAGE_DTYPES: dict[str, torch.dtype] = {
+    "HalfStorage": torch.float16, "FloatStorage": torch.float32, "DoubleStorage": torch.float64,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The short name of a dtype (`float16`), as used in configs and messages."""
+    return str(dtype).removeprefix("torch.")
+
+
+@dataclass
+class LazyTensor:
+    """A tensor in a file, known by shape and dtype, read only when asked (by whole or by rows)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    path: Path
+    offset: int
+    stride: tuple[int, ...] | None = None
+    storage_key: str | None = None
+    _loader: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def numel(self) -> int:
+        """Number of elements."""
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        """Size in bytes."""
+        return self.numel * self.dtype.itemsize
+
+    @property
+    def contiguous(self) -> bool:
+        """True when the tensor occupies one contiguous byte range of its file."""
+        if self.stride is None:
+            return True
+        expected, acc = [], 1
+        for d in reversed(self.shape):
+            expected.append(acc)
+            acc *= d
+        return all(d == 1 or s == e for d, s, e in zip(self.shape, self.stride, reversed(expected), strict=True))
+
+    def load(self) -> torch.Tensor:
+        """Read the whole tensor into fresh memory (never a view of a file mapping)."""
+        if self._loader is not None:
+            return self._loader()
+        if not self.contiguous:
+            raise ConversionError(f"{self.path}: tensor {self.name} is not contiguous on disk")
+        return self.load_rows(0, self.shape[0] if self.shape else 1).reshape(self.shape)
+
+    def load_rows(self, start: int, stop: int) -> torch.Tensor:
+        """Read rows `start:stop` of dimension 0 (the tensor must be contiguous on disk)."""
+        if self._loader is not None:
+            return self._loader()[start:stop]
+        row = self.numel // self.shape[0] if self.shape and self.shape[0] else self.numel
+        count = (stop - start) * row
+        buf = bytearray(count * self.dtype.itemsize)
+        with open(self.path, "rb") as f:
+            f.seek(self.offset + start * row * self.dtype.itemsize)
+            got = f.readinto(buf)
+        if got != len(buf):
+            raise ConversionError(f"{self.path}: truncated file (tensor {self.name} needs {len(buf)} bytes, "
+                                  f"found {got})")
+        flat = torch.frombuffer(buf, dtype=torch.uint8).view(self.dtype) if buf else torch.empty(0, dtype=self.dtype)
+        return flat.reshape((stop - start, *self.shape[1:]) if self.shape else ())
+
+
+# ----------------------------------------------------------------------------------------------- readers
+
+
+def read_safetensors_header(path: Path) -> dict[str, LazyTensor]:
+    """The tensors of a `.safetensors` file from its header alone; data is read on demand with plain reads."""
+    try:
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            if size > 100 << 20:
+                raise ValueError("header too large")
+            header = json.loads(f.read(size))
+    except (OSError, ValueError, struct.error) as exc:
+        raise ConversionError(f"{path}: not a valid safetensors file ({exc})") from None
+    base = 8 + size
+    file_size = path.stat().st_size
+    out: dict[str, LazyTensor] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, stop = info["data_offsets"]
+        if base + stop > file_size:
+            raise ConversionError(f"{path}: truncated file (tensor {name} ends past the end of the file)")
+        if info["dtype"] not in _ST_DTYPES:
+            raise ConversionError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+        out[name] = LazyTensor(name, tuple(info["shape"]), _ST_DTYPES[info["dtype"]], path, base + start,
+                               storage_key=f"{start}")
+    return out
+
+
+class _RefusedGlobal(Exception):
+    pass
+
+
+class _LazyUnpickler(pickle.Unpickler):
+    """Reads a torch zip pickle's structure without data; only tensor-rebuilding globals are allowed."""
+
+    def __init__(self, fileobj: Any, records: dict[str, tuple[torch.dtype, int]]) -> None:
+        super().__init__(fileobj)
+        self.records = records
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_parameter"):
+            return getattr(self, name)
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return name
+        if module == "torch" and name == "Size":
+            return tuple
+        if module == "collections" and name == "OrderedDict":
+            import collections
+
+            return collections.OrderedDict
+        raise _RefusedGlobal(f"{module}.{name}")
+
+    def persistent_load(self, pid: Any) -> Any:
+        kind, storage_type, key, _location, numel = pid
+        if kind != "storage":
+            raise _RefusedGlobal(f"persistent id {kind}")
+        dtype = storage_type if isinstance(storage_type, torch.dtype) else _STORAGE_DTYPES.get(storage_type)
+        if dtype is None:
+            raise _RefusedGlobal(f"storage {storage_type}")
+        self.records[key] = (dtype, numel)
+        return ("storage", key, dtype)
+
+    @staticmethod
+    def _rebuild_tensor_v2(storage: Any, storage_offset: int, size: tuple[int, ...], stride: tuple[int, ...],
+                           *_args: Any) -> Any:
+        return ("tensor", storage[1], storage[2], storage_offset, tuple(size), tuple(stride))
+
+    @staticmethod
+    def _rebuild_parameter(data: Any, *_args: Any) -> Any:
+        return data
+
+
+def check_pickle_weights_only(path: Path) -> None:
+    """Refuse a pickle checkpoint that needs anything beyond tensors (torch's `weights_only=True` unpickler)."""
+    try:
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc) and "zip" not in str(exc):
+                raise
+            torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()
+        detail = next((ln for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
+        raise ConversionError(
+            f"{path}: refusing to unpickle: it needs code beyond plain tensors ({detail.strip()}); convert it "
+            "only if you trust its source, with --allow-unsafe-pickle") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as exc:
+        raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
+
+
+def read_pickle_lazily(path: Path, *, allow_unsafe: bool = False) -> dict[str, LazyTensor]:
+    """The tensors of a `.bin`/`.pth` checkpoint, read on demand with plain reads of the zip records.
+
+    The file is first checked with torch's `weights_only=True` unpickler (or, with `allow_unsafe`, fully
+    unpickled). Files the lazy reader cannot map (legacy non-zip pickles, unusual globals) are loaded whole.
+    """
+    if allow_unsafe:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        return _from_loaded(path, state)
+    check_pickle_weights_only(path)
+    try:
+        return _lazy_zip(path)
+    except (_RefusedGlobal, zipfile.BadZipFile, KeyError, ValueError):
+        return _from_loaded(path, torch.load(path, map_location="cpu", weights_only=True))
+
+
+def _from_loaded(path: Path, state: Any) -> dict[str, LazyTensor]:
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ConversionError(f"{path}: expected a dict of tensors, found {type(state).__name__}")
+    out: dict[str, LazyTensor] = {}
+    for name, t in state.items():
+        if isinstance(t, torch.Tensor):
+            key = f"{t.untyped_storage().data_ptr()}"
+            out[name] = LazyTensor(name, tuple(t.shape), t.dtype, path, t.storage_offset() * t.element_size(),
+                                   tuple(t.stride()), key, _loader=lambda t=t: t.contiguous().clone())
+    return out
+
+
+def _lazy_zip(path: Path) -> dict[str, LazyTensor]:
+    with zipfile.ZipFile(path) as zf:
+        pkl = next((n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+        if pkl is None:
+            raise KeyError("data.pkl")
+        prefix = pkl[: -len("data.pkl")]
+        records: dict[str, tuple[torch.dtype, int]] = {}
+        with zf.open(pkl) as f:
+            state = _LazyUnpickler(f, records).load()
+        offsets = {key: _member_data_offset(path, zf.getinfo(f"{prefix}data/{key}")) for key in records}
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    out: dict[str, LazyTensor] = {}
+    for name, value in state.items():
+        if not (isinstance(value, tuple) and value and value[0] == "tensor"):
+            continue
+        _, key, dtype, storage_offset, size, stride = value
+        out[name] = LazyTensor(name, size, dtype, path, offsets[key] + storage_offset * dtype.itemsize, stride,
+                               storage_key=key)
+    return out
+
+
+def _member_data_offset(path: Path, info: zipfile.ZipInfo) -> int:
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise ValueError("compressed record")
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        header = f.read(30)
+        if header[:4] != b"PK\x03\x04":
+            raise ValueError("bad local header")
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+    return info.header_offset + 30 + name_len + extra_len
+
+
+def open_checkpoint_file(path: Path, *, allow_unsafe_pickle: bool = False) -> dict[str, LazyTensor]:
+    """The tensors of one weight file (`.safetensors`, `.bin`, `.pth`, `.pt`)."""
+    if not path.is_file():
+        raise ConversionError(f"{path}: weight file not found")
+    if path.suffix == ".safetensors":
+        return read_safetensors_header(path)
+    return read_pickle_lazily(path, allow_unsafe=allow_unsafe_pickle)
+
+
+def weight_files(source: Path) -> list[Path]:
+    """The weight files of a model directory (via its index when present) or the file itself.
+
+    Raises `ConversionError` for a directory without weights or an index that names a missing shard.
+    """
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise ConversionError(f"{source}: no such file or directory")
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = source / index_name
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            except (ValueError, KeyError) as exc:
+                raise ConversionError(f"{index}: not a valid weight index ({exc})") from None
+            files = sorted(set(weight_map.values()))
+            missing = [f for f in files if not (source / f).is_file()]
+            if missing:
+                raise ConversionError(f"{index}: names missing shard(s) {', '.join(missing)}; the download is "
+                                      "incomplete")
+            return [source / f for f in files]
+    for pattern in ("model.safetensors", "pytorch_model.bin"):
+        if (source / pattern).is_file():
+            return [source / pattern]
+    found = sorted(source.glob("*.safetensors")) or sorted(source.glob("pytorch_model*.bin"))
+    if not found:
+        raise ConversionError(f"{source}: no weights found (expected *.safetensors or pytorch_model*.bin)")
+    return found
+
+
+@dataclass
+class ModelReader:
+    """All tensors of a model directory or file, by name, read lazily."""
+
+    source: Path
+    files: list[Path]
+    tensors: dict[str, LazyTensor]
+
+    @classmethod
+    def open(cls, source: Path, *, allow_unsafe_pickle: bool = False) -> ModelReader:
+        """Index every tensor of `source`; duplicate names across shards are an error."""
+        files = weight_files(Path(source))
+        tensors: dict[str, LazyTensor] = {}
+        for f in files:
+            for name, t in open_checkpoint_file(f, allow_unsafe_pickle=allow_unsafe_pickle).items():
+                if name in tensors:
+                    raise ConversionError(f"{f}: tensor {name} also appears in {tensors[name].path.name}")
+                tensors[name] = t
+        return cls(Path(source), files, tensors)
+
+
+def copy_extra_files(source: Path, dest: Path) -> list[str]:
+    """Copy config, tokenizer and other non-weight files of a model directory; returns their names."""
+    copied: list[str] = []
+    if not source.is_dir():
+        return copied
+    for entry in sorted(source.iterdir()):
+        name = entry.name
+        if not entry.is_file() or name.startswith(".") or name.endswith(WEIGHT_SUFFIXES):
+            continue
+        if name.endswith(".index.json") or name.endswith(".md"):
+            continue
+        shutil.copyfile(entry, dest / name)
+        copied.append(name)
+    return copied
+
+
+# ----------------------------------------------------------------------------------------------- writer
+
+
+@dataclass
+class OutputTensor:
+    """One tensor of a planned output: its name, shape, dtype and a producer of its data in row order."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    produce: Callable[[], Iterable[torch.Tensor]]
+
+    @property
+    def nbytes(self) -> int:
+        """Size in bytes."""
+        n = self.dtype.itemsize
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def parse_size(value: int | str) -> int:
+    """`5GB` -> 5_000_000_000 (decimal units as huggingface_hub parses them); ints pass through."""
+    if isinstance(value, int):
+        return value
+    from huggingface_hub.serialization._base import parse_size_to_int
+
+    try:
+        return parse_size_to_int(value)
+    except ValueError:
+        raise ConversionError(f"invalid size {value!r} (use e.g. 5GB or 500MB)") from None
+
+
+def plan_shards(tensors: list[OutputTensor], *, max_shard_size: int | str) -> dict[str, list[str]]:
+    """Shard file name -> tensor names, split by huggingface_hub's own algorithm (on shapes, not data)."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    meta = {t.name: torch.empty(t.shape, dtype=t.dtype, device="meta") for t in tensors}
+    split = split_torch_state_dict_into_shards(meta, filename_pattern="model{suffix}.safetensors",
+                                               max_shard_size=parse_size(max_shard_size))
+    return {name: sorted(names) for name, names in split.filename_to_tensors.items()}
+
+
+def ensure_free_space(directory: Path, needed: int) -> None:
+    """Refuse before starting when `directory`'s filesystem has less than `needed` bytes (plus 2%) free."""
+    probe = directory
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed * 1.02 + (16 << 20):
+        raise DiskSpaceError(f"{directory}: needs {needed / 1e9:.2f} GB free for the output, only "
+                             f"{free / 1e9:.2f} GB available; free space or use another --data-root")
+
+
+def write_safetensors_shards(tensors: list[OutputTensor], out: Path, *, max_shard_size: int | str = "5GB",
+                             metadata: dict[str, str] | None = None, desc: str = "write") -> dict[str, str]:
+    """Write `tensors` as safetensors shards (+ `model.safetensors.index.json` when sharded) into `out`.
+
+    Each tensor's data is produced and written piece by piece, so memory stays around one tensor (or one
+    chunk), never a shard. Headers are computed up front from the planned shapes; output is deterministic
+    (tensors sorted by name, fixed metadata). Returns file name -> sha256 of every file written.
+    """
+    by_name = {t.name: t for t in tensors}
+    if len(by_name) != len(tensors):
+        raise ConversionError("duplicate output tensor names")
+    shards = plan_shards(tensors, max_shard_size=max_shard_size)
+    meta = {"format": "pt", **(metadata or {})}
+    digests: dict[str, str] = {}
+    total = sum(t.nbytes for t in tensors)
+    with bar(total, desc) as progress:
+        for fname in sorted(shards):
+            digests[fname] = _write_one_shard([by_name[n] for n in shards[fname]], out / fname, meta, progress)
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": total},
+                 "weight_map": {n: f for f, names in shards.items() for n in names}}
+        text = json.dumps(index, indent=2, sort_keys=True) + "\n"
+        (out / "model.safetensors.index.json").write_text(text, encoding="utf-8")
+        digests["model.safetensors.index.json"] = hashlib.sha256(text.encode()).hexdigest()
+    return digests
+
+
+def _write_one_shard(tensors: list[OutputTensor], path: Path, metadata: dict[str, str], progress: Any) -> str:
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    for t in tensors:
+        if t.dtype not in _ST_NAMES:
+            raise ConversionError(f"tensor {t.name}: dtype {t.dtype} cannot be stored in safetensors")
+        header[t.name] = {"dtype": _ST_NAMES[t.dtype], "shape": list(t.shape),
+                          "data_offsets": [offset, offset + t.nbytes]}
+        offset += t.nbytes
+    blob = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    blob += b" " * (-len(blob) % 8)
+    digest = hashlib.sha256()
+    with open(path, "wb") as f:
+        head = struct.pack("<Q", len(blob)) + blob
+        f.write(head)
+        digest.update(head)
+        for t in tensors:
+            written = 0
+            for piece in t.produce():
+                if piece.dtype != t.dtype:
+                    raise ConversionError(f"tensor {t.name}: produced {piece.dtype}, planned {t.dtype}")
+                data = piece.contiguous().reshape(-1).view(torch.uint8).numpy()
+                f.write(data)
+                digest.update(data)
+                written += data.nbytes
+                progress.update(data.nbytes)
+            if written != t.nbytes:
+                raise ConversionError(f"tensor {t.name}: produced {written} bytes, planned {t.nbytes} "
+                                      f"(shape {list(t.shape)})")
+        f.flush()
+        os.fsync(f.fileno())
+    return digest.hexdigest()
+
+
+def whole(load: Callable[[], torch.Tensor]) -> Callable[[], Iterator[torch.Tensor]]:
+    """A producer yielding one whole tensor."""
+    def produce() -> Iterator[torch.Tensor]:
+        yield load()
+    return produce
+
+
+def row_chunks(rows: int, row_elements: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) row ranges of about `CHUNK_ELEMENTS` elements each."""
+    step = max(1, CHUNK_ELEMENTS // max(1, row_elements))
+    for start in range(0, max(rows, 1), step):
+        yield start, min(rows, start + step)
+
+
+def verify_safetensors_output(out: Path, expected: dict[str, Callable[[], torch.Tensor]]) -> None:
+    """Reload every written tensor with safetensors' own reader and compare it with the expected data."""
+    from safetensors import safe_open
+
+    files = sorted(out.glob("*.safetensors"))
+    seen: set[str] = set()
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            for name in st.keys():
+                if name not in expected:
+                    raise ConversionError(f"{f}: unexpected tensor {name} in the output")
+                if not torch.equal(st.get_tensor(name), expected[name]()):
+                    raise ConversionError(f"{f}: tensor {name} does not match its source after reloading")
+                seen.add(name)
+    missing = sorted(set(expected) - seen)
+    if missing:
+        raise ConversionError(f"{out}: output lacks tensors {', '.join(missing[:5])}")

@@ -1,0 +1,112 @@
+"""What every conversion step shares: input digests, the idempotency key, atomic output and its stamp."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from modelrig.convert.io import ensure_free_space
+from modelrig.result import StageResult, timed
+from modelrig.stamp import atomic_dir, atomic_write_text, digest, read_stamp, sha256_file, write_stamp
+
+#: Bump when an algorithm changes its output, so old stamps no longer match.
+FORMAT_VERSION = 1
+
+
+def input_files(*sources: Path) -> list[Path]:
+    """Every regular file under the given files/directories (hidden files and stamps excluded), sorted."""
+    files: list[Path] = []
+    for source in sources:
+        source = Path(source)
+        if source.is_file():
+            files.append(source)
+        elif source.is_dir():
+            files += sorted(p for p in source.rglob("*") if p.is_file()
+                            and not any(part.startswith(".") for part in p.relative_to(source).parts))
+    return files
+
+
+def file_digests(files: Iterable[Path], *, cache: Path | None = None) -> dict[str, str]:
+    """sha256 of each file, reusing a digest cache keyed by (path, size, mtime, inode) when given."""
+    known: dict[str, Any] = {}
+    if cache is not None and cache.is_file():
+        try:
+            known = json.loads(cache.read_text(encoding="utf-8"))
+        except ValueError:
+            known = {}
+    out: dict[str, str] = {}
+    changed = False
+    for f in files:
+        st = f.stat()
+        ident = f"{f.resolve()}"
+        fp = [st.st_size, st.st_mtime_ns, st.st_ino]
+        entry = known.get(ident)
+        if entry and entry.get("fp") == fp:
+            out[str(f)] = entry["sha256"]
+            continue
+        out[str(f)] = sha256_file(f)
+        known[ident] = {"fp": fp, "sha256": out[str(f)]}
+        changed = True
+    if cache is not None and changed:
+        atomic_write_text(cache, json.dumps(known, sort_keys=True))
+    return out
+
+
+def step_key(kind: str, params: dict[str, Any], sources: dict[str, Path], *,
+             cache: Path | None = None) -> tuple[str, dict[str, dict[str, str]]]:
+    """The idempotency key of a step: its kind, parameters and the content digests of its inputs."""
+    inputs: dict[str, dict[str, str]] = {}
+    for role, source in sorted(sources.items()):
+        source = Path(source)
+        files = input_files(source)
+        digests = file_digests(files, cache=cache)
+        base = source if source.is_dir() else source.parent
+        inputs[role] = {str(Path(p).relative_to(base)): d for p, d in digests.items()}
+    key = digest({"kind": kind, "version": FORMAT_VERSION, "params": params, "inputs": inputs})
+    return key, inputs
+
+
+def run_step(kind: str, *, out: Path, params: dict[str, Any], sources: dict[str, Path],
+             needed_bytes: Callable[[], int], body: Callable[[Path], dict[str, Any]],
+             cache: Path | None = None, model: str | None = None, force: bool = False) -> StageResult:
+    """Run one conversion step idempotently and atomically.
+
+    Skips (changed=False) when `out` holds a stamp with the same key. Otherwise checks free disk, calls
+    `body(tmp)` to fill a temporary sibling of `out`, stamps it (key, inputs, output sha256s) and renames it
+    into place. `body` returns details (must include `files`: name -> sha256 of what it wrote).
+    """
+    out = Path(out)
+    with timed() as t:
+        key, inputs = step_key(kind, params, sources, cache=cache)
+        stamp = read_stamp(out)
+        if not force and stamp is not None and stamp.get("key") == key:
+            return StageResult(stage="convert", changed=False, model=model, seconds=t["seconds"],
+                               summary=f"{kind}: {out} unchanged",
+                               details={"kind": kind, "out": str(out), "files": stamp.get("outputs", {})})
+        ensure_free_space(out.parent, needed_bytes())
+        with atomic_dir(out) as tmp:
+            details = body(tmp)
+            outputs = dict(sorted(details.get("files", {}).items()))
+            for f in sorted(tmp.iterdir()):
+                if f.is_file() and f.name not in outputs:
+                    outputs[f.name] = sha256_file(f)
+            write_stamp(tmp, {"kind": kind, "key": key, "params": params, "inputs": inputs, "outputs": outputs})
+            _fsync_dir(tmp)
+    summary = details.pop("summary", f"{kind}: wrote {out}")
+    details.update({"kind": kind, "out": str(out), "files": outputs})
+    return StageResult(stage="convert", changed=True, model=model, seconds=t["seconds"], summary=summary,
+                       details=details)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
