@@ -50,7 +50,7 @@ def _facts(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _gib(n: int | float) -> str:
-    return f"{n / 1024**3:.1f} GiB"
+    return f"{n / 1024**3:.1f} GiB" if n else "unknown"
 
 
 def summary(facts: HostFacts) -> str:
@@ -60,9 +60,10 @@ def summary(facts: HostFacts) -> str:
         os_line += f", {', '.join(facts.environment)}"
     lines = [
         f"Host:      {os_line}",
-        f"CPU:       {facts.cpu}, {facts.cpu_count} cores",
+        f"CPU:       {facts.cpu}" + (f", {facts.cpu_count} cores" if facts.cpu_count else ""),
         f"RAM:       {_gib(facts.ram_bytes)}",
-        f"Disk:      {_gib(facts.disk_free_bytes)} free at {shlex.quote(facts.data_root)}",
+        f"Disk:      {_gib(facts.disk_free_bytes) + ' free' if facts.disk_free_bytes else 'free space unknown'} "
+        f"at {shlex.quote(facts.data_root) or 'unknown'}",
     ]
     if facts.gpus:
         groups = Counter((g.name, g.memory_mib, g.compute_capability, g.mig) for g in facts.gpus)
