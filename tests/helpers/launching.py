@@ -1,0 +1,171 @@
+"""Helpers for launch tests: plans built by hand, tiny manifests, rendered entries and running servers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from modelrig.manifest import Manifest
+from modelrig.plan import EnvPlan, Plan, TorchBuild
+from modelrig.render import render
+
+
+def plan_for(manifest: Manifest, *, platform: str = "cpu", dtype: str | None = None,
+             quantization: str | None = None, env_vars: dict[str, str] | None = None) -> Plan:
+    """A plan as the planner would make it for `platform` (the planner is tested on its own)."""
+    torch = TorchBuild(version="2.13.0", variant="cpu" if platform == "cpu" else "cu121", index_url=None,
+                       requirements=["torch==2.13.0"])
+    env = EnvPlan(python=manifest.env.python, torch=torch, packages=list(manifest.env.packages), tokenizers=None,
+                  env_vars=dict(env_vars or {}))
+    return Plan(model=manifest.id, platform=platform, device=platform,
+                dtype=dtype or ("fp32" if platform == "cpu" else "fp16"), quantization=quantization,
+                memory_needed_gb=1.0, memory_available_gb=16.0, env=env, download_bytes=0, disk_needed_bytes=0,
+                disk_free_bytes=1 << 40, steps=[],
+                launch=[e.name for e in manifest.launch if platform in e.allowed_platforms], fits=True)
+
+
+def tiny_manifest(model_id: str, launch: list[dict[str, Any]], *, trust_remote_code: bool = False,
+                  architecture: str | None = None, python: str = "3.11") -> Manifest:
+    """A manifest for a tiny local model with the given launch entries."""
+    return Manifest.model_validate({
+        "id": model_id, "title": f"tiny {model_id}", "license": {"name": "test"},
+        "architecture": architecture, "trust_remote_code": trust_remote_code,
+        "weights": {"model": {"local": {"var": "tiny_model"}}},
+        "env": {"python": python, "packages": []},
+        "resources": {"params_b": 0.001, "memory_gb": {"fp32": 0.1}},
+        "launch": launch,
+    })
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def render_one(manifest: Manifest, out: Path, *, python: Path, paths: dict[str, Path], entry: str,
+               **kwargs: Any) -> Path:
+    """Render one entry for a CPU plan; return its folder."""
+    result = render(manifest, plan_for(manifest), out, paths=paths, python=python, entries=[entry], **kwargs)
+    return Path(result.details["entries"][entry]["dir"])
+
+
+def wait_http(url: str, *, timeout: float = 120.0, proc: subprocess.Popen[Any] | None = None,
+              log: Path | None = None) -> None:
+    """Wait until `url` answers 2xx; fail with the log tail when the process exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-4000:] if log and log.exists() else ""
+            raise AssertionError(f"server exited with {proc.returncode} before {url} answered:\n{tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if 200 <= response.status < 300:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    tail = log.read_text(errors="replace")[-4000:] if log and log.exists() else ""
+    raise AssertionError(f"{url} did not answer within {timeout}s:\n{tail}")
+
+
+@contextmanager
+def running(cmd: list[str], *, cwd: Path, url: str, env: dict[str, str] | None = None,
+            timeout: float = 180.0) -> Iterator[subprocess.Popen[Any]]:
+    """Run a server command in its own session until the block ends; wait for `url` first."""
+    log = cwd / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **(env or {})})
+    try:
+        wait_http(url, timeout=timeout, proc=proc, log=log)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def make_images(folder: Path, count: int, *, size: int = 40) -> list[Path]:
+    """Write `count` small, distinct RGB images in the supported formats."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    formats = [("png", "PNG"), ("jpg", "JPEG"), ("jpeg", "JPEG"), ("bmp", "BMP"), ("webp", "WEBP")]
+    paths = []
+    for index in range(count):
+        ext, fmt = formats[index % len(formats)]
+        image = Image.new("RGB", (size, size), ((index * 53) % 256, (index * 97) % 256, (index * 31) % 256))
+        for x in range(0, size, 4):
+            image.putpixel((x, index % size), (255, 255, 255))
+        path = folder / f"img{index:03d}.{ext}"
+        image.save(path, fmt)
+        paths.append(path)
+    return paths
+
+
+_VLM_SCRIPT = r'''
+import json, shutil, sys
+import torch
+import transformers
+from transformers import LlamaTokenizer
+
+kind, out, llama = sys.argv[1], sys.argv[2], sys.argv[3]
+torch.manual_seed(0)
+tokenizer = LlamaTokenizer.from_pretrained(llama)
+tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+image_token = tokenizer.convert_tokens_to_ids("<image>")
+vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2, image_size=30,
+              patch_size=15, projection_dim=32)
+if kind == "llava":
+    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    text = dict(model_type="llama", vocab_size=image_token + 1, hidden_size=64, intermediate_size=128,
+                num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256)
+    config = LlavaConfig(vision_config=dict(vision, model_type="clip_vision_model"), text_config=text,
+                         image_token_index=image_token, vocab_size=image_token + 1)
+    model = LlavaForConditionalGeneration(config).eval()
+    tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n"
+                               "{% elif m['role'] == 'user' %}USER: {{ m['content'] }} {% else %}ASSISTANT: "
+                               "{{ m['content'] }}</s>{% endif %}{% endfor %}"
+                               "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+    processor = LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 30},
+                               crop_size={"height": 30, "width": 30}), tokenizer=tokenizer)
+else:
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor
+    text = dict(model_type="opt", vocab_size=image_token + 1, hidden_size=32, num_hidden_layers=2, ffn_dim=37,
+                num_attention_heads=2, max_position_embeddings=256, word_embed_proj_dim=32, bos_token_id=1,
+                eos_token_id=2, pad_token_id=0)
+    vision.pop("projection_dim")
+    config = Blip2Config(vision_config=vision, text_config=text, num_query_tokens=4,
+                         qformer_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                             intermediate_size=37, encoder_hidden_size=32, vocab_size=64))
+    model = Blip2ForConditionalGeneration(config).eval()
+    processor = Blip2Processor(image_processor=BlipImageProcessor(size={"height": 30, "width": 30}),
+                               tokenizer=tokenizer)
+model.save_pretrained(out)
+processor.save_pretrained(out)
+'''
+
+
+def write_tiny_vlm(out: Path, *, kind: str, python: Path) -> Path:
+    """A tiny LLaVA (`kind="llava"`) or BLIP-2 (`"blip2"`) written by the transformers of the env at `python`,
+    so it loads in exactly that version (a tiny LLaMA's sentencepiece tokenizer plus an `<image>` token)."""
+    from modelrig import tiny
+
+    llama = tiny.write_llama_hf(out.parent / f".{out.name}-llama", seed=1)
+    subprocess.run([str(python), "-c", _VLM_SCRIPT, kind, str(out), str(llama)], check=True,
+                   capture_output=True, text=True)
+    return out

@@ -1,0 +1,235 @@
+"""The rendered OpenAI-compatible server, run by its start script in a real model env, against the `openai` client."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import http.client
+import json
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import openai
+import pytest
+
+from modelrig import tiny
+from tests.helpers.launching import free_port, make_images, render_one, running, tiny_manifest, write_tiny_vlm
+from tests.helpers.venvs import CURRENT_UI
+
+pytestmark = pytest.mark.slow
+
+API_KEY = "sk-test-0123456789"
+
+
+@pytest.fixture(scope="module")
+def env_python(venvs) -> Path:
+    return venvs.get(CURRENT_UI)
+
+
+@pytest.fixture(scope="module")
+def text_server(tmp_path_factory, env_python):
+    """A tiny LLaMA behind the `ziya` adapter, with an API key and a small queue (8) so overload is reachable."""
+    root = tmp_path_factory.mktemp("openai-text")
+    model = tiny.write_llama_hf(root / "model", seed=1)  # seed 1 does not answer EOS at once
+    manifest = tiny_manifest("tiny-ziya", [{"name": "api", "kind": "openai_api", "adapter": "ziya", "port": 8000,
+                                            "options": {"queue_size": 8, "max_new_tokens": 16,
+                                                        "temperature": 0.0}}])
+    entry = render_one(manifest, root / "launch", python=env_python, paths={"model": model}, entry="api",
+                       secrets={"MODELRIG_API_KEY": API_KEY})
+    port = free_port()
+    with running(["/bin/sh", str(entry / "start.sh")], cwd=entry, url=f"http://127.0.0.1:{port}/health",
+                 env={"MODELRIG_PORT": str(port)}) as proc:
+        yield {"port": port, "proc": proc, "entry": entry}
+
+
+@pytest.fixture(scope="module")
+def vision_server(tmp_path_factory, env_python):
+    """A tiny LLaVA behind the `llava` adapter, without an API key (loopback only)."""
+    root = tmp_path_factory.mktemp("openai-vision")
+    model = write_tiny_vlm(root / "model", kind="llava", python=env_python)
+    manifest = tiny_manifest("tiny-llava", [{"name": "api", "kind": "openai_api", "adapter": "llava",
+                                             "options": {"max_new_tokens": 8, "temperature": 0.0}}],
+                             architecture="LlavaForConditionalGeneration")
+    entry = render_one(manifest, root / "launch", python=env_python, paths={"model": model}, entry="api")
+    port = free_port()
+    with running(["/bin/sh", str(entry / "start.sh")], cwd=entry, url=f"http://127.0.0.1:{port}/health",
+                 env={"MODELRIG_PORT": str(port)}) as proc:
+        yield {"port": port, "proc": proc, "root": root}
+
+
+def client(port: int, key: str = API_KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def raw(port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    conn.request(method, path, body=body, headers={"Authorization": f"Bearer {API_KEY}", **(headers or {})})
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    return response.status, dict(response.getheaders()), data
+
+
+def test_models_endpoint_lists_the_served_model(text_server):
+    models = client(text_server["port"]).models.list()
+    assert [m.id for m in models.data] == ["tiny-ziya"]
+
+
+def test_plain_chat_answers_with_usage_and_respects_max_tokens(text_server):
+    reply = client(text_server["port"]).chat.completions.create(
+        model="tiny-ziya", messages=[{"role": "user", "content": "hello there"}], max_tokens=5, temperature=0)
+    choice = reply.choices[0]
+    assert choice.message.role == "assistant"
+    assert isinstance(choice.message.content, str) and choice.message.content
+    assert choice.finish_reason == "length"
+    assert reply.usage.completion_tokens == 5
+    assert reply.usage.prompt_tokens > 3
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + 5
+
+
+def test_streaming_yields_the_same_text_as_a_plain_answer(text_server):
+    api = client(text_server["port"])
+    messages = [{"role": "user", "content": "tell me a story"}]
+    plain = api.chat.completions.create(model="tiny-ziya", messages=messages, max_tokens=10, temperature=0)
+    chunks = list(api.chat.completions.create(model="tiny-ziya", messages=messages, max_tokens=10, temperature=0,
+                                              stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) >= 2
+    assert text == plain.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
+    assert chunks[-1].usage.completion_tokens == 10
+
+
+def test_stop_sequence_cuts_the_answer_before_it(text_server):
+    api = client(text_server["port"])
+    messages = [{"role": "user", "content": "count with me"}]
+    full = api.chat.completions.create(model="m", messages=messages, max_tokens=16, temperature=0)
+    text = full.choices[0].message.content
+    stop = text.strip()[2:5]
+    assert len(stop) == 3, text
+    cut = api.chat.completions.create(model="m", messages=messages, max_tokens=16, temperature=0, stop=[stop])
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].message.content == text[: text.find(stop)]
+    streamed = api.chat.completions.create(model="m", messages=messages, max_tokens=16, temperature=0,
+                                           stop=stop, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == text[: text.find(stop)]
+
+
+def test_multi_turn_history_changes_the_prompt(text_server):
+    api = client(text_server["port"])
+    one = api.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+                                      temperature=0)
+    two = api.chat.completions.create(model="m", max_tokens=4, temperature=0, messages=[
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello friend"},
+        {"role": "user", "content": "hi"}])
+    assert two.usage.prompt_tokens > one.usage.prompt_tokens
+
+
+def test_wrong_or_missing_api_key_is_rejected(text_server):
+    with pytest.raises(openai.AuthenticationError):
+        client(text_server["port"], key="sk-wrong").chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    status, _, body = raw(text_server["port"], "GET", "/v1/models", headers={"Authorization": ""})
+    assert status == 401 and json.loads(body)["error"]["code"] == "invalid_api_key"
+    status, _, body = raw(text_server["port"], "GET", "/health", headers={"Authorization": ""})
+    assert status == 200 and json.loads(body)["status"] == "ok"
+
+
+def test_bad_requests_get_openai_shaped_4xx_errors(text_server):
+    port = text_server["port"]
+    cases = [
+        (b"{not json", 400),
+        (json.dumps({"messages": []}).encode(), 422),
+        (json.dumps({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}).encode(), 422),
+        (json.dumps({"messages": [{"role": "user", "content": "x"}], "temperature": 7}).encode(), 422),
+        (json.dumps({"messages": [{"role": "assistant", "content": "x"}]}).encode(), 422),
+        (json.dumps({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}).encode(), 422),
+    ]
+    for body, expected in cases:
+        status, _, data = raw(port, "POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+        assert status == expected, (body, data)
+        error = json.loads(data)["error"]
+        assert error["message"] and error["type"]
+    status, _, _ = raw(port, "POST", "/v1/nowhere", b"{}")
+    assert status == 404
+    # an oversized body is refused from its Content-Length, before it is read
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + API_KEY.encode()
+                     + b"\r\nContent-Length: " + str(64 << 20).encode() + b"\r\n\r\n")
+        head = sock.recv(4096)
+    assert head.startswith(b"HTTP/1.1 413"), head
+
+
+def test_64_concurrent_requests_each_complete_or_get_503_with_retry_after(text_server):
+    port = text_server["port"]
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "go"}], "max_tokens": 8}).encode()
+
+    def one(index: int):
+        stream = index % 2 == 1
+        payload = body if not stream else body[:-1] + b', "stream": true}'
+        return raw(port, "POST", "/v1/chat/completions", payload, {"Content-Type": "application/json"}) + (stream,)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=64) as pool:
+        results = list(pool.map(one, range(64), timeout=300))
+    answered = busy = 0
+    for status, headers, data, stream in results:
+        if status == 503:
+            busy += 1
+            assert int(headers["Retry-After"]) >= 1
+            assert json.loads(data)["error"]["code"] == "queue_full"
+            continue
+        assert status == 200, data
+        answered += 1
+        if stream:
+            assert data.rstrip().endswith(b"data: [DONE]")
+        else:
+            assert json.loads(data)["choices"][0]["finish_reason"] in ("stop", "length")
+    assert answered + busy == 64
+    assert answered >= 9  # the worker's job plus a full queue of 8 were all served
+    assert busy >= 1
+    assert text_server["proc"].poll() is None
+    assert client(port).models.list().data[0].id == "tiny-ziya"
+
+
+def _data_url(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def test_image_content_in_openai_and_seed_forms(vision_server):
+    image = make_images(vision_server["root"] / "images", 1)[0]
+    api = client(vision_server["port"], key="unused")
+    forms = [
+        {"type": "image_url", "image_url": {"url": _data_url(image)}},
+        {"type": "image_url", "image_url": {"url": f"file://{image}"}},
+        {"type": "image", "image": str(image)},
+    ]
+    answers = []
+    for part in forms:
+        reply = api.chat.completions.create(model="m", max_tokens=6, temperature=0, messages=[
+            {"role": "user", "content": [{"type": "text", "text": "what is this?"}, part]}])
+        answers.append(reply.choices[0].message.content)
+        assert reply.usage.completion_tokens >= 1
+        assert reply.usage.prompt_tokens > 4  # image tokens count as prompt
+    assert answers[0] == answers[1] == answers[2]  # the same image, however it was sent
+
+
+def test_unreadable_image_is_a_422_not_a_crash(vision_server):
+    api = client(vision_server["port"], key="unused")
+    with pytest.raises(openai.UnprocessableEntityError):
+        api.chat.completions.create(model="m", max_tokens=2, messages=[{"role": "user", "content": [
+            {"type": "text", "text": "x"}, {"type": "image", "image": "/nonexistent/picture.png"}]}])
+    assert vision_server["proc"].poll() is None
+
+
+def test_server_refuses_to_listen_beyond_loopback_without_a_key(tmp_path, env_python):
+    manifest = tiny_manifest("tiny-open", [{"name": "api", "kind": "openai_api", "adapter": "ziya"}])
+    entry = render_one(manifest, tmp_path / "launch", python=env_python, paths={"model": tmp_path / "none"},
+                       entry="api")
+    shutil.copy(entry / "start.sh", entry / "start-copy.sh")
+    done = subprocess.run(["/bin/sh", str(entry / "start.sh")], env={"MODELRIG_BIND": "0.0.0.0", "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "without an API key" in done.stderr
