@@ -6,7 +6,6 @@ import base64
 import concurrent.futures
 import http.client
 import json
-import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -170,7 +169,7 @@ def test_64_concurrent_requests_each_complete_or_get_503_with_retry_after(text_s
     def one(index: int):
         stream = index % 2 == 1
         payload = body if not stream else body[:-1] + b', "stream": true}'
-        return raw(port, "POST", "/v1/chat/completions", payload, {"Content-Type": "application/json"}) + (stream,)
+        return (*raw(port, "POST", "/v1/chat/completions", payload, {"Content-Type": "application/json"}), stream)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=64) as pool:
         results = list(pool.map(one, range(64), timeout=300))
@@ -228,8 +227,7 @@ def test_server_refuses_to_listen_beyond_loopback_without_a_key(tmp_path, env_py
     manifest = tiny_manifest("tiny-open", [{"name": "api", "kind": "openai_api", "adapter": "ziya"}])
     entry = render_one(manifest, tmp_path / "launch", python=env_python, paths={"model": tmp_path / "none"},
                        entry="api")
-    shutil.copy(entry / "start.sh", entry / "start-copy.sh")
-    done = subprocess.run(["/bin/sh", str(entry / "start.sh")], env={"MODELRIG_BIND": "0.0.0.0", "PATH": "/usr/bin:/bin"},
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(["/bin/sh", str(entry / "start.sh")], capture_output=True, text=True, timeout=120,
+                          env={"MODELRIG_BIND": "0.0.0.0", "PATH": "/usr/bin:/bin"})
     assert done.returncode != 0
     assert "without an API key" in done.stderr
