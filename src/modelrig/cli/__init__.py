@@ -57,3 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("modelrig: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader (`modelrig facts | head`) went away: stop quietly, as other command-line tools do.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
