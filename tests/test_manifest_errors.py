@@ -184,4 +184,4 @@ def test_a_dependency_on_an_unknown_model_is_reported(tmp_path: Path, cli):
     path = _write(tmp_path, text)
     code, _, err = cli("validate", path)
     assert code == 2
-    assert "weights.llm.model: no manifest with id 'no-such-model'" in err
+    assert err.strip() == f"modelrig: error: {path}:8: weights.llm.model: no manifest with id 'no-such-model'"

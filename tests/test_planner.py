@@ -406,3 +406,13 @@ def test_plan_with_a_missing_facts_file_is_a_usage_error(cli, tmp_path):
     code, _, err = cli("plan", "bluelm-7b-chat", "--facts", tmp_path / "nope.json")
     assert code == 2
     assert "nope.json: facts file not found" in err
+
+
+def test_conversion_ram_beyond_the_host_is_a_refusal():
+    manifest = load_model("ziya-llama-13b-v1")
+    in_memory_merge = manifest.model_copy(
+        update={"resources": manifest.resources.model_copy(update={"convert_ram_gb": 64})})
+    t4 = make_plan(in_memory_merge, facts("t4"))
+    assert "the conversions need 64 GB of RAM; this host has 13 GB" in t4.refusal
+    a100 = make_plan(in_memory_merge, facts("a100-80gb"))
+    assert a100.fits

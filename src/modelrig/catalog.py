@@ -7,6 +7,7 @@ from pathlib import Path
 from modelrig.errors import ManifestError, ModelNotFoundError
 from modelrig.manifest import Manifest, load_manifest
 from modelrig.resources import manifest_dirs
+from modelrig.yamlpos import line_for, load_with_lines
 
 
 def manifest_paths() -> list[Path]:
@@ -40,8 +41,10 @@ def load_model(name: str) -> Manifest:
             try:
                 resolve_model(source.model)
             except ModelNotFoundError:
+                path = resolve_model(name)
                 raise ManifestError(
-                    [f"{resolve_model(name)}: weights.{source_name}.model: no manifest with id {source.model!r}"]
+                    [f"{path}:{_line(path, ('weights', source_name, 'model'))}: weights.{source_name}.model: "
+                     f"no manifest with id {source.model!r}"]
                 ) from None
     return manifest
 
@@ -57,10 +60,17 @@ def validate_files(paths: list[Path]) -> tuple[list[Manifest], list[str]]:
         except ManifestError as exc:
             problems.extend(exc.problems)
             continue
-        dangling = [f"{path}: weights.{n}.model: no manifest with id {s.model!r}"
-                    for n, s in manifest.weights.items() if s.model is not None and s.model not in known_ids]
+        dangling = [f"{path}:{_line(path, ('weights', n, 'model'))}: weights.{n}.model: no manifest with id "
+                    f"{s.model!r}" for n, s in manifest.weights.items()
+                    if s.model is not None and s.model not in known_ids]
         if dangling:
             problems.extend(dangling)
             continue
         good.append(manifest)
     return good, problems
+
+
+def _line(path: Path, loc: tuple[str, ...]) -> int:
+    """The line of a field in a manifest that already parsed."""
+    _, lines = load_with_lines(path)
+    return line_for(lines, loc) or 1

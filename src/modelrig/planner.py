@@ -651,6 +651,11 @@ def make_plan(
             f"needs {disk.needed_bytes / GB:.0f} GB of disk under {facts.data_root} (downloads "
             f"{disk.download_bytes / GB:.0f} GB, conversions {disk.convert_bytes / GB:.0f} GB, +10% and 2 GB); "
             f"only {facts.disk_free_bytes / GB:.0f} GB free: free space or use a data root on a bigger disk")
+    convert_ram = max((m.resources.convert_ram_gb or 0.0 for m in [manifest, *deps]
+                       if m.convert and m.id not in built), default=0.0)
+    if convert_ram and convert_ram * GB > facts.ram_bytes:
+        refusals.append(f"the conversions need {convert_ram:g} GB of RAM; this host has {facts.ram_bytes / GB:.0f} GB: "
+                        "convert on a bigger host and copy the output, or add RAM")
     env = _env_plan(manifest, platform, torch)
     launch = [e for e in manifest.launch if platform in e.allowed_platforms]
     skipped = [e.name for e in manifest.launch if e not in launch]
