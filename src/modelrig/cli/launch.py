@@ -1,0 +1,108 @@
+"""`modelrig launch MODEL [ENTRY]`, `modelrig stop MODEL [ENTRY]`, `modelrig status [MODEL]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from modelrig.config import Context
+from modelrig.errors import LaunchError
+from modelrig.render import ENTRY_FILE
+
+
+def register(sub: Any) -> None:
+    """Add the launch verbs."""
+    from modelrig.cli import add_json_flag
+
+    supervisors = ("auto", "process", "systemd", "launchd")
+    p = sub.add_parser("launch", help="start a model's rendered demos and wait until they answer")
+    p.add_argument("model", help="model id (its entries are rendered under <data root>/launch/<model>)")
+    p.add_argument("entry", nargs="?", help="one launch entry (default: every rendered entry)")
+    p.add_argument("--supervisor", choices=supervisors, help="default: serve.supervisor of the host config (auto: "
+                   "systemd where it is init, launchd on macOS, else a supervised background process)")
+    p.add_argument("--timeout", type=float, help="seconds to wait for the health check (default: per entry)")
+    p.add_argument("--no-wait", action="store_true", help="return without waiting for the health check")
+    p.add_argument("--launch-dir", type=Path, help="rendered entries folder (default: <data root>/launch/<model>)")
+    add_json_flag(p)
+    p.set_defaults(func=_launch)
+
+    p = sub.add_parser("stop", help="stop a model's running demos")
+    p.add_argument("model")
+    p.add_argument("entry", nargs="?")
+    p.add_argument("--supervisor", choices=supervisors)
+    p.add_argument("--launch-dir", type=Path)
+    add_json_flag(p)
+    p.set_defaults(func=_stop)
+
+    p = sub.add_parser("status", help="which rendered demos run and answer their health checks")
+    p.add_argument("model", nargs="?", help="one model (default: every rendered model)")
+    p.add_argument("--supervisor", choices=supervisors)
+    add_json_flag(p)
+    p.set_defaults(func=_status)
+
+
+def entry_dirs(ctx: Context, model: str, entry: str | None, launch_dir: Path | None = None) -> list[Path]:
+    """The rendered entry folders of a model (one when `entry` is given)."""
+    root = launch_dir or ctx.data.launch / model
+    if entry:
+        folder = root / entry
+        if not (folder / ENTRY_FILE).is_file():
+            raise LaunchError(f"{folder}: entry {entry!r} of {model} is not rendered; run `modelrig render {model}`")
+        return [folder]
+    found = sorted(p.parent for p in root.glob(f"*/{ENTRY_FILE}"))
+    if not found:
+        raise LaunchError(f"nothing rendered for {model} under {root}; run `modelrig render {model}` first")
+    return found
+
+
+def _supervisor(args: argparse.Namespace, ctx: Context) -> str:
+    return args.supervisor or ctx.config.serve.supervisor
+
+
+def _launch(args: argparse.Namespace, ctx: Context) -> int:
+    from modelrig.launch import start
+
+    results = [start(d, supervisor=_supervisor(args, ctx), run_dir=ctx.data.run / args.model,
+                     timeout=args.timeout, wait=not args.no_wait)
+               for d in entry_dirs(ctx, args.model, args.entry, args.launch_dir)]
+    _print(ctx, results)
+    return 0
+
+
+def _stop(args: argparse.Namespace, ctx: Context) -> int:
+    from modelrig.launch import stop
+
+    results = [stop(d, supervisor=_supervisor(args, ctx), run_dir=ctx.data.run / args.model)
+               for d in entry_dirs(ctx, args.model, args.entry, args.launch_dir)]
+    _print(ctx, results)
+    return 0
+
+
+def _print(ctx: Context, results: list[Any]) -> None:
+    if ctx.as_json:
+        print(json.dumps({"changed": any(r.changed for r in results), "results": [r.to_dict() for r in results]},
+                         indent=2, default=str))
+    elif not ctx.quiet:
+        for result in results:
+            print(result.line())
+
+
+def _status(args: argparse.Namespace, ctx: Context) -> int:
+    from modelrig.launch import status
+
+    models = [args.model] if args.model else sorted(p.name for p in ctx.data.launch.glob("*") if p.is_dir())
+    rows = []
+    for model in models:
+        for folder in sorted(p.parent for p in (ctx.data.launch / model).glob(f"*/{ENTRY_FILE}")):
+            rows.append(status(folder, supervisor=_supervisor(args, ctx), run_dir=ctx.data.run / model))
+    if ctx.as_json:
+        print(json.dumps({"entries": rows}, indent=2))
+        return 0
+    for row in rows:
+        state = "healthy" if row["healthy"] else "running" if row["running"] else "stopped"
+        print(f"{row['model']:<28} {row['entry']:<14} {row['kind']:<20} {state:<8} {row['url'] or ''}")
+    if not rows and not ctx.quiet:
+        print("nothing rendered yet")
+    return 0

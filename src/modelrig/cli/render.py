@@ -1,0 +1,93 @@
+"""`modelrig render MODEL [--out DIR]`: the model's launch scripts, start scripts and service units."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from modelrig.catalog import load_model
+from modelrig.config import Context
+from modelrig.errors import UsageError
+from modelrig.manifest import Manifest
+
+
+def register(sub: Any) -> None:
+    """Add the `render` verb."""
+    from modelrig.cli import add_json_flag
+
+    p = sub.add_parser("render", help="render the model's launch scripts and service units from launch/ templates")
+    p.add_argument("model", help="model id or path to a manifest YAML file")
+    p.add_argument("--out", type=Path, help="output folder (default: <data root>/launch/<model>)")
+    p.add_argument("--entry", action="append", dest="entries", metavar="NAME",
+                   help="render only this launch entry (repeatable; default: every entry the plan keeps)")
+    p.add_argument("--python", type=Path, metavar="PATH",
+                   help="the model env's interpreter (default: the env `modelrig env` builds for the plan)")
+    p.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
+                   help="folder of a weight source or step output (default: where fetch/convert put it)")
+    p.add_argument("--bind", help="listen address (default: serve.bind of the host config, 127.0.0.1); other "
+                   "addresses get an API key / UI password in the entry's 0600 secrets.env")
+    p.add_argument("--facts", type=Path, help="host facts JSON instead of this host's")
+    add_json_flag(p)
+    p.set_defaults(func=_render)
+
+
+def default_weight_paths(manifest: Manifest, ctx: Context) -> dict[str, Path]:
+    """Where fetch and convert put each weight source and step output on this data root."""
+    from modelrig.cli.plan import dependency_manifests
+
+    paths: dict[str, Path] = {}
+    for name, source in manifest.weights.items():
+        if source.model is not None:
+            dep = dependency_manifests(manifest)[source.model]
+            paths[name] = ctx.data.output_dir(dep.id, dep.output_name)
+        elif source.local is not None:
+            local = ctx.config.local.get(source.local.var) or source.local.path
+            if local:
+                paths[name] = Path(local).expanduser()
+        elif source.hubs:
+            hub, ref = source.hubs[0]
+            paths[name] = ctx.data.store_dir(hub, ref.repo)
+    for step in manifest.convert:
+        paths[step.output_name] = ctx.data.output_dir(manifest.id, step.output_name)
+    return paths
+
+
+def _pairs(items: list[str]) -> dict[str, Path]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise UsageError(f"--weights expects NAME=PATH, got {item!r}")
+        out[name] = Path(value).expanduser().absolute()
+    return out
+
+
+def _env_python(plan: Any, ctx: Context) -> Path:
+    from modelrig.envs.build import prepare_env_build
+
+    return Path(prepare_env_build(plan.env, data=ctx.data, config=ctx.config).python)
+
+
+def _render(args: argparse.Namespace, ctx: Context) -> int:
+    from modelrig.cli.up import _facts
+    from modelrig.render import render
+    from modelrig.up import plan_model
+
+    manifest = load_model(args.model)
+    plan = plan_model(manifest, ctx, facts=_facts(args))
+    python = args.python.expanduser().absolute() if args.python else _env_python(plan, ctx)
+    paths = {**default_weight_paths(manifest, ctx), **_pairs(args.weights)}
+    result = render(manifest, plan, args.out or ctx.data.launch / manifest.id, paths=paths, python=python,
+                    config=ctx.config, entries=args.entries, bind=args.bind, cache_dir=ctx.data.cache,
+                    log_dir=ctx.data.run / manifest.id)
+    if ctx.as_json:
+        print(result.to_json())
+    elif not ctx.quiet:
+        print(result.line())
+        for name, entry in result.details["entries"].items():
+            print(f"  {name:<14} {entry['kind']:<20} {entry['dir']}")
+    else:
+        print(json.dumps(result.changed))
+    return 0
