@@ -7,16 +7,20 @@ every stage `unchanged`. What `up` started is recorded in `<data root>/run/<mode
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from modelrig.config import Context
-from modelrig.errors import HostCannotRunError
+from modelrig.errors import HostCannotRunError, UsageError
 from modelrig.facts import HostFacts
 from modelrig.manifest import Manifest
 from modelrig.plan import Plan
-from modelrig.result import StageResult
+from modelrig.result import StageResult, timed
+from modelrig.stamp import digest, write_json
 
 STATE_NAME = "up.json"
 
@@ -98,3 +102,140 @@ def env_stage(manifest: Manifest, plan: Plan, ctx: Context, *, options: UpOption
     return build_env(plan.env, data=ctx.data, config=ctx.config, backend=options.backend,  # type: ignore[arg-type]
                      python=options.python, installer=options.installer,  # type: ignore[arg-type]
                      offline=options.offline, model=manifest.id)
+
+
+def fetch_stage(manifest: Manifest, ctx: Context, *, options: UpOptions) -> StageResult:
+    """Download (or find) the model's weights."""
+    from modelrig.fetch import FetchOptions, fetch_model
+
+    fetch_options = FetchOptions(hub=options.hub, store=options.store, hf_endpoint=options.hf_endpoint,
+                                 modelscope_endpoint=options.modelscope_endpoint, local=dict(options.local))
+    fetch_options.log = lambda line: None
+    return fetch_model(manifest, ctx, options=fetch_options)
+
+
+def weight_paths(manifest: Manifest, ctx: Context, fetched: StageResult) -> dict[str, Path]:
+    """Folders of the weight sources (as fetched), of `model:` dependencies' outputs and of the step outputs."""
+    paths: dict[str, Path] = {s["name"]: Path(s["path"]) for s in fetched.details.get("sources", [])}
+    for name, source in manifest.weights.items():
+        if source.model is not None:
+            dep = dependency_manifests(manifest)[source.model]
+            paths[name] = ctx.data.output_dir(dep.id, dep.output_name)
+    for step in manifest.convert:
+        paths[step.output_name] = ctx.data.output_dir(manifest.id, step.output_name)
+    return paths
+
+
+def render_stage(manifest: Manifest, plan: Plan, ctx: Context, *, python: Path, paths: dict[str, Path],
+                 options: UpOptions) -> StageResult:
+    """Render the launch scripts for the plan's entries."""
+    from modelrig.render import render
+
+    return render(manifest, plan, ctx.data.launch / manifest.id, paths=paths, python=python, config=ctx.config,
+                  entries=options.entries, cache_dir=ctx.data.cache, log_dir=ctx.data.run / manifest.id)
+
+
+def convert_stage(manifest: Manifest, ctx: Context, *, paths: dict[str, Path]) -> StageResult:
+    """Run the manifest's conversion steps (each idempotent on its own)."""
+    from modelrig.convert import convert_model
+
+    return convert_model(manifest, ctx, paths=paths)
+
+
+def launch_stage(manifest: Manifest, ctx: Context, rendered: StageResult, *, restart: bool) -> StageResult:
+    """Start every rendered entry and wait for its health check; `restart` first stops running ones (their
+    environment or weights changed under them)."""
+    from modelrig.launch import start, stop
+
+    supervisor = ctx.config.serve.supervisor
+    run_dir = ctx.data.run / manifest.id
+    started = time.perf_counter()
+    entries: dict[str, Any] = {}
+    changed = False
+    for name, entry in rendered.details["entries"].items():
+        folder = Path(entry["dir"])
+        if restart:
+            stop(folder, supervisor=supervisor, run_dir=run_dir)
+        result = start(folder, supervisor=supervisor, run_dir=run_dir)
+        changed = changed or result.changed
+        entries[name] = {"dir": str(folder), "summary": result.summary, **result.details}
+    running = ", ".join(f"{n} ({e['kind']})" for n, e in entries.items())
+    summary = (f"started {running}, healthy" if changed else f"{running} already running, healthy")
+    return StageResult(stage="launch", changed=changed, summary=summary, model=manifest.id,
+                       seconds=time.perf_counter() - started,
+                       details={"entries": entries, "supervisor": supervisor})
+
+
+def up(manifest: Manifest, ctx: Context, *, options: UpOptions | None = None,
+       on_stage: Callable[[StageResult], None] | None = None) -> UpReport:
+    """Run plan, env, fetch, convert, render and launch for `manifest` on this host; record what was started.
+
+    `on_stage` is called with each stage's result as soon as it is done (the CLI prints one line each).
+    """
+    options = options or UpOptions()
+    emit = on_stage or (lambda result: None)
+    begun = time.perf_counter()
+    results: list[StageResult] = []
+
+    def done(result: StageResult) -> StageResult:
+        results.append(result)
+        emit(result)
+        return result
+
+    previous = read_state(ctx, manifest.id)
+    with timed() as clock:
+        plan = plan_model(manifest, ctx, facts=options.facts)
+    plan_key = digest(plan.to_dict())
+    torch = plan.env.torch
+    done(StageResult(stage="plan", changed=previous.get("plan_key") != plan_key, model=manifest.id,
+                     seconds=clock["seconds"],
+                     summary=f"{plan.platform}: torch {torch.version} [{torch.variant}], {plan.dtype}"
+                     + (f" {plan.quantization}" if plan.quantization else "")
+                     + f", launch {', '.join(plan.launch) or 'nothing'}",
+                     details={"plan": plan.to_dict(), "key": plan_key}))
+    env = done(env_stage(manifest, plan, ctx, options=options))
+    python = Path(env.details["python"])
+    fetched = done(fetch_stage(manifest, ctx, options=options))
+    paths = weight_paths(manifest, ctx, fetched)
+    converted = done(convert_stage(manifest, ctx, paths=paths)) if manifest.convert else None
+    rendered = done(render_stage(manifest, plan, ctx, python=python, paths=paths, options=options))
+    underneath = env.changed or fetched.changed or bool(converted and converted.changed)
+    launched = done(launch_stage(manifest, ctx, rendered, restart=underneath))
+    urls = {name: e["url"] for name, e in launched.details["entries"].items() if e.get("url")}
+    write_json(state_file(ctx, manifest.id), {
+        "model": manifest.id, "plan_key": plan_key, "env": env.details["path"], "urls": urls,
+        "supervisor": launched.details["supervisor"], "run_dir": str(ctx.data.run / manifest.id),
+        "entries": {n: {"dir": e["dir"], "pid": e.get("pid"), "kind": e.get("kind")}
+                    for n, e in launched.details["entries"].items()},
+    })
+    return UpReport(model=manifest.id, results=results, urls=urls, seconds=time.perf_counter() - begun)
+
+
+def read_state(ctx: Context, model_id: str) -> dict[str, Any]:
+    """What the last `up` of a model recorded, or {}."""
+    try:
+        return json.loads(state_file(ctx, model_id).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def down(model_id: str, ctx: Context) -> StageResult:
+    """Stop every entry the last `up` of `model_id` started; `changed=False` when nothing was running."""
+    from modelrig.launch import stop
+
+    started = time.perf_counter()
+    state = read_state(ctx, model_id)
+    if not state:
+        raise UsageError(f"{model_id}: nothing to stop ({state_file(ctx, model_id)} not found; was it started "
+                         "with `modelrig up`?)")
+    stopped: list[str] = []
+    details: dict[str, Any] = {}
+    for name, entry in state.get("entries", {}).items():
+        result = stop(Path(entry["dir"]), supervisor=state.get("supervisor", "auto"),
+                      run_dir=Path(state.get("run_dir") or ctx.data.run / model_id))
+        details[name] = result.details
+        if result.changed:
+            stopped.append(name)
+    summary = f"stopped {', '.join(stopped)}" if stopped else "nothing was running"
+    return StageResult(stage="down", changed=bool(stopped), summary=summary, model=model_id,
+                       seconds=time.perf_counter() - started, details={"entries": details})

@@ -24,6 +24,34 @@ def register(sub: Any) -> None:
     add_json_flag(p)
     p.set_defaults(func=_env)
 
+    p = sub.add_parser("up", help="run the whole pipeline on this host: plan, env, fetch, convert, render, launch")
+    p.add_argument("model", help="model id or path to a manifest YAML file")
+    p.add_argument("--store", type=Path, help="store folder for downloads (default: <data root>/store)")
+    p.add_argument("--hub", choices=("auto", "huggingface", "modelscope"), default="auto",
+                   help="which hub to download from")
+    p.add_argument("--hf-endpoint", help="Hugging Face Hub endpoint (a mirror or `modelrig hub serve`)")
+    p.add_argument("--modelscope-endpoint", help="ModelScope endpoint")
+    p.add_argument("--local", action="append", default=[], metavar="NAME=PATH",
+                   help="path of user-supplied weights named by a manifest's local: var (repeatable)")
+    p.add_argument("--entry", action="append", dest="entries", metavar="NAME",
+                   help="launch only this entry (repeatable; default: every entry for this host)")
+    _env_options(p)
+    add_json_flag(p)
+    p.set_defaults(func=_up)
+
+    p = sub.add_parser("down", help="stop what `modelrig up MODEL` started")
+    p.add_argument("model", help="model id")
+    add_json_flag(p)
+    p.set_defaults(func=_down)
+
+    p = sub.add_parser("demo", help="the offline demo: tiny models on a local hub, merged, served, asked one "
+                       "question")
+    p.add_argument("--offline", action="store_true", default=None,
+                   help="build the env from uv's cache only (default: detected from whether PyPI answers)")
+    p.add_argument("--installer", choices=("auto", "uv", "pip"), default="auto")
+    add_json_flag(p)
+    p.set_defaults(func=_demo)
+
 
 def _env_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("venv", "conda"), default="venv",
@@ -80,3 +108,59 @@ def _parse_local(items: list[str]) -> dict[str, str]:
             raise UsageError(f"--local {item!r}: expected NAME=PATH")
         local[name] = path
     return local
+
+
+def _printer(ctx: Context):
+    def show(result: Any) -> None:
+        if not ctx.as_json and not ctx.quiet:
+            print(result.line(), flush=True)
+            for warning in result.details.get("warnings", []) if result.stage == "env" else []:
+                print(f"modelrig: warning: {warning}", file=sys.stderr)
+
+    return show
+
+
+def _summary(model: str, changed: bool, seconds: float, urls: dict[str, str]) -> list[str]:
+    state = "ready" if changed else "already up, nothing changed"
+    lines = [f"{model}: {state} ({seconds:.1f}s)"]
+    lines += [f"  {name:<8} {url}" for name, url in urls.items()]
+    return lines
+
+
+def _up(args: argparse.Namespace, ctx: Context) -> int:
+    from modelrig.up import UpOptions, up
+
+    manifest = load_model(args.model)
+    options = UpOptions(store=args.store, hub=args.hub, hf_endpoint=args.hf_endpoint,
+                        modelscope_endpoint=args.modelscope_endpoint, local=_parse_local(args.local),
+                        backend=args.backend, python=args.python, installer=args.installer, offline=args.offline,
+                        entries=args.entries, facts=_facts(args))
+    report = up(manifest, ctx, options=options, on_stage=_printer(ctx))
+    if ctx.as_json:
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        print("\n".join(_summary(report.model, report.changed, report.seconds, report.urls)))
+    return 0
+
+
+def _down(args: argparse.Namespace, ctx: Context) -> int:
+    from modelrig.up import down
+
+    result = down(args.model, ctx)
+    print(result.to_json() if ctx.as_json else result.line())
+    return 0
+
+
+def _demo(args: argparse.Namespace, ctx: Context) -> int:
+    from modelrig.demo import DEMO_MODEL, PROMPT, REAL_MODEL_HINT, run_demo
+
+    report = run_demo(ctx, offline=args.offline, installer=args.installer, on_stage=_printer(ctx))
+    if ctx.as_json:
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+        return 0
+    changed = any(r.changed for r in report.results)
+    print("\n".join(_summary(DEMO_MODEL, changed, report.seconds, report.urls)))
+    print(f"\nasked {report.urls.get('api')}/chat/completions: {PROMPT!r}")
+    print(f"answer: {report.answer!r}  (random tiny weights: the words are noise, the plumbing is real)")
+    print(f"\nstop it: modelrig down {DEMO_MODEL}\n\n{REAL_MODEL_HINT}")
+    return 0

@@ -1,0 +1,145 @@
+"""`modelrig demo`: the offline demo. Tiny repos on a local hub, then `up` for the demo manifest, then one chat.
+
+The local hub runs in a thread of the `modelrig demo` process only while `up` fetches: once the weights are in
+the store nothing needs it, so it stops when the demo ends (a later `up` of the demo model with a pinned or
+already-fetched revision needs no hub). The demo's services keep running until `modelrig down demo-tiny-ziya`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from modelrig.catalog import load_model
+from modelrig.config import Context, HostConfig
+from modelrig.errors import LaunchError
+from modelrig.result import StageResult
+
+DEMO_MODEL = "demo-tiny-ziya"
+HUB_DIR = "demo-hub"
+PROMPT = "Hello! What can you do?"
+REAL_MODEL_HINT = """\
+To run a real model instead (the same pipeline, real weights, a GPU or a Mac):
+  modelrig list                                   # the models modelrig knows
+  modelrig plan ziya-llama-13b-v1.1               # what this host would do: torch build, precision, disk
+  modelrig up ziya-llama-13b-v1.1 --local llama_13b_meta_dir=/path/to/LLaMA/13B
+  modelrig down ziya-llama-13b-v1.1
+Mirrors (e.g. hub.hf_endpoint: https://hf-mirror.com, pip.index_url) go in <data root>/config.yaml."""
+
+
+@dataclass
+class DemoReport:
+    """What the demo did: the hub and pipeline results, the URLs, and the chat answer."""
+
+    results: list[StageResult]
+    urls: dict[str, str]
+    answer: str
+    seconds: float
+    offline: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (`modelrig demo --json`)."""
+        return {"model": DEMO_MODEL, "changed": any(r.changed for r in self.results), "urls": self.urls,
+                "answer": self.answer, "offline": self.offline, "seconds": round(self.seconds, 3),
+                "stages": [r.to_dict() for r in self.results]}
+
+
+def pip_find_links(python: str = sys.executable) -> list[str]:
+    """find-links folders from `$PIP_FIND_LINKS` and pip's configuration (local wheel folders, e.g. a torch)."""
+    links = os.environ.get("PIP_FIND_LINKS", "").split()
+    try:
+        out = subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60,
+                             check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""
+    for line in out.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip().endswith("find-links"):
+            links += value.strip().strip("'\"").split()
+    return sorted({link for link in links if Path(link).is_dir()})
+
+
+def index_reachable(host: str = "pypi.org", *, timeout: float = 3.0) -> bool:
+    """True when the package index's name resolves and its port answers (False inside `unshare -n`)."""
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def demo_config(config: HostConfig, *, hub_url: str, token_file: Path) -> HostConfig:
+    """The host config for the demo: the local hub as the Hugging Face endpoint, and pip's local wheel folders.
+
+    When those folders hold a torch wheel, torch is taken from them instead of the PyTorch index.
+    """
+    hub = config.hub.model_copy(update={"hf_endpoint": hub_url, "token_file": str(token_file),
+                                        "prefer": "huggingface"})
+    pip = config.pip
+    links = list(pip.find_links) or pip_find_links()
+    has_torch = any(p.name.startswith("torch-") for link in links for p in Path(link).glob("*.whl"))
+    pip = pip.model_copy(update={"find_links": links, "use_torch_index": pip.use_torch_index and not has_torch})
+    return config.model_copy(update={"hub": hub, "pip": pip})
+
+
+def chat(api_url: str, prompt: str = PROMPT, *, model: str = DEMO_MODEL, max_tokens: int = 16,
+         api_key: str | None = None, timeout: float = 120) -> str:
+    """Send one chat request to an OpenAI-compatible API (`api_url` is its `/v1` base); return the answer."""
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}],
+                       "max_tokens": max_tokens}).encode()
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    request = urllib.request.Request(f"{api_url.rstrip('/')}/chat/completions", data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            data = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise LaunchError(f"{api_url}: the chat request failed: {exc}") from None
+    return str(data["choices"][0]["message"]["content"])
+
+
+def run_demo(ctx: Context, *, offline: bool | None = None, on_stage: Callable[[StageResult], None] | None = None,
+             installer: str = "auto") -> DemoReport:
+    """Make the tiny repos, serve them, `up` the demo model, and ask its API one question.
+
+    `offline=None` detects it: without a reachable package index the model env is built from uv's cache only.
+    """
+    from modelrig.hub.server import serve_in_thread
+    from modelrig.hub.tiny_repos import TOKEN_FILE, make_tiny_hub
+    from modelrig.up import UpOptions, up
+
+    started = time.perf_counter()
+    emit = on_stage or (lambda result: None)
+    if offline is None:
+        offline = not index_reachable()
+    hub_root = ctx.data.root / HUB_DIR
+    tiny = make_tiny_hub(hub_root)
+    tiny.summary = f"tiny repos: {tiny.summary}"
+    emit(tiny)
+    results = [tiny]
+    token_file = hub_root / TOKEN_FILE
+    hub_url, stop_hub = serve_in_thread(hub_root, token_file=token_file)
+    try:
+        demo_ctx = replace(ctx, config=demo_config(ctx.config, hub_url=hub_url, token_file=token_file))
+        options = UpOptions(hub="huggingface", offline=offline, installer=installer)
+        report = up(load_model(DEMO_MODEL), demo_ctx, options=options, on_stage=emit)
+    finally:
+        stop_hub()
+    results += report.results
+    api = report.urls.get("api")
+    if api is None:
+        raise LaunchError(f"{DEMO_MODEL}: the api entry did not start")
+    answer = chat(api)
+    return DemoReport(results=results, urls=report.urls, answer=answer, seconds=time.perf_counter() - started,
+                      offline=offline)
