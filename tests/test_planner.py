@@ -28,53 +28,53 @@ HOSTS = Path(__file__).parent / "fixtures" / "hosts"
 EXPECTED = """
 # model                   host                  torch          dtype quant fits  gpus
 blip2-opt-2.7b            a100-40gb-driver450   2.7.1+cu118    fp16  -     yes   1
-blip2-opt-2.7b            a100-40gb             2.14.0+cu132   fp16  -     yes   1
-blip2-opt-2.7b            a100-80gb             2.14.0+cu126   fp16  -     yes   1
-blip2-opt-2.7b            h100                  2.14.0+cu132   fp16  -     yes   1
+blip2-opt-2.7b            a100-40gb             2.14.1+cu132   fp16  -     yes   1
+blip2-opt-2.7b            a100-80gb             2.14.1+cu126   fp16  -     yes   1
+blip2-opt-2.7b            h100                  2.14.1+cu132   fp16  -     yes   1
 blip2-opt-2.7b            rtx3090-old-driver    2.7.1+cu118    fp16  -     yes   1
-blip2-opt-2.7b            rtx4090               2.14.0+cu126   fp16  -     yes   1
-blip2-opt-2.7b            rtx5090               2.14.0+cu132   fp16  -     yes   1
-blip2-opt-2.7b            t4                    2.14.0+cu126   fp16  -     yes   1
+blip2-opt-2.7b            rtx4090               2.14.1+cu126   fp16  -     yes   1
+blip2-opt-2.7b            rtx5090               2.14.1+cu132   fp16  -     yes   1
+blip2-opt-2.7b            t4                    2.14.1+cu126   fp16  -     yes   1
 blip2-opt-2.7b            v100                  none           fp16  -     no    1
-blip2-opt-2.7b            m2-ultra-192gb        2.14.0+default fp16  -     yes   0
-blip2-opt-2.7b            m2-pro-16gb           2.14.0+default fp16  -     yes   0
-blip2-opt-2.7b            cpu-only              2.14.0+cpu     fp32  -     yes   0
+blip2-opt-2.7b            m2-ultra-192gb        2.14.1+default fp16  -     yes   0
+blip2-opt-2.7b            m2-pro-16gb           2.14.1+default fp16  -     yes   0
+blip2-opt-2.7b            cpu-only              2.14.1+cpu     fp32  -     yes   0
 bluelm-7b-chat            a100-40gb-driver450   2.7.1+cu118    bf16  -     yes   1
-bluelm-7b-chat            a100-40gb             2.14.0+cu132   bf16  -     yes   1
-bluelm-7b-chat            a100-80gb             2.14.0+cu126   bf16  -     yes   1
-bluelm-7b-chat            h100                  2.14.0+cu132   bf16  -     yes   1
+bluelm-7b-chat            a100-40gb             2.14.1+cu132   bf16  -     yes   1
+bluelm-7b-chat            a100-80gb             2.14.1+cu126   bf16  -     yes   1
+bluelm-7b-chat            h100                  2.14.1+cu132   bf16  -     yes   1
 bluelm-7b-chat            rtx3090-old-driver    2.7.1+cu118    bf16  -     yes   1
-bluelm-7b-chat            rtx4090               2.14.0+cu126   bf16  -     yes   1
-bluelm-7b-chat            rtx5090               2.14.0+cu132   bf16  -     yes   1
-bluelm-7b-chat            t4                    2.14.0+cu126   fp16  int8  yes   1
+bluelm-7b-chat            rtx4090               2.14.1+cu126   bf16  -     yes   1
+bluelm-7b-chat            rtx5090               2.14.1+cu132   bf16  -     yes   1
+bluelm-7b-chat            t4                    2.14.1+cu126   fp16  int8  yes   1
 bluelm-7b-chat            v100                  none           fp16  int8  no    1
-bluelm-7b-chat            m2-ultra-192gb        2.14.0+default fp16  -     yes   0
-bluelm-7b-chat            m2-pro-16gb           2.14.0+default fp16  -     no    0
-bluelm-7b-chat            cpu-only              2.14.0+cpu     bf16  -     yes   0
+bluelm-7b-chat            m2-ultra-192gb        2.14.1+default fp16  -     yes   0
+bluelm-7b-chat            m2-pro-16gb           2.14.1+default fp16  -     no    0
+bluelm-7b-chat            cpu-only              2.14.1+cpu     bf16  -     yes   0
 joycaption-alpha-two      a100-40gb-driver450   2.7.1+cu118    bf16  -     yes   1
-joycaption-alpha-two      a100-40gb             2.14.0+cu132   bf16  -     yes   1
-joycaption-alpha-two      a100-80gb             2.14.0+cu126   bf16  -     yes   1
-joycaption-alpha-two      h100                  2.14.0+cu132   bf16  -     yes   1
+joycaption-alpha-two      a100-40gb             2.14.1+cu132   bf16  -     yes   1
+joycaption-alpha-two      a100-80gb             2.14.1+cu126   bf16  -     yes   1
+joycaption-alpha-two      h100                  2.14.1+cu132   bf16  -     yes   1
 joycaption-alpha-two      rtx3090-old-driver    2.7.1+cu118    bf16  -     yes   1
-joycaption-alpha-two      rtx4090               2.14.0+cu126   bf16  -     yes   1
-joycaption-alpha-two      rtx5090               2.14.0+cu132   bf16  -     yes   1
-joycaption-alpha-two      t4                    2.14.0+cu126   fp16  int4  yes   1
+joycaption-alpha-two      rtx4090               2.14.1+cu126   bf16  -     yes   1
+joycaption-alpha-two      rtx5090               2.14.1+cu132   bf16  -     yes   1
+joycaption-alpha-two      t4                    2.14.1+cu126   fp16  int4  yes   1
 joycaption-alpha-two      v100                  none           fp16  int4  no    1
-joycaption-alpha-two      m2-ultra-192gb        2.14.0+default fp16  -     yes   0
-joycaption-alpha-two      m2-pro-16gb           2.14.0+default fp16  -     no    0
-joycaption-alpha-two      cpu-only              2.14.0+cpu     bf16  -     yes   0
+joycaption-alpha-two      m2-ultra-192gb        2.14.1+default fp16  -     yes   0
+joycaption-alpha-two      m2-pro-16gb           2.14.1+default fp16  -     no    0
+joycaption-alpha-two      cpu-only              2.14.1+cpu     bf16  -     yes   0
 minicpm-v-2_6             a100-40gb-driver450   2.7.1+cu118    bf16  -     yes   1
-minicpm-v-2_6             a100-40gb             2.14.0+cu132   bf16  -     yes   1
-minicpm-v-2_6             a100-80gb             2.14.0+cu126   bf16  -     yes   1
-minicpm-v-2_6             h100                  2.14.0+cu132   bf16  -     yes   1
+minicpm-v-2_6             a100-40gb             2.14.1+cu132   bf16  -     yes   1
+minicpm-v-2_6             a100-80gb             2.14.1+cu126   bf16  -     yes   1
+minicpm-v-2_6             h100                  2.14.1+cu132   bf16  -     yes   1
 minicpm-v-2_6             rtx3090-old-driver    2.7.1+cu118    bf16  -     yes   1
-minicpm-v-2_6             rtx4090               2.14.0+cu126   bf16  -     yes   1
-minicpm-v-2_6             rtx5090               2.14.0+cu132   bf16  -     yes   1
-minicpm-v-2_6             t4                    2.14.0+cu126   fp16  int4  yes   1
+minicpm-v-2_6             rtx4090               2.14.1+cu126   bf16  -     yes   1
+minicpm-v-2_6             rtx5090               2.14.1+cu132   bf16  -     yes   1
+minicpm-v-2_6             t4                    2.14.1+cu126   fp16  int4  yes   1
 minicpm-v-2_6             v100                  none           fp16  int4  no    1
-minicpm-v-2_6             m2-ultra-192gb        2.14.0+default fp16  -     yes   0
-minicpm-v-2_6             m2-pro-16gb           2.14.0+default fp16  -     no    0
-minicpm-v-2_6             cpu-only              2.14.0+cpu     bf16  -     yes   0
+minicpm-v-2_6             m2-ultra-192gb        2.14.1+default fp16  -     yes   0
+minicpm-v-2_6             m2-pro-16gb           2.14.1+default fp16  -     no    0
+minicpm-v-2_6             cpu-only              2.14.1+cpu     bf16  -     yes   0
 minicpm-o-2_6             a100-40gb-driver450   2.3.1+cu118    bf16  -     yes   1
 minicpm-o-2_6             a100-40gb             2.3.1+cu121    bf16  -     yes   1
 minicpm-o-2_6             a100-80gb             2.3.1+cu121    bf16  -     yes   1
@@ -88,53 +88,53 @@ minicpm-o-2_6             m2-ultra-192gb        2.3.1+default  fp16  -     yes  
 minicpm-o-2_6             m2-pro-16gb           2.3.1+default  fp16  -     no    0
 minicpm-o-2_6             cpu-only              2.3.1+cpu      bf16  -     yes   0
 qwen-vl-chat              a100-40gb-driver450   2.7.1+cu118    bf16  -     yes   1
-qwen-vl-chat              a100-40gb             2.14.0+cu132   bf16  -     yes   1
-qwen-vl-chat              a100-80gb             2.14.0+cu126   bf16  -     yes   1
-qwen-vl-chat              h100                  2.14.0+cu132   bf16  -     yes   1
+qwen-vl-chat              a100-40gb             2.14.1+cu132   bf16  -     yes   1
+qwen-vl-chat              a100-80gb             2.14.1+cu126   bf16  -     yes   1
+qwen-vl-chat              h100                  2.14.1+cu132   bf16  -     yes   1
 qwen-vl-chat              rtx3090-old-driver    2.7.1+cu118    bf16  -     no    1
-qwen-vl-chat              rtx4090               2.14.0+cu126   bf16  -     yes   2
-qwen-vl-chat              rtx5090               2.14.0+cu132   bf16  -     yes   1
-qwen-vl-chat              t4                    2.14.0+cu126   fp16  -     no    1
+qwen-vl-chat              rtx4090               2.14.1+cu126   bf16  -     yes   2
+qwen-vl-chat              rtx5090               2.14.1+cu132   bf16  -     yes   1
+qwen-vl-chat              t4                    2.14.1+cu126   fp16  -     no    1
 qwen-vl-chat              v100                  none           fp16  -     no    1
-qwen-vl-chat              m2-ultra-192gb        2.14.0+default fp16  -     yes   0
-qwen-vl-chat              m2-pro-16gb           2.14.0+default fp16  -     no    0
-qwen-vl-chat              cpu-only              2.14.0+cpu     bf16  -     yes   0
+qwen-vl-chat              m2-ultra-192gb        2.14.1+default fp16  -     yes   0
+qwen-vl-chat              m2-pro-16gb           2.14.1+default fp16  -     no    0
+qwen-vl-chat              cpu-only              2.14.1+cpu     bf16  -     yes   0
 qwen2-vl-7b-instruct      a100-40gb-driver450   2.7.1+cu118    bf16  -     yes   1
-qwen2-vl-7b-instruct      a100-40gb             2.14.0+cu132   bf16  -     yes   1
-qwen2-vl-7b-instruct      a100-80gb             2.14.0+cu126   bf16  -     yes   1
-qwen2-vl-7b-instruct      h100                  2.14.0+cu132   bf16  -     yes   1
+qwen2-vl-7b-instruct      a100-40gb             2.14.1+cu132   bf16  -     yes   1
+qwen2-vl-7b-instruct      a100-80gb             2.14.1+cu126   bf16  -     yes   1
+qwen2-vl-7b-instruct      h100                  2.14.1+cu132   bf16  -     yes   1
 qwen2-vl-7b-instruct      rtx3090-old-driver    2.7.1+cu118    bf16  -     yes   1
-qwen2-vl-7b-instruct      rtx4090               2.14.0+cu126   bf16  -     yes   1
-qwen2-vl-7b-instruct      rtx5090               2.14.0+cu132   bf16  -     yes   1
-qwen2-vl-7b-instruct      t4                    2.14.0+cu126   fp16  int4  yes   1
+qwen2-vl-7b-instruct      rtx4090               2.14.1+cu126   bf16  -     yes   1
+qwen2-vl-7b-instruct      rtx5090               2.14.1+cu132   bf16  -     yes   1
+qwen2-vl-7b-instruct      t4                    2.14.1+cu126   fp16  int4  yes   1
 qwen2-vl-7b-instruct      v100                  none           fp16  int4  no    1
-qwen2-vl-7b-instruct      m2-ultra-192gb        2.14.0+default fp16  -     yes   0
-qwen2-vl-7b-instruct      m2-pro-16gb           2.14.0+default fp16  -     no    0
-qwen2-vl-7b-instruct      cpu-only              2.14.0+cpu     bf16  -     yes   0
+qwen2-vl-7b-instruct      m2-ultra-192gb        2.14.1+default fp16  -     yes   0
+qwen2-vl-7b-instruct      m2-pro-16gb           2.14.1+default fp16  -     no    0
+qwen2-vl-7b-instruct      cpu-only              2.14.1+cpu     bf16  -     yes   0
 ziya-llama-13b-v1         a100-40gb-driver450   2.7.1+cu118    fp16  -     yes   1
-ziya-llama-13b-v1         a100-40gb             2.14.0+cu132   fp16  -     yes   1
-ziya-llama-13b-v1         a100-80gb             2.14.0+cu126   fp16  -     yes   1
-ziya-llama-13b-v1         h100                  2.14.0+cu132   fp16  -     yes   1
+ziya-llama-13b-v1         a100-40gb             2.14.1+cu132   fp16  -     yes   1
+ziya-llama-13b-v1         a100-80gb             2.14.1+cu126   fp16  -     yes   1
+ziya-llama-13b-v1         h100                  2.14.1+cu132   fp16  -     yes   1
 ziya-llama-13b-v1         rtx3090-old-driver    2.7.1+cu118    bf16  int8  no    1
-ziya-llama-13b-v1         rtx4090               2.14.0+cu126   fp16  -     yes   2
-ziya-llama-13b-v1         rtx5090               2.14.0+cu132   fp16  -     yes   1
-ziya-llama-13b-v1         t4                    2.14.0+cu126   fp16  int8  no    1
+ziya-llama-13b-v1         rtx4090               2.14.1+cu126   fp16  -     yes   2
+ziya-llama-13b-v1         rtx5090               2.14.1+cu132   fp16  -     yes   1
+ziya-llama-13b-v1         t4                    2.14.1+cu126   fp16  int8  no    1
 ziya-llama-13b-v1         v100                  none           fp16  int8  no    1
-ziya-llama-13b-v1         m2-ultra-192gb        2.14.0+default fp16  -     yes   0
-ziya-llama-13b-v1         m2-pro-16gb           2.14.0+default fp16  -     no    0
-ziya-llama-13b-v1         cpu-only              2.14.0+cpu     bf16  -     no    0
+ziya-llama-13b-v1         m2-ultra-192gb        2.14.1+default fp16  -     yes   0
+ziya-llama-13b-v1         m2-pro-16gb           2.14.1+default fp16  -     no    0
+ziya-llama-13b-v1         cpu-only              2.14.1+cpu     bf16  -     no    0
 ziya-blip2-14b-visual-v1  a100-40gb-driver450   2.7.1+cu118    fp16  -     yes   1
-ziya-blip2-14b-visual-v1  a100-40gb             2.14.0+cu132   fp16  -     yes   1
-ziya-blip2-14b-visual-v1  a100-80gb             2.14.0+cu126   fp16  -     yes   1
-ziya-blip2-14b-visual-v1  h100                  2.14.0+cu132   fp16  -     yes   1
+ziya-blip2-14b-visual-v1  a100-40gb             2.14.1+cu132   fp16  -     yes   1
+ziya-blip2-14b-visual-v1  a100-80gb             2.14.1+cu126   fp16  -     yes   1
+ziya-blip2-14b-visual-v1  h100                  2.14.1+cu132   fp16  -     yes   1
 ziya-blip2-14b-visual-v1  rtx3090-old-driver    2.7.1+cu118    bf16  int4  no    1
-ziya-blip2-14b-visual-v1  rtx4090               2.14.0+cu126   fp16  -     yes   2
-ziya-blip2-14b-visual-v1  rtx5090               2.14.0+cu132   fp16  -     yes   1
-ziya-blip2-14b-visual-v1  t4                    2.14.0+cu126   fp16  int4  no    1
+ziya-blip2-14b-visual-v1  rtx4090               2.14.1+cu126   fp16  -     yes   2
+ziya-blip2-14b-visual-v1  rtx5090               2.14.1+cu132   fp16  -     yes   1
+ziya-blip2-14b-visual-v1  t4                    2.14.1+cu126   fp16  int4  no    1
 ziya-blip2-14b-visual-v1  v100                  none           fp16  int4  no    1
-ziya-blip2-14b-visual-v1  m2-ultra-192gb        2.14.0+default fp16  -     yes   0
-ziya-blip2-14b-visual-v1  m2-pro-16gb           2.14.0+default fp16  -     no    0
-ziya-blip2-14b-visual-v1  cpu-only              2.14.0+cpu     bf16  -     no    0
+ziya-blip2-14b-visual-v1  m2-ultra-192gb        2.14.1+default fp16  -     yes   0
+ziya-blip2-14b-visual-v1  m2-pro-16gb           2.14.1+default fp16  -     no    0
+ziya-blip2-14b-visual-v1  cpu-only              2.14.1+cpu     bf16  -     no    0
 """
 
 
@@ -270,7 +270,7 @@ def test_host_config_decides_the_torch_index():
 
 def test_torch_companions_are_pinned_from_the_table_and_can_steer_the_version():
     qwen = plan_for("qwen-vl-chat", "a100-80gb")
-    assert qwen.env.torch.requirements == ["torch==2.14.0", "torchvision==0.29.0"]
+    assert qwen.env.torch.requirements == ["torch==2.14.1", "torchvision==0.29.1"]
     minicpm = plan_for("minicpm-o-2_6", "h100")
     assert minicpm.env.torch.requirements == ["torch==2.3.1", "torchvision==0.18.1", "torchaudio==2.3.1"]
     steered = with_torch(load_model("qwen-vl-chat"), ">=2.0", ["torchvision==0.16.2"])
@@ -381,16 +381,16 @@ def test_plan_json_is_the_documented_shape(cli):
     assert list(data) == ["model", "platform", "device", "dtype", "quantization", "memory_needed_gb",
                           "memory_available_gb", "env", "download_bytes", "disk_needed_bytes", "disk_free_bytes",
                           "steps", "launch", "fits", "refusal", "warnings", "gpus", "dependencies"]
-    assert data["env"]["torch"] == {"version": "2.14.0", "variant": "cu126",
+    assert data["env"]["torch"] == {"version": "2.14.1", "variant": "cu126",
                                     "index_url": "https://download.pytorch.org/whl/cu126",
-                                    "requirements": ["torch==2.14.0"]}
+                                    "requirements": ["torch==2.14.1"]}
     assert data["env"]["packages"][-1] == "bitsandbytes>=0.41"
 
 
 def test_plan_summary_for_a_host_that_fits(cli):
     code, out, _ = cli("plan", "ziya-blip2-14b-visual-v1", "--facts", HOSTS / "a100-40gb.json")
     assert code == 0
-    assert "torch     2.14.0 [cu132] from https://download.pytorch.org/whl/cu132" in out
+    assert "torch     2.14.1 [cu132] from https://download.pytorch.org/whl/cu132" in out
     assert "fits      yes" in out
 
 
@@ -416,3 +416,11 @@ def test_conversion_ram_beyond_the_host_is_a_refusal():
     assert "the conversions need 64 GB of RAM; this host has 13 GB" in t4.refusal
     a100 = make_plan(in_memory_merge, facts("a100-80gb"))
     assert a100.fits
+
+
+def test_a_companion_with_no_release_for_newer_torch_keeps_torch_where_it_exists():
+    # torchaudio's last release is 2.11.0; 2.11 on a 535 driver: cu130 needs 580, so cu128.
+    needs_audio = with_torch(load_model("blip2-opt-2.7b"), ">=2.0", ["torchaudio"])
+    build = plan_torch_build(facts("a100-80gb"), needs_audio.env, config=HostConfig())
+    assert (build.version, build.variant, build.requirements) == ("2.11.0", "cu128",
+                                                                  ["torch==2.11.0", "torchaudio==2.11.0"])

@@ -83,7 +83,8 @@ class TorchRelease:
 
     version: Version
     python: SpecifierSet
-    companions: dict[str, str]
+    #: Companion package versions built for this torch; None: the package has no release for it.
+    companions: dict[str, str | None]
     variants: dict[str, ArchSet]
     macos_arm64: bool
     verified: bool
@@ -188,11 +189,20 @@ def _torch_candidates(spec: EnvSpec, table: TorchTable) -> list[TorchRelease]:
     for release in sorted(table.releases.values(), key=lambda r: r.version, reverse=True):
         if not wanted.contains(release.version, prereleases=False) or not release.python.contains(python):
             continue
-        if any(req.specifier and (req.name not in release.companions or not req.specifier.contains(
-                release.companions[req.name], prereleases=False)) for req in _companions(spec)):
+        if any(not _companion_ok(req, release) for req in _companions(spec)):
             continue
         out.append(release)
     return out
+
+
+def _companion_ok(req: Requirement, release: TorchRelease) -> bool:
+    """A companion the manifest needs exists for `release` and matches the manifest's pin, if any."""
+    if req.name in release.companions and release.companions[req.name] is None:
+        return False
+    if not req.specifier:
+        return True
+    version = release.companions.get(req.name)
+    return version is not None and req.specifier.contains(version, prereleases=False)
 
 
 def _exact_pin(spec: EnvSpec) -> str | None:
@@ -207,7 +217,7 @@ def _requirements(version: str, spec: EnvSpec, release: TorchRelease | None, war
     for req in _companions(spec):
         if req.specifier:
             reqs.append(str(req))
-        elif release is not None and req.name in release.companions:
+        elif release is not None and release.companions.get(req.name):
             reqs.append(f"{req.name}=={release.companions[req.name]}")
         else:
             reqs.append(req.name)
