@@ -355,13 +355,13 @@ class PrecisionChoice:
     warnings: list[str] = field(default_factory=list)
 
 
-def _gib_to_gb(mib: int) -> float:
+def _mib_to_gb(mib: int) -> float:
     return mib * 2**20 / GB
 
 
 def gpu_usable_gb(gpu: Gpu) -> float:
     """Memory of one GPU left for weights after the CUDA context (GB)."""
-    return max(_gib_to_gb(gpu.memory_mib) - CUDA_CONTEXT_GB, 0.0)
+    return max(_mib_to_gb(gpu.memory_mib) - CUDA_CONTEXT_GB, 0.0)
 
 
 def mps_usable_gb(ram_bytes: int) -> float:
