@@ -1,0 +1,208 @@
+"""Start scripts and services: the supervised background process, systemd units, launchd plists, the CLI verbs."""
+
+from __future__ import annotations
+
+import json
+import os
+import plistlib
+import shutil
+import subprocess
+import sys
+import textwrap
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from modelrig.errors import LaunchError
+from modelrig.launch import start, status, stop
+from tests.helpers.launching import free_port, render_one, tiny_manifest
+
+DEMO = textwrap.dedent('''
+    import http.server, json, sys
+    VERSION = "{version}"
+    args = sys.argv[1:]
+    host, port = args[args.index("--server-name") + 1], int(args[args.index("--server-port") + 1])
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({{"version": VERSION, "argv": args}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *a):
+            pass
+    http.server.HTTPServer((host, port), Handler).serve_forever()
+''')
+
+
+def _git(repo: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
+                          env=env).stdout.strip()
+
+
+@pytest.fixture
+def upstream_repo(tmp_path) -> tuple[Path, str]:
+    """A local mirror of an upstream demo repo with two commits; returns (repo, the first, pinned, commit)."""
+    repo = tmp_path / "mirror"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "web_demo.py").write_text(DEMO.format(version="pinned"))
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "pinned")
+    pinned = _git(repo, "rev-parse", "HEAD")
+    (repo / "web_demo.py").write_text(DEMO.format(version="newer"))
+    _git(repo, "commit", "-qam", "newer")
+    return repo, pinned
+
+
+def _entry(tmp_path: Path, pinned: str, *, script: str = "web_demo.py", port: int | None = None) -> Path:
+    manifest = tiny_manifest("tiny-upstream", [{
+        "name": "web", "kind": "upstream_script", "port": port or free_port(),
+        "options": {"start_timeout_s": 30},
+        "upstream": {"repo": "Example/demo", "ref": pinned, "script": script,
+                     "args": ["-c", "{weights}", "--server-name", "{bind}", "--server-port", "{port}"]}}])
+    return render_one(manifest, tmp_path / "launch", python=Path(sys.executable), paths={"model": tmp_path / "w"},
+                      entry="web")
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_process_supervisor_starts_the_pinned_upstream_demo_and_waits_for_health(tmp_path, upstream_repo,
+                                                                                   monkeypatch):
+    repo, pinned = upstream_repo
+    monkeypatch.setenv("MODELRIG_UPSTREAM_MIRROR", str(repo))
+    entry = _entry(tmp_path, pinned)
+    result = start(entry, supervisor="process", run_dir=tmp_path / "run")
+    try:
+        assert result.changed and result.details["supervisor"] == "process"
+        info = json.loads((entry / "entry.json").read_text())
+        answer = _get(f"http://127.0.0.1:{info['port']}/")
+        assert answer["version"] == "pinned"
+        assert answer["argv"] == ["-c", str(tmp_path / "w"), "--server-name", "127.0.0.1", "--server-port",
+                                  str(info["port"]), "--cpu-only"]
+        assert _git(entry / "upstream", "rev-parse", "HEAD") == pinned
+        pidfile = tmp_path / "run" / "web.pid"
+        assert json.loads(pidfile.read_text())["pid"] == result.details["pid"]
+        again = start(entry, supervisor="process", run_dir=tmp_path / "run")
+        assert not again.changed and again.details["pid"] == result.details["pid"]
+        assert status(entry, supervisor="process", run_dir=tmp_path / "run")["healthy"] is True
+    finally:
+        stopped = stop(entry, supervisor="process", run_dir=tmp_path / "run")
+    assert stopped.changed
+    assert not (tmp_path / "run" / "web.pid").exists()
+    assert status(entry, supervisor="process", run_dir=tmp_path / "run")["running"] is False
+    assert not stop(entry, supervisor="process", run_dir=tmp_path / "run").changed
+
+
+def test_stale_pidfile_is_detected_and_replaced(tmp_path, upstream_repo, monkeypatch):
+    repo, pinned = upstream_repo
+    monkeypatch.setenv("MODELRIG_UPSTREAM_MIRROR", str(repo))
+    entry = _entry(tmp_path, pinned)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "web.pid").write_text(json.dumps({"pid": dead.pid, "start_time": "1"}))
+    assert status(entry, supervisor="process", run_dir=tmp_path / "run")["stale_pidfile"] is True
+    result = start(entry, supervisor="process", run_dir=tmp_path / "run")
+    try:
+        assert result.changed and result.details["stale_pidfile_removed"] is True
+        assert result.details["pid"] != dead.pid
+    finally:
+        stop(entry, supervisor="process", run_dir=tmp_path / "run")
+
+
+def test_a_demo_that_dies_fails_the_start_with_its_log(tmp_path, upstream_repo, monkeypatch):
+    repo, _ = upstream_repo
+    (repo / "broken.py").write_text("import sys\nprint('cannot load the model: out of memory')\nsys.exit(3)\n")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "broken")
+    monkeypatch.setenv("MODELRIG_UPSTREAM_MIRROR", str(repo))
+    entry = _entry(tmp_path, _git(repo, "rev-parse", "HEAD"), script="broken.py")
+    with pytest.raises(LaunchError, match=r"exited \(status 3\)[\s\S]*out of memory"):
+        start(entry, supervisor="process", run_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "web.pid").exists()
+
+
+def test_health_wait_gives_up_after_the_timeout(tmp_path, upstream_repo, monkeypatch):
+    repo, _ = upstream_repo
+    (repo / "silent.py").write_text("import time\ntime.sleep(60)\n")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "silent")
+    monkeypatch.setenv("MODELRIG_UPSTREAM_MIRROR", str(repo))
+    entry = _entry(tmp_path, _git(repo, "rev-parse", "HEAD"), script="silent.py")
+    with pytest.raises(LaunchError, match="did not answer"):
+        start(entry, supervisor="process", run_dir=tmp_path / "run", timeout=2)
+    assert status(entry, supervisor="process", run_dir=tmp_path / "run")["running"] is False
+
+
+def test_systemd_unit_restarts_on_failure_and_passes_systemd_analyze(tmp_path, upstream_repo):
+    _, pinned = upstream_repo
+    entry = _entry(tmp_path, pinned)
+    unit = entry / "modelrig-tiny-upstream-web.service"
+    text = unit.read_text()
+    assert "Restart=on-failure" in text
+    assert f"ExecStart=/bin/sh {entry}/start.sh" in text
+    assert f"WorkingDirectory={entry}" in text
+    assert "MODELRIG_API_KEY" not in text and "Environment=" not in text
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.fail("systemd-analyze is needed (Debian package systemd; scripts/system-deps.sh)")
+    done = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
+    problems = [line for line in done.stderr.splitlines() if str(unit.name) in line or "Unknown" in line]
+    assert not problems, done.stderr
+
+
+def test_launchd_plist_round_trips_and_keeps_failed_jobs_alive(tmp_path, upstream_repo):
+    _, pinned = upstream_repo
+    entry = _entry(tmp_path, pinned)
+    plist = plistlib.loads((entry / "ai.modelrig.tiny-upstream.web.plist").read_bytes())
+    assert plist["Label"] == "ai.modelrig.tiny-upstream.web"
+    assert plist["ProgramArguments"] == ["/bin/sh", f"{entry}/start.sh"]
+    assert plist["KeepAlive"] == {"SuccessfulExit": False}
+    assert plist["RunAtLoad"] is True
+    assert plist["StandardOutPath"].endswith("web.log")
+
+
+def test_cli_render_launch_status_stop(cli, tmp_path, upstream_repo, monkeypatch):
+    repo, pinned = upstream_repo
+    monkeypatch.setenv("MODELRIG_UPSTREAM_MIRROR", str(repo))
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    port = free_port()
+    (manifests / "tiny-cli.yaml").write_text(textwrap.dedent(f"""
+        id: tiny-cli
+        title: A tiny upstream demo
+        license: {{name: test}}
+        weights:
+          model: {{local: {{var: tiny_cli_dir}}}}
+        env: {{python: "3.11"}}
+        resources: {{params_b: 0.001, memory_gb: {{fp32: 0.1}}}}
+        launch:
+          - name: web
+            kind: upstream_script
+            port: {port}
+            upstream: {{repo: Example/demo, ref: {pinned}, script: web_demo.py,
+                        args: ["--server-name", "{{bind}}", "--server-port", "{{port}}"]}}
+    """))
+    monkeypatch.setenv("MODELRIG_MANIFESTS", str(manifests))
+    code, out, err = cli("render", "tiny-cli", "--python", sys.executable, "--weights", f"model={tmp_path}")
+    assert code == 0, err
+    try:
+        code, out, err = cli("launch", "tiny-cli", "--supervisor", "process", "--json")
+        assert code == 0, err
+        launched = json.loads(out)
+        assert launched["changed"] and launched["results"][0]["details"]["url"] == f"http://127.0.0.1:{port}/"
+        code, out, _ = cli("status", "--supervisor", "process", "--json")
+        rows = json.loads(out)["entries"]
+        assert [(r["model"], r["entry"], r["healthy"]) for r in rows] == [("tiny-cli", "web", True)]
+    finally:
+        code, out, err = cli("stop", "tiny-cli", "--supervisor", "process", "--json")
+    assert code == 0 and json.loads(out)["changed"] is True
+    code, _, err = cli("launch", "nothing-rendered", "--supervisor", "process")
+    assert code == 8 and "modelrig render nothing-rendered" in err
