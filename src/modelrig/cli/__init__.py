@@ -13,7 +13,7 @@ from modelrig.config import Context, DataRoot, default_data_root, load_host_conf
 from modelrig.errors import ManifestError, ModelrigError
 
 #: Modules under `modelrig.cli` that each add their verbs with a `register(subparsers)` function.
-COMMAND_MODULES: tuple[str, ...] = ("manifests", "plan", "facts", "fetch", "hub", "up", "render", "launch")
+COMMAND_MODULES: tuple[str, ...] = ("manifests", "plan", "facts", "fetch", "hub", "up", "render", "launch", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:

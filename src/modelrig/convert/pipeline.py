@@ -1,0 +1,121 @@
+"""`modelrig convert MODEL`: run a manifest's conversion steps, each reading fetched weights or earlier outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from modelrig.config import Context
+from modelrig.convert.delta import apply_delta
+from modelrig.convert.llama_meta import convert_llama_meta
+from modelrig.convert.safetensors_convert import convert_to_safetensors
+from modelrig.convert.tf import convert_h5, convert_tf1
+from modelrig.errors import ConversionError, UsageError
+from modelrig.manifest import ApplyDelta, LlamaMetaToHf, Manifest, TfToPt, ToSafetensors, WeightSource
+from modelrig.result import StageResult, timed
+from modelrig.stamp import read_stamp
+
+
+def source_dir(name: str, source: WeightSource, ctx: Context, *, local: Mapping[str, str] | None = None) -> Path:
+    """The local folder of a weight source: its fetched store folder, a `local:` path, or another model's output.
+
+    A hub source is found where `modelrig fetch` puts it (`DataRoot.store_dir(hub, repo)`), on the first hub in
+    the source's preference order whose folder holds a finished fetch stamp.
+    """
+    if source.local is not None:
+        var = source.local.var
+        given = (local or {}).get(var) or ctx.config.local.get(var) or source.local.path
+        if not given:
+            raise UsageError(f"{name}: local weights {var!r} not given: pass --local {var}=PATH or set local.{var} "
+                             "in the host config")
+        path = Path(given).expanduser()
+        if not path.is_dir():
+            raise ConversionError(f"{name}: local weights {var}={path}: not a directory")
+        return path
+    if source.model is not None:
+        from modelrig.catalog import load_model
+
+        other = load_model(source.model)
+        path = ctx.data.output_dir(other.id, other.output_name) if other.convert else \
+            source_dir(other.output_name, other.weights[other.output_name], ctx, local=local)
+        if read_stamp(path) is None and other.convert:
+            raise ConversionError(f"{name}: {path} not built yet: run `modelrig convert {other.id}` first")
+        return path
+    hubs = source.hubs
+    prefer = ctx.config.hub.prefer
+    if prefer in ("huggingface", "modelscope") and not source.prefer:
+        hubs = sorted(hubs, key=lambda item: item[0] != prefer)
+    for hub, ref in hubs:
+        path = ctx.data.store_dir(hub, ref.repo)
+        if read_stamp(path) is not None:
+            return path
+    tried = ", ".join(str(ctx.data.store_dir(h, r.repo)) for h, r in hubs)
+    raise ConversionError(f"{name}: weights not fetched (looked in {tried}): run `modelrig fetch` first or pass "
+                          f"--input {name}=DIR")
+
+
+def run_pipeline(manifest: Manifest, ctx: Context, *, inputs: Mapping[str, str] | None = None,
+                 local: Mapping[str, str] | None = None, tf_python: str | None = None) -> StageResult:
+    """Run every conversion step of `manifest` in order; each is skipped when its stamped output is current.
+
+    `inputs` (NAME=DIR) overrides where a weight source or an earlier output is read from.
+    """
+    inputs = dict(inputs or {})
+    known = set(manifest.weights) | {s.output_name for s in manifest.convert}
+    for name in inputs:
+        if name not in known:
+            raise UsageError(f"--input {name}=...: {manifest.id} has no weight source or step output {name!r} "
+                             f"(known: {', '.join(sorted(known))})")
+    produced: dict[str, Path] = {}
+    cache = ctx.data.cache / "digests.json"
+
+    def where(name: str | None, fallback: str | None = None) -> Path:
+        key = name or fallback
+        if key is None:
+            raise ConversionError(f"{manifest.id}: a step names no input")
+        if key in inputs:
+            return Path(inputs[key]).expanduser()
+        if key in produced:
+            return produced[key]
+        if key in manifest.weights:
+            return source_dir(key, manifest.weights[key], ctx, local=local)
+        raise ConversionError(f"{manifest.id}: step input {key!r} is neither a weight source nor an earlier output")
+
+    results: list[StageResult] = []
+    previous: str | None = None
+    with timed() as clock:
+        for step in manifest.convert:
+            out = ctx.data.output_dir(manifest.id, step.output_name)
+            if isinstance(step, LlamaMetaToHf):
+                result = convert_llama_meta(input_dir=where(step.input), out=out, size=step.size, cache=cache,
+                                            model=manifest.id)
+            elif isinstance(step, ApplyDelta):
+                result = apply_delta(base=where(step.base), delta=where(step.delta), out=out,
+                                     convention=step.convention, cache=cache, model=manifest.id)
+            elif isinstance(step, TfToPt):
+                src = where(step.input)
+                if (src / "tf_model.h5").is_file():
+                    config = src / (step.config or "config.json")
+                    result = convert_h5(h5=src / "tf_model.h5", config=config, out=out, cache=cache,
+                                        model=manifest.id)
+                else:
+                    config = src / (step.config or "bert_config.json")
+                    result = convert_tf1(checkpoint=src, config=config, model_type=step.model_type, out=out,
+                                         python=tf_python, cache=cache, model=manifest.id)
+            elif isinstance(step, ToSafetensors):
+                result = convert_to_safetensors(source=where(step.input, previous), out=out,
+                                                max_shard_size=step.max_shard_size,
+                                                allow_unsafe_pickle=step.allow_unsafe_pickle, cache=cache,
+                                                model=manifest.id)
+            else:  # pragma: no cover - the manifest schema admits only the kinds above
+                raise ConversionError(f"{manifest.id}: unknown conversion step {step!r}")
+            produced[step.output_name] = out
+            previous = step.output_name
+            results.append(result)
+    changed = any(r.changed for r in results)
+    done = [f"{s.output_name} {'built' if r.changed else 'unchanged'}" for s, r in zip(manifest.convert, results,
+                                                                                          strict=True)]
+    summary = f"{len(results)} step(s): " + ", ".join(done) if results else "no conversion steps"
+    return StageResult(stage="convert", changed=changed, model=manifest.id, seconds=clock["seconds"],
+                       summary=summary, details={"steps": [r.to_dict() for r in results],
+                                                 "output": str(produced.get(manifest.output_name, ""))})
