@@ -171,7 +171,8 @@ class LlamaMetaToHf(_Step):
 
     kind: Literal["llama_meta_to_hf"] = "llama_meta_to_hf"
     input: str
-    size: Literal["7B", "13B", "30B", "33B", "65B"]
+    #: Checked against params.json and the shard count; omit it for checkpoints of no published size (tiny ones).
+    size: Literal["7B", "13B", "30B", "33B", "65B"] | None = None
 
 
 class ApplyDelta(_Step):

@@ -135,11 +135,12 @@ def render_stage(manifest: Manifest, plan: Plan, ctx: Context, *, python: Path, 
                   entries=options.entries, cache_dir=ctx.data.cache, log_dir=ctx.data.run / manifest.id)
 
 
-def convert_stage(manifest: Manifest, ctx: Context, *, paths: dict[str, Path]) -> StageResult:
-    """Run the manifest's conversion steps (each idempotent on its own)."""
-    from modelrig.convert import convert_model
+def convert_stage(manifest: Manifest, ctx: Context, *, fetched: StageResult, options: UpOptions) -> StageResult:
+    """Run the manifest's conversion steps (each idempotent on its own) on the folders fetch reported."""
+    from modelrig.convert.pipeline import run_pipeline
 
-    return convert_model(manifest, ctx, paths=paths)
+    inputs = {s["name"]: s["path"] for s in fetched.details.get("sources", []) if s["name"] in manifest.weights}
+    return run_pipeline(manifest, ctx, inputs=inputs, local=options.local)
 
 
 def launch_stage(manifest: Manifest, ctx: Context, rendered: StageResult, *, restart: bool) -> StageResult:
@@ -197,7 +198,7 @@ def up(manifest: Manifest, ctx: Context, *, options: UpOptions | None = None,
     python = Path(env.details["python"])
     fetched = done(fetch_stage(manifest, ctx, options=options))
     paths = weight_paths(manifest, ctx, fetched)
-    converted = done(convert_stage(manifest, ctx, paths=paths)) if manifest.convert else None
+    converted = done(convert_stage(manifest, ctx, fetched=fetched, options=options)) if manifest.convert else None
     rendered = done(render_stage(manifest, plan, ctx, python=python, paths=paths, options=options))
     underneath = env.changed or fetched.changed or bool(converted and converted.changed)
     launched = done(launch_stage(manifest, ctx, rendered, restart=underneath))
