@@ -8,6 +8,8 @@ from typing import Any
 import yaml
 
 Loc = tuple[str | int, ...]
+#: libyaml's loader when PyYAML was built with it (several times faster), else the pure-Python one.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class YamlSyntaxError(ValueError):
@@ -22,18 +24,30 @@ def load_with_lines(path: Path) -> tuple[Any, dict[Loc, int]]:
     """Parse `path` and return the data and a map from each value's path (keys and list indices) to its line."""
     text = path.read_text(encoding="utf-8")
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        raise YamlSyntaxError(f"{exc.problem or exc}", line) from None
-    except yaml.YAMLError as exc:
-        raise YamlSyntaxError(str(exc), None) from None
+        node, data = _parse(text, _LOADER)
+    except yaml.YAMLError:
+        # Parse again with the pure-Python loader: its messages are the clearer ones, and errors are rare.
+        try:
+            node, data = _parse(text, yaml.SafeLoader)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line = mark.line + 1 if mark is not None else None
+            raise YamlSyntaxError(f"{exc.problem or exc}", line) from None
+        except yaml.YAMLError as exc:
+            raise YamlSyntaxError(str(exc), None) from None
     lines: dict[Loc, int] = {}
     if node is not None:
         _walk(node, (), lines)
     return data, lines
+
+
+def _parse(text: str, loader_class: type) -> tuple[yaml.Node | None, Any]:
+    loader = loader_class(text)
+    try:
+        node = loader.get_single_node()
+        return node, (loader.construct_document(node) if node is not None else None)
+    finally:
+        loader.dispose()
 
 
 def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int]) -> None:
