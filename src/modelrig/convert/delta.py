@@ -159,19 +159,35 @@ def _output_dtype(rule: MergeRule, b: LazyTensor | None, d: LazyTensor) -> torch
     return b.dtype if b is not None else d.dtype
 
 
-def _merge_producer(b: LazyTensor, d: LazyTensor, rows: int, dtype: torch.dtype, sign: float = 1.0):
-    """Yield `fp32(delta) + sign*fp32(base)` (first `rows` rows; later rows from delta) in row chunks."""
+def _merge_producer(b: LazyTensor, d: LazyTensor, rows: int, dtype: torch.dtype):
+    """Yield `dtype(fp32(delta) + fp32(base))` (first `rows` rows; later rows from delta) in row chunks."""
     def produce() -> Iterator[torch.Tensor]:
         if not d.shape:
-            yield (d.load().float() + sign * b.load().float()).to(dtype)
+            yield (d.load().float() + b.load().float()).to(dtype)
             return
         row = d.numel // d.shape[0] if d.shape[0] else 0
         for start, stop in row_chunks(d.shape[0], row):
             chunk = d.load_rows(start, stop).float()
             if start < rows:
                 upto = min(stop, rows)
-                chunk[: upto - start] += sign * b.load_rows(start, upto).float()
+                chunk[: upto - start] += b.load_rows(start, upto).float()
             yield chunk.to(dtype)
+    return produce
+
+
+def _difference_producer(b: LazyTensor, t: LazyTensor, rows: int, dtype: torch.dtype):
+    """Yield the delta of `target - base` (first `rows` rows; later rows are the target's) in row chunks."""
+    def produce() -> Iterator[torch.Tensor]:
+        if not t.shape:
+            yield (t.load().float() - b.load().float()).to(dtype)
+            return
+        row = t.numel // t.shape[0] if t.shape[0] else 0
+        for start, stop in row_chunks(t.shape[0], row):
+            chunk = t.load_rows(start, stop).to(dtype)
+            if start < rows:
+                upto = min(stop, rows)
+                chunk[: upto - start] = (chunk[: upto - start].float() - b.load_rows(start, upto).float()).to(dtype)
+            yield chunk
     return produce
 
 
@@ -277,7 +293,7 @@ def difference_tensors(base: dict[str, LazyTensor], target: dict[str, LazyTensor
                 raise ConversionError(f"tensor {name}: base shape {list(b.shape)} vs target {list(t.shape)} "
                                       f"cannot be encoded with convention {convention}")
         rows = b.shape[0] if b.shape else 1
-        out.append(OutputTensor(name, t.shape, t.dtype, _merge_producer(b, t, rows, t.dtype, sign=-1.0)))
+        out.append(OutputTensor(name, t.shape, t.dtype, _difference_producer(b, t, rows, t.dtype)))
     return out
 
 
@@ -285,7 +301,9 @@ def make_delta(*, base: Path, target: Path, out: Path, convention: str, max_shar
                allow_unsafe_pickle: bool = False, cache: Path | None = None) -> StageResult:
     """Write the delta that turns `base` into `target` under `convention` (plus the target's config/tokenizer).
 
-    Differences are computed in float32 and stored in the target dtype; `replace` keeps embeddings/lm_head whole.
+    Differences are computed in float32 and stored in the target dtype (so `base + delta` gives the target back
+    bit-exactly where fp16 can, else within one ulp of the larger of target and difference); `replace` keeps
+    embeddings/lm_head whole.
     """
     base, target, out = Path(base), Path(target), Path(out)
     params = {"convention": convention, "max_shard_size": str(max_shard_size)}
