@@ -229,8 +229,12 @@ def plan_conversion(layout: MetaLayout, shards: list[dict[str, LazyTensor]]) -> 
             got[cat_dim] = sum(p.shape[cat_dim] for p in parts)
             got = tuple(got)
         if tuple(got) != shape:
-            hint = " (vocab size comes from tokenizer.model: wrong tokenizer?)" if "embed" in hf or "lm_head" in hf \
-                else f" ({len(shards)} shard file(s) found: a shard missing, or wrong params.json?)"
+            if cat_dim is not None and got[cat_dim] != shape[cat_dim]:
+                hint = f" ({len(shards)} shard file(s) found: a shard missing, or wrong params.json?)"
+            elif "embed" in hf or "lm_head" in hf:
+                hint = " (the vocabulary size comes from tokenizer.model: wrong tokenizer?)"
+            else:
+                hint = " (params.json does not describe these weights)"
             raise ConversionError(f"{layout.shards[0].parent}: {meta} assembles to {list(got)}, expected "
                                   f"{list(shape)}{hint}")
         heads = layout.n_heads if rotary == "q" else layout.n_kv_heads if rotary == "k" else 0
