@@ -1,0 +1,135 @@
+"""`modelrig convert safetensors`: pickles to verified safetensors shards, tied weights, refusing unsafe pickles."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from modelrig import tiny
+from modelrig.convert.io import ModelReader
+from modelrig.convert.safetensors_convert import convert_to_safetensors
+from modelrig.errors import ConversionError
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command (what a malicious checkpoint does)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _all_tensors(directory: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for f in sorted(directory.glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
+def test_sharded_bin_converts_to_safetensors_shards_with_index_and_equal_tensors(tmp_path, cli):
+    base = tiny.write_llama_hf(tmp_path / "base")
+    tiny.write_ziya_delta(base, tmp_path / "delta")
+    source: dict[str, torch.Tensor] = {}
+    for f in sorted((tmp_path / "delta").glob("*.bin")):
+        source.update(torch.load(f, weights_only=True))
+    code, out, err = cli("convert", "safetensors", "--input", tmp_path / "delta", "--out", tmp_path / "st",
+                         "--max-shard-size", "100KB", "--json")
+    assert code == 0, err
+    files = json.loads(out)["details"]["files"]
+    index = json.loads((tmp_path / "st" / "model.safetensors.index.json").read_text())
+    shards = sorted(p.name for p in (tmp_path / "st").glob("model-*-of-*.safetensors"))
+    assert len(shards) > 1 and set(index["weight_map"].values()) == set(shards) and set(shards) <= set(files)
+    got = _all_tensors(tmp_path / "st")
+    assert set(got) == set(source) == set(index["weight_map"])
+    assert all(torch.equal(got[k], v) for k, v in source.items())
+    assert index["metadata"]["total_size"] == sum(v.numel() * v.element_size() for v in source.values())
+    for name in ("config.json", "tokenizer.model", "tokenizer_config.json", "added_tokens.json"):
+        assert (tmp_path / "st" / name).is_file()
+    for shard in shards:
+        with safe_open(str(tmp_path / "st" / shard), framework="pt") as f:
+            assert f.metadata()["format"] == "pt"
+
+
+def test_tied_weights_are_stored_once_and_still_load_in_transformers(tmp_path):
+    from transformers import LlamaForCausalLM
+
+    base = tiny.write_llama_hf(tmp_path / "base")
+    state = load_file(str(base / "model.safetensors"))
+    state["lm_head.weight"] = state["model.embed_tokens.weight"]  # one storage, two names
+    src = tmp_path / "tied"
+    src.mkdir()
+    torch.save(state, src / "pytorch_model.bin")
+    config = json.loads((base / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    result = convert_to_safetensors(source=src, out=tmp_path / "st")
+    assert result.details["aliases_dropped"] == {"lm_head.weight": "model.embed_tokens.weight"}
+    with safe_open(str(tmp_path / "st" / "model.safetensors"), framework="pt") as f:
+        assert "lm_head.weight" not in f.keys()
+        assert f.metadata()["lm_head.weight"] == "model.embed_tokens.weight"
+    model = LlamaForCausalLM.from_pretrained(str(tmp_path / "st"), torch_dtype=torch.float16)
+    assert torch.equal(model.lm_head.weight, state["model.embed_tokens.weight"])
+
+
+def test_views_of_one_storage_that_are_different_tensors_are_all_kept(tmp_path):
+    meta = tiny.write_llama_meta(tmp_path / "meta")
+    original = torch.load(meta / "consolidated.00.pth", weights_only=True)
+    convert_to_safetensors(source=meta / "consolidated.00.pth", out=tmp_path / "st")
+    got = _all_tensors(tmp_path / "st")
+    assert set(got) == set(original)
+    assert all(torch.equal(got[k], v) for k, v in original.items())
+
+
+def test_malicious_pickle_is_refused_without_running_it(tmp_path, cli):
+    marker = tmp_path / "pwned"
+    src = tmp_path / "evil"
+    src.mkdir()
+    torch.save({"weight": torch.ones(2), "payload": _RunsCode(marker)}, src / "pytorch_model.bin")
+    code, _, err = cli("convert", "safetensors", "--input", src, "--out", tmp_path / "st")
+    assert code == 6
+    assert "pytorch_model.bin" in err and "refusing to unpickle" in err and "--allow-unsafe-pickle" in err
+    assert not marker.exists()
+    assert not (tmp_path / "st").exists()
+
+
+def test_allow_unsafe_pickle_converts_a_trusted_pickle_and_says_so_loudly(tmp_path, cli):
+    src = tmp_path / "old"
+    src.mkdir()
+    torch.save({"weight": torch.arange(6.0).reshape(2, 3), "args": argparse.Namespace(lr=1.0)},
+               src / "pytorch_model.bin")
+    code, _, err = cli("convert", "safetensors", "--input", src, "--out", tmp_path / "refused")
+    assert code == 6 and "refusing to unpickle" in err
+    code, _, err = cli("convert", "safetensors", "--input", src, "--out", tmp_path / "st", "--allow-unsafe-pickle")
+    assert code == 0, err
+    assert "warning: --allow-unsafe-pickle" in err
+    assert torch.equal(_all_tensors(tmp_path / "st")["weight"], torch.arange(6.0).reshape(2, 3))
+
+
+def test_corrupt_bin_is_a_clear_error(tmp_path):
+    src = tmp_path / "bad"
+    src.mkdir()
+    torch.save({"w": torch.ones(1000)}, src / "pytorch_model.bin")
+    data = (src / "pytorch_model.bin").read_bytes()
+    (src / "pytorch_model.bin").write_bytes(data[: len(data) // 3])
+    with pytest.raises(ConversionError, match=r"pytorch_model\.bin"):
+        convert_to_safetensors(source=src, out=tmp_path / "st")
+
+
+def test_conversion_is_deterministic_and_idempotent(tmp_path):
+    base = tiny.write_llama_hf(tmp_path / "base")
+    tiny.write_ziya_delta(base, tmp_path / "delta")
+    first = convert_to_safetensors(source=tmp_path / "delta", out=tmp_path / "a")
+    second = convert_to_safetensors(source=tmp_path / "delta", out=tmp_path / "a")
+    convert_to_safetensors(source=tmp_path / "delta", out=tmp_path / "b")
+    assert first.changed and not second.changed
+    for f in (tmp_path / "a").iterdir():
+        assert f.read_bytes() == (tmp_path / "b" / f.name).read_bytes(), f.name
+    assert len(ModelReader.open(tmp_path / "a").tensors) == len(ModelReader.open(tmp_path / "delta").tensors)
