@@ -23,6 +23,8 @@ from modelrig.result import StageResult, timed
 from modelrig.stamp import digest, write_json
 
 STATE_NAME = "up.json"
+#: The plan fields whose change means a different setup (free disk and similar measurements are left out).
+PLAN_KEY_FIELDS = ("model", "platform", "device", "dtype", "quantization", "env", "launch")
 
 
 @dataclass
@@ -186,7 +188,7 @@ def up(manifest: Manifest, ctx: Context, *, options: UpOptions | None = None,
     previous = read_state(ctx, manifest.id)
     with timed() as clock:
         plan = plan_model(manifest, ctx, facts=options.facts)
-    plan_key = digest(plan.to_dict())
+    plan_key = digest({k: v for k, v in plan.to_dict().items() if k in PLAN_KEY_FIELDS})
     torch = plan.env.torch
     done(StageResult(stage="plan", changed=previous.get("plan_key") != plan_key, model=manifest.id,
                      seconds=clock["seconds"],
