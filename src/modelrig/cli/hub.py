@@ -40,6 +40,8 @@ def register(sub: Any) -> None:
     p.add_argument("dir", type=Path)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tf-python", type=Path, help="a Python with tensorflow-cpu, to also write the TF1 BERT repo")
+    p.add_argument("--only", action="append", metavar="REPO", help="write only this repo (org/name or name; "
+                   "repeatable)")
     add_json_flag(p)
     p.set_defaults(func=_make_tiny)
 
@@ -79,7 +81,8 @@ def _index(args: argparse.Namespace, ctx: Context) -> int:
 def _make_tiny(args: argparse.Namespace, ctx: Context) -> int:
     from modelrig.hub.tiny_repos import make_tiny_hub
 
-    result = make_tiny_hub(args.dir, seed=args.seed, tf_python=args.tf_python, log=None if ctx.quiet or ctx.as_json else
+    result = make_tiny_hub(args.dir, seed=args.seed, tf_python=args.tf_python, only=args.only,
+                           log=None if ctx.quiet or ctx.as_json else
                            (lambda line: print(line, file=sys.stderr)))
     print(result.to_json() if ctx.as_json else result.line())
     return 0

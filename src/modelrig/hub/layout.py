@@ -129,7 +129,7 @@ def list_repos(root: Path) -> list[str]:
     for org in sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p.name)):
         for name in sorted(p for p in org.iterdir() if p.is_dir() and not _hidden(p.name)):
             found.append(f"{org.name}/{name.name}")
-    return found
+    return sorted(found)
 
 
 def resolve_revision(repo: HubRepo, revision: str | None) -> Revision:

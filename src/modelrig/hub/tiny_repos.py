@@ -37,8 +37,9 @@ _README = "# {repo}\n\nA tiny, randomly initialised model written by `modelrig h
 
 
 def make_tiny_hub(root: Path, *, seed: int = 0, tf_python: Path | str | None = None,
-                  log: Callable[[str], None] | None = None) -> StageResult:
-    """Write (or keep) every tiny repo under `root`; `tf_python` is a Python with tensorflow for the BERT repo."""
+                  only: list[str] | None = None, log: Callable[[str], None] | None = None) -> StageResult:
+    """Write (or keep) the tiny repos under `root` (all, or those named in `only`); `tf_python` is a Python with
+    tensorflow for the BERT repo."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     token_file = root / TOKEN_FILE
@@ -49,6 +50,8 @@ def make_tiny_hub(root: Path, *, seed: int = 0, tf_python: Path | str | None = N
     kept: list[str] = []
     with timed() as clock:
         for repo, builder, settings in _repos(seed, tf_python):
+            if only is not None and repo not in only and repo.split("/")[1] not in only:
+                continue
             folder = root / repo
             key = digest({"repo": repo, "seed": seed, "generator": _generator_version(), "settings": settings})
             stamp = read_stamp(folder)
