@@ -452,9 +452,14 @@ _BERT_TF_SCRIPT = textwrap.dedent(
     with open(os.path.join(out, "vocab.txt"), "w") as f:
         words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(cfg["vocab_size"] - 5)]
         f.write("\\n".join(words) + "\\n")
-    if mode == "h5":
-        model.save_pretrained(out)
-        sys.exit(0)
+    if mode in ("h5", "both"):
+        h5_dir = out if mode == "h5" else os.path.join(out, "h5")
+        model.save_pretrained(h5_dir)
+        if mode == "h5":
+            sys.exit(0)
+        import shutil
+        for name in ("tf_outputs.npz", "vocab.txt"):
+            shutil.copyfile(os.path.join(out, name), os.path.join(h5_dir, name))
 
     def tf1_name(name):
         name = name.split(":")[0]
@@ -493,7 +498,8 @@ def write_bert_tf(out: Path, *, python: Path | str, seed: int = 0, mode: str = "
 
     `mode="tf1"` writes a Google-style TF1 checkpoint (`bert_model.ckpt.index/.data-00000-of-00001`,
     `bert_config.json`, `vocab.txt`) including `adam_m`/`adam_v` slots and `global_step`; `mode="h5"` writes
-    Hugging Face's `tf_model.h5` + `config.json`. Both also write `tf_outputs.npz`: TF's own forward pass
+    Hugging Face's `tf_model.h5` + `config.json`; `mode="both"` writes the TF1 files and, in `h5/`, the h5 ones
+    (one TensorFlow start instead of two). Both also write `tf_outputs.npz`: TF's own forward pass
     (pre-training heads and last hidden state) on fixed inputs. Returns `out`.
     """
     out = Path(out)
