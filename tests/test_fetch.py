@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,7 +15,8 @@ import pytest
 from modelrig.hub.layout import open_repo, resolve_revision
 from modelrig.hub.server import serve_in_thread
 from modelrig.stamp import STAMP_NAME, read_stamp
-from tests.helpers.hub import random_bytes, write_manifest, write_repo
+from tests.helpers.hub import client_env, offline_driver, random_bytes, write_manifest, write_repo
+from tests.helpers.offline import offline
 
 Cli = Callable[..., tuple[int, str, str]]
 TOKEN = "hf_test_Zq81secretvalue"
@@ -321,3 +324,23 @@ def test_local_sources_are_checked_and_hashed(cli: Cli, tmp_path: Path) -> None:
     (source,) = json.loads(out)["details"]["sources"]
     assert source["hub"] == "local" and source["path"] == str(weights)
     assert source["files"] == [{"path": "params.json", "size": 2, "sha256": hashlib.sha256(b"{}").hexdigest()}]
+
+
+def test_fetch_needs_no_network_beyond_the_local_hub(hub_dir: Path, tmp_path: Path) -> None:
+    manifest = tiny_manifest(tmp_path, revision="v1.0")
+    code = f"""
+        import subprocess, sys, os
+        cmd = [sys.executable, "-m", "modelrig", "fetch", {str(manifest)!r}, "--hf-endpoint", os.environ["HUB_URL"],
+               "--modelscope-endpoint", os.environ["HUB_URL"], "--json"]
+        for hub in ("huggingface", "modelscope"):
+            out = subprocess.run([*cmd, "--hub", hub], capture_output=True, text=True)
+            print(out.stdout)
+            if out.returncode:
+                sys.exit(out.stderr)
+    """
+    env = {**client_env(tmp_path), "MODELRIG_HOME": str(tmp_path / "root")}
+    proc = subprocess.run(offline(offline_driver(tmp_path, hub_dir, Path(sys.executable), code)),
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for hub_name, repo in (("huggingface", "org--tiny"), ("modelscope", "msorg--tiny")):
+        assert (tmp_path / "root" / "store" / hub_name / repo / "model.safetensors").read_bytes() == WEIGHTS
