@@ -1,0 +1,88 @@
+"""`modelrig convert MODEL`: a manifest's steps run in order on fetched, local or given folders, idempotently."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from modelrig import tiny
+from modelrig.catalog import resolve_model
+from modelrig.stamp import write_stamp
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline-weights")
+    meta = tiny.write_llama_meta(root / "llama-meta")
+    base = tiny.write_llama_hf(root / "base-hf")
+    target = tiny.write_ziya_delta(base, root / "ziya-delta", target_dir=root / "target")
+    return {"meta": meta, "delta": root / "ziya-delta", "target": target}
+
+
+def _tensors(directory: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for f in sorted(directory.glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
+def test_demo_manifest_converts_meta_base_and_ziya_delta_into_the_target(weights, data_root, cli):
+    code, out, err = cli("convert", "demo-tiny-ziya", "--input", f"base={weights['meta']}",
+                         "--input", f"delta={weights['delta']}", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["changed"] is True
+    assert [s["details"]["kind"] for s in result["details"]["steps"]] == ["llama-meta", "delta", "safetensors"]
+    final = data_root / "models" / "demo-tiny-ziya" / "final"
+    assert result["details"]["output"] == str(final)
+    for name in ("base_hf", "merged", "final"):
+        assert (data_root / "models" / "demo-tiny-ziya" / name / ".modelrig-stamp.json").is_file()
+    got, want = _tensors(final), _tensors(weights["target"])
+    assert all(torch.equal(got[k], v) for k, v in want.items())
+    assert json.loads((final / "config.json").read_text())["vocab_size"] == 448
+
+    code, out, _ = cli("convert", "demo-tiny-ziya", "--input", f"base={weights['meta']}",
+                       "--input", f"delta={weights['delta']}")
+    assert code == 0
+    assert "unchanged" in out and "base_hf unchanged, merged unchanged, final unchanged" in out
+
+
+def test_fetched_store_folders_are_found_without_overrides(weights, data_root, cli):
+    for repo, src in (("modelrig-tiny/llama-meta", weights["meta"]), ("modelrig-tiny/ziya-delta", weights["delta"])):
+        dest = data_root / "store" / "huggingface" / repo.replace("/", "--")
+        shutil.copytree(src, dest)
+        write_stamp(dest, {"key": "fetched", "hub": "huggingface", "repo": repo})
+    code, out, err = cli("convert", "demo-tiny-ziya", "--json")
+    assert code == 0, err
+    assert json.loads(out)["changed"] is True
+
+
+def test_unfetched_weights_are_a_clear_error(cli):
+    code, _, err = cli("convert", "demo-tiny-ziya")
+    assert code == 6
+    assert "not fetched" in err and "modelrig fetch" in err
+
+
+def test_local_sources_come_from_the_local_option(weights, tmp_path, data_root, cli):
+    manifest = yaml.safe_load(resolve_model("demo-tiny-ziya").read_text())
+    manifest["id"] = "local-tiny-ziya"
+    manifest["weights"]["base"] = {"format": "meta-llama", "local": {"var": "llama_meta_dir"}}
+    path = tmp_path / "local-tiny-ziya.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    code, _, err = cli("convert", path, "--input", f"delta={weights['delta']}")
+    assert code == 2 and "--local llama_meta_dir=PATH" in err
+    code, _, err = cli("convert", path, "--input", f"delta={weights['delta']}",
+                         "--local", f"llama_meta_dir={weights['meta']}")
+    assert code == 0, err
+    assert (data_root / "models" / "local-tiny-ziya" / "final" / "model.safetensors").is_file()
+
+
+def test_unknown_input_name_is_a_usage_error(weights, cli):
+    code, _, err = cli("convert", "demo-tiny-ziya", "--input", f"nope={weights['delta']}")
+    assert code == 2 and "no weight source or step output 'nope'" in err
