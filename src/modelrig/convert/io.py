@@ -21,8 +21,8 @@ from modelrig.progress import bar
 
 #: File names that hold weights (never copied as "extra" files next to converted weights).
 WEIGHT_SUFFIXES = (".bin", ".safetensors", ".pth", ".pt", ".h5", ".msgpack", ".ckpt", ".gguf")
-#: Elements per chunk when a tensor is processed piecewise (64 Mi elements = 128 MiB of fp16).
-CHUNK_ELEMENTS = 64 << 20
+#: Elements per chunk when a tensor is processed piecewise (16 Mi elements = 32 MiB of fp16).
+CHUNK_ELEMENTS = 16 << 20
 
 _ST_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,

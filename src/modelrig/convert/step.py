@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -74,21 +75,29 @@ def run_step(kind: str, *, out: Path, params: dict[str, Any], sources: dict[str,
              cache: Path | None = None, model: str | None = None, force: bool = False) -> StageResult:
     """Run one conversion step idempotently and atomically.
 
-    Skips (changed=False) when `out` holds a stamp with the same key. Otherwise checks free disk, calls
+    Skips (changed=False) when `out` holds a stamp with the same key (inputs are hashed alongside the work when
+    there is no stamp to compare with). Otherwise checks free disk, calls
     `body(tmp)` to fill a temporary sibling of `out`, stamps it (key, inputs, output sha256s) and renames it
     into place. `body` returns details (must include `files`: name -> sha256 of what it wrote).
     """
     out = Path(out)
-    with timed() as t:
-        key, inputs = step_key(kind, params, sources, cache=cache)
+    with timed() as t, ThreadPoolExecutor(max_workers=1) as pool:
         stamp = read_stamp(out)
-        if not force and stamp is not None and stamp.get("key") == key:
-            return StageResult(stage="convert", changed=False, model=model, seconds=t["seconds"],
-                               summary=f"{kind}: {out} unchanged",
-                               details={"kind": kind, "out": str(out), "files": stamp.get("outputs", {})})
+        if stamp is not None and not force:
+            key, inputs = step_key(kind, params, sources, cache=cache)
+            if stamp.get("key") == key:
+                return StageResult(stage="convert", changed=False, model=model, seconds=t["seconds"],
+                                   summary=f"{kind}: {out} unchanged",
+                                   details={"kind": kind, "out": str(out), "files": stamp.get("outputs", {})})
+            pending = None
+        else:
+            # Nothing finished to compare with: hash the inputs while converting (hashing releases the GIL).
+            pending = pool.submit(step_key, kind, params, sources, cache=cache)
         ensure_free_space(out.parent, needed_bytes())
         with atomic_dir(out) as tmp:
             details = body(tmp)
+            if pending is not None:
+                key, inputs = pending.result()
             outputs = dict(sorted(details.get("files", {}).items()))
             for f in sorted(tmp.iterdir()):
                 if f.is_file() and f.name not in outputs:
