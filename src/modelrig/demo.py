@@ -124,7 +124,8 @@ def run_demo(ctx: Context, *, offline: bool | None = None, on_stage: Callable[[S
     if offline is None:
         offline = not index_reachable()
     hub_root = ctx.data.root / HUB_DIR
-    tiny = make_tiny_hub(hub_root)
+    manifest = load_model(DEMO_MODEL)
+    tiny = make_tiny_hub(hub_root, only=[ref.repo for source in manifest.weights.values() for _, ref in source.hubs])
     tiny.summary = f"tiny repos: {tiny.summary}"
     emit(tiny)
     results = [tiny]
@@ -133,7 +134,7 @@ def run_demo(ctx: Context, *, offline: bool | None = None, on_stage: Callable[[S
     try:
         demo_ctx = replace(ctx, config=demo_config(ctx.config, hub_url=hub_url, token_file=token_file))
         options = UpOptions(hub="huggingface", offline=offline, installer=installer)
-        report = up(load_model(DEMO_MODEL), demo_ctx, options=options, on_stage=emit)
+        report = up(manifest, demo_ctx, options=options, on_stage=emit)
     finally:
         stop_hub()
     results += report.results

@@ -1,0 +1,106 @@
+"""`modelrig demo` end to end with no network (`unshare -n`): a fresh data root, tiny repos on a local hub, a
+merged model served as a chat UI and an OpenAI API, one chat answer; a second run changes nothing; `down` stops
+every process the demo started."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modelrig.demo import pip_find_links
+from tests.helpers.offline import offline
+from tests.helpers.venvs import CACHE
+
+pytestmark = pytest.mark.slow
+
+MODELRIG = str(Path(sys.executable).parent / "modelrig")
+STAGES = ["hub", "plan", "env", "fetch", "convert", "render", "launch"]
+
+#: Runs inside the network namespace: demo, demo again, down; reports outputs, timings and the processes seen.
+DRIVER = textwrap.dedent("""
+    import json, os, subprocess, sys, time
+    modelrig, root = sys.argv[1], sys.argv[2]
+
+    def run(*args):
+        start = time.perf_counter()
+        done = subprocess.run([modelrig, "--data-root", root, *args], capture_output=True, text=True)
+        return {"rc": done.returncode, "out": done.stdout, "err": done.stderr[-3000:],
+                "wall": time.perf_counter() - start}
+
+    def processes_under_root():
+        found = {}
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\\0", b" ").decode()
+                except OSError:
+                    continue
+                if root in cmd and "modelrig-demo-driver" not in cmd:
+                    found[int(pid)] = cmd
+        return found
+
+    def alive(pid):
+        try:
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        return state != "Z"
+
+    first = run("demo", "--json")
+    second = run("demo", "--json")
+    state = json.load(open(os.path.join(root, "run", "demo-tiny-ziya", "up.json")))
+    before = processes_under_root()
+    down = run("down", "demo-tiny-ziya")
+    started = sorted({int(e["pid"]) for e in state["entries"].values() if e.get("pid")} | set(before))
+    print(json.dumps({"first": first, "second": second, "down": down, "state": state,
+                      "before": before, "started": started,
+                      "alive_after_down": [p for p in started if alive(p)]}))
+""")
+
+
+def test_demo_runs_offline_answers_then_changes_nothing_and_down_stops_everything(tmp_path):
+    env = {**os.environ, "UV_CACHE_DIR": str(CACHE / "uv")}
+    warm_root = tmp_path / "warm"
+    warm_root.mkdir()
+    (warm_root / "config.yaml").write_text(yaml.safe_dump(
+        {"pip": {"find_links": pip_find_links(), "use_torch_index": False}}))
+    warm = subprocess.run([MODELRIG, "--data-root", str(warm_root), "env", "demo-tiny-ziya"], env=env,
+                          capture_output=True, text=True)
+    assert warm.returncode == 0, warm.stderr  # online: fills uv's cache, so the offline demo can build its env
+
+    root = tmp_path / "fresh-root"
+    done = subprocess.run(offline([sys.executable, "-c", DRIVER, MODELRIG, str(root), "modelrig-demo-driver"]),
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+
+    first, second = report["first"], report["second"]
+    assert first["rc"] == 0, first["err"]
+    demo = json.loads(first["out"])
+    assert demo["offline"] is True
+    assert [s["stage"] for s in demo["stages"]] == STAGES
+    assert all(s["changed"] for s in demo["stages"]), [s["summary"] for s in demo["stages"]]
+    assert isinstance(demo["answer"], str) and demo["answer"]
+    assert demo["urls"] == {"chat": "http://127.0.0.1:17860/", "api": "http://127.0.0.1:18000/v1"}
+    final = root / "models" / "demo-tiny-ziya" / "final"
+    assert list(final.glob("*.safetensors")) and not list(final.glob("*.bin"))
+
+    assert second["rc"] == 0, second["err"]
+    again = json.loads(second["out"])
+    assert [s["stage"] for s in again["stages"]] == STAGES
+    assert [f"{s['stage']}: {s['summary']}" for s in again["stages"] if s["changed"]] == []
+    assert again["answer"]
+    assert second["wall"] < 15, second["wall"]
+
+    assert report["down"]["rc"] == 0, report["down"]["err"]
+    assert "stopped" in report["down"]["out"]
+    assert set(report["state"]["entries"]) == {"chat", "api"}
+    assert len(report["before"]) >= 2, report["before"]  # the chat UI and the API were running
+    assert report["alive_after_down"] == []
