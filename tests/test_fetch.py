@@ -344,3 +344,20 @@ def test_fetch_needs_no_network_beyond_the_local_hub(hub_dir: Path, tmp_path: Pa
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for hub_name, repo in (("huggingface", "org--tiny"), ("modelscope", "msorg--tiny")):
         assert (tmp_path / "root" / "store" / hub_name / repo / "model.safetensors").read_bytes() == WEIGHTS
+
+
+def test_large_files_hashed_while_downloading_are_recorded_and_checked(cli: Cli, hub_dir: Path, hub: str,
+                                                                     tmp_path: Path) -> None:
+    large = random_bytes(3_000_000, 11)
+    write_repo(hub_dir, "org/large", {"main": {"weights.safetensors": large}})
+    manifest = write_manifest(tmp_path, "large-test", {"model": {
+        "huggingface": {"repo": "org/large", "revision": "main"}}})
+    code, out, err = cli("fetch", manifest, "--hf-endpoint", hub, "--json")
+    assert code == 0, err
+    (entry,) = json.loads(out)["details"]["sources"][0]["files"]
+    assert entry == {"path": "weights.safetensors", "size": 3_000_000, "sha256": hashlib.sha256(large).hexdigest()}
+    corrupt = bytearray(large)
+    corrupt[2_999_999] ^= 0x01
+    (hub_dir / "org" / "large" / "main" / "weights.safetensors").write_bytes(bytes(corrupt))
+    code, _, err = cli("fetch", manifest, "--hf-endpoint", hub, "--store", tmp_path / "other")
+    assert code == 5 and "weights.safetensors: sha256 does not match" in err

@@ -22,6 +22,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ DEFAULT_HEADROOM = 1 << 30
 MAX_WORKERS = 8
 _LOCK_NAME = ".modelrig-fetch.lock"
 _HASH_CHUNK = 8 << 20
+#: Files at least this large are hashed while they download rather than read again afterwards.
+_STREAM_HASH_MIN = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -396,6 +399,67 @@ def _check(f: RemoteFile, local: Path) -> tuple[bool, str]:
     return f.sha256 is None or sha == f.sha256, sha
 
 
+class _StreamHasher:
+    """Hashes a file while huggingface_hub downloads it, by following its temporary `.incomplete` file.
+
+    The result counts only when the bytes read came from the very inode that was renamed into place and add up
+    to the expected size; otherwise `result()` is None and the caller hashes the finished file instead.
+    """
+
+    def __init__(self, target: Path, f: RemoteFile) -> None:
+        self.folder = (target / ".cache" / "huggingface" / "download" / f.path).parent
+        self.pattern = f"*.{f.sha256}.*.incomplete"
+        self.size = f.size
+        self.sha = hashlib.sha256()
+        self.read = 0
+        self.inode: int | None = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._follow, daemon=True)
+
+    def __enter__(self) -> _StreamHasher:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def _follow(self) -> None:
+        path = None
+        while path is None:
+            found = sorted(self.folder.glob(self.pattern)) if self.folder.is_dir() else []
+            if found:
+                path = found[0]
+            elif self.done.wait(0.01):
+                return
+        try:
+            handle = open(path, "rb")
+        except OSError:
+            return
+        with handle:
+            self.inode = os.fstat(handle.fileno()).st_ino
+            while True:
+                block = handle.read(_HASH_CHUNK)
+                if block:
+                    self.sha.update(block)
+                    self.read += len(block)
+                elif self.done.is_set():
+                    if not (block := handle.read(_HASH_CHUNK)):
+                        return
+                    self.sha.update(block)
+                    self.read += len(block)
+                else:
+                    time.sleep(0.005)
+
+    def result(self, final: Path) -> str | None:
+        """The sha256 of `final`, if it was read in full while downloading."""
+        try:
+            same = self.inode is not None and final.stat().st_ino == self.inode
+        except OSError:
+            return None
+        return self.sha.hexdigest() if same and self.read == self.size else None
+
+
 def _download_one(plan: SourcePlan, f: RemoteFile, *, endpoints: Endpoints, force: bool,
                   progress: _Progress) -> str:
     """Download one file into the target folder; return its verified sha256."""
@@ -404,10 +468,16 @@ def _download_one(plan: SourcePlan, f: RemoteFile, *, endpoints: Endpoints, forc
     if plan.hub == "huggingface":
         from huggingface_hub import hf_hub_download
 
-        hf_hub_download(plan.repo, f.path, revision=plan.commit, local_dir=plan.target,
-                        endpoint=endpoints.huggingface, token=token or False, force_download=force,
-                        tqdm_class=progress.tqdm_class())
-        ok, sha = _check(f, local)
+        follow = f.sha256 is not None and f.size >= _STREAM_HASH_MIN
+        with _StreamHasher(plan.target, f) if follow else contextlib.nullcontext() as streamed:
+            hf_hub_download(plan.repo, f.path, revision=plan.commit, local_dir=plan.target,
+                            endpoint=endpoints.huggingface, token=token or False, force_download=force,
+                            tqdm_class=progress.tqdm_class())
+        sha = streamed.result(local) if streamed is not None else None
+        if sha is not None:
+            ok = sha == f.sha256
+        else:
+            ok, sha = _check(f, local)
     else:
         api = _ms_api(endpoints.modelscope, token)
         if force:

@@ -1,0 +1,129 @@
+"""Throughput of `modelrig fetch` (download + sha256 verification + stamp) vs plain `hf download`, same local hub.
+
+Builds a repo of a few large random files (about 1 GB by default), serves it with `modelrig hub serve`, then
+downloads it alternately with `hf download --local-dir` and `modelrig fetch --store`, each into a fresh folder,
+and writes the table into BENCHMARKS.md (section "fetch"). Usage:
+
+    .venv/bin/python benchmarks/fetch_bench.py [--size-mb 1024] [--files 4] [--rounds 2] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SECTION = "## fetch: `modelrig fetch` vs `hf download`"
+
+
+def build_repo(root: Path, *, size_mb: int, files: int) -> int:
+    """Write `files` random files totalling `size_mb` MiB plus a config, and the hub index; return the bytes."""
+    from modelrig.hub.layout import write_index
+
+    rev = root / "bench" / "big" / "main"
+    rev.mkdir(parents=True)
+    (rev / "config.json").write_text('{"model_type": "bench"}\n')
+    per_file = size_mb * (1 << 20) // files
+    total = 0
+    for i in range(files):
+        with open(rev / f"model-{i + 1:05d}-of-{files:05d}.safetensors", "wb") as f:
+            left = per_file
+            while left:
+                block = os.urandom(min(left, 16 << 20))
+                f.write(block)
+                left -= len(block)
+        total += per_file
+    write_index(root / "bench" / "big")
+    return total
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:3])} failed:\n{proc.stderr[-2000:]}")
+    return elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=int, default=1024)
+    parser.add_argument("--files", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--no-write", action="store_true", help="print the table, leave BENCHMARKS.md alone")
+    args = parser.parse_args()
+
+    bindir = Path(sys.executable).parent
+    work = Path(tempfile.mkdtemp(prefix="modelrig-fetch-bench-"))
+    env = {**os.environ, "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+           "MODELRIG_NO_PROGRESS": "1", "HF_HOME": str(work / "hf-home"), "MODELRIG_HOME": str(work / "root")}
+    env.pop("HF_TOKEN", None)
+    server = None
+    try:
+        total = build_repo(work / "hub", size_mb=args.size_mb, files=args.files)
+        manifest = work / "bench-big.yaml"
+        manifest.write_text(
+            "id: bench-big\ntitle: bench\nlicense: {name: test}\n"
+            "weights:\n  model:\n    huggingface: {repo: bench/big, revision: main}\n"
+            "env: {python: '3.11'}\nresources: {params_b: 0.1, memory_gb: {fp32: 1}}\n")
+        server = subprocess.Popen([str(bindir / "modelrig"), "hub", "serve", str(work / "hub"), "--port", "0"],
+                                  stdout=subprocess.PIPE, text=True, env=env)
+        assert server.stdout is not None
+        url = server.stdout.readline().strip().rsplit(" ", 1)[-1]
+        env["HF_ENDPOINT"] = url
+        runs: dict[str, list[float]] = {"hf download": [], "modelrig fetch": []}
+        for round_ in range(args.rounds):
+            for tool in ("hf download", "modelrig fetch"):
+                target = work / f"out-{round_}-{tool.split()[0]}"
+                if tool == "hf download":
+                    cmd = [str(bindir / "hf"), "download", "bench/big", "--local-dir", str(target)]
+                else:
+                    cmd = [str(bindir / "modelrig"), "fetch", str(manifest), "--store", str(target),
+                           "--hf-endpoint", url]
+                runs[tool].append(timed(cmd, env))
+                shutil.rmtree(target)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=10)
+        shutil.rmtree(work, ignore_errors=True)
+
+    base = statistics.median(runs["hf download"])
+    lines = [SECTION, "",
+             f"`benchmarks/fetch_bench.py`: {args.files} files of {args.size_mb // args.files} MiB "
+             f"({total / 2**30:.2f} GiB) from one local `modelrig hub serve` over loopback, {args.rounds} rounds "
+             "alternating the two tools, each into a fresh folder; median wall time including process start. "
+             "`modelrig fetch` also verifies every file's sha256 against the hub's and writes its stamp.", "",
+             "| tool | wall time (s) | throughput (MB/s) | vs `hf download` |", "|---|---|---|---|"]
+    for tool, times in runs.items():
+        med = statistics.median(times)
+        lines.append(f"| `{tool}` | {med:.2f} | {total / med / 1e6:.0f} | {(med / base - 1) * 100:+.1f}% |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if not args.no_write:
+        write_section(REPO_ROOT / "BENCHMARKS.md", table)
+    return 0
+
+
+def write_section(path: Path, table: str) -> None:
+    """Replace this benchmark's section in BENCHMARKS.md (or append it), leaving the other sections alone."""
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: table + "\n", text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + table
+    path.write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
