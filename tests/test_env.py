@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from modelrig.config import DataRoot, HostConfig, PipSettings
 from modelrig.envs import build_env
@@ -18,6 +19,8 @@ from modelrig.errors import EnvBuildError
 from modelrig.plan import EnvPlan, TorchBuild
 from modelrig.stamp import read_stamp
 from tests.helpers.venvs import CACHE, TORCH, pip_find_links
+
+REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.slow
 
@@ -136,3 +139,33 @@ def test_pip_fallback_builds_the_same_spec(tmp_path, monkeypatch):
     assert result.changed and result.details["installer"] == "pip"
     assert result.details["smoke"]["transformers"] == "4.37.0"
     assert installed(Path(result.details["python"]), "transformers")["transformers"] == "4.37.0"
+
+
+def test_modelrig_env_reports_a_failed_install_in_one_line_and_exit_code_7(tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("UV_CACHE_DIR", str(CACHE / "uv"))
+    manifest = yaml.safe_load((REPO / "model_manifests" / "demo-tiny-ziya.yaml").read_text())
+    manifest["env"]["packages"] = ["transformers==4.37.0", "modelrig-no-such-package-xyz"]
+    path = tmp_path / "broken-env.yaml"
+    path.write_text(yaml.safe_dump({**manifest, "id": "broken-env"}))
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"pip": {"find_links": pip_find_links(), "use_torch_index": False}}))
+    root = tmp_path / "root"
+    code, out, err = cli("--data-root", root, "--config", config, "env", path)
+    assert code == 7
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("modelrig: error: ")
+    assert "modelrig-no-such-package-xyz" in err
+    assert not [p for p in (root / "envs").iterdir() if p.is_dir()]
+
+
+def test_modelrig_env_dry_run_shows_the_commands_and_builds_nothing(tmp_path, cli):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"pip": {"find_links": ["/opt/wheels"], "use_torch_index": False}}))
+    code, out, _ = cli("--data-root", tmp_path / "root", "--config", config, "env", "demo-tiny-ziya", "--dry-run",
+                       "--json")
+    assert code == 0
+    build = json.loads(out)
+    assert build["path"] == str(tmp_path / "root" / "envs" / build["key"])
+    assert build["commands"][1][-1] == "torch==2.13.0"
+    assert "gradio>=6,<7" in build["commands"][2]
+    assert not (tmp_path / "root" / "envs").exists()
