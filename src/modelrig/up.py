@@ -195,7 +195,7 @@ def up(manifest: Manifest, ctx: Context, *, options: UpOptions | None = None,
                      summary=f"{plan.platform}: torch {torch.version} [{torch.variant}], {plan.dtype}"
                      + (f" {plan.quantization}" if plan.quantization else "")
                      + f", launch {', '.join(plan.launch) or 'nothing'}",
-                     details={"plan": plan.to_dict(), "key": plan_key}))
+                     details={"plan": plan.to_dict(), "key": plan_key, "warnings": list(plan.warnings)}))
     env = done(env_stage(manifest, plan, ctx, options=options))
     python = Path(env.details["python"])
     fetched = done(fetch_stage(manifest, ctx, options=options))

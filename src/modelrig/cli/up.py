@@ -114,7 +114,7 @@ def _printer(ctx: Context):
     def show(result: Any) -> None:
         if not ctx.as_json and not ctx.quiet:
             print(result.line(), flush=True)
-            for warning in result.details.get("warnings", []) if result.stage == "env" else []:
+            for warning in result.details.get("warnings", []) if result.stage in ("plan", "env") else []:
                 print(f"modelrig: warning: {warning}", file=sys.stderr)
 
     return show
