@@ -205,11 +205,13 @@ def up(manifest: Manifest, ctx: Context, *, options: UpOptions | None = None,
     underneath = env.changed or fetched.changed or bool(converted and converted.changed)
     launched = done(launch_stage(manifest, ctx, rendered, restart=underneath))
     urls = {name: e["url"] for name, e in launched.details["entries"].items() if e.get("url")}
+    # entries started by an earlier `up --entry ...` stay recorded, so `down` still stops them
+    entries = {**previous.get("entries", {}), **{n: {"dir": e["dir"], "pid": e.get("pid"), "kind": e.get("kind")}
+                                                  for n, e in launched.details["entries"].items()}}
     write_json(state_file(ctx, manifest.id), {
-        "model": manifest.id, "plan_key": plan_key, "env": env.details["path"], "urls": urls,
-        "supervisor": launched.details["supervisor"], "run_dir": str(ctx.data.run / manifest.id),
-        "entries": {n: {"dir": e["dir"], "pid": e.get("pid"), "kind": e.get("kind")}
-                    for n, e in launched.details["entries"].items()},
+        "model": manifest.id, "plan_key": plan_key, "env": env.details["path"],
+        "urls": {**previous.get("urls", {}), **urls}, "supervisor": launched.details["supervisor"],
+        "run_dir": str(ctx.data.run / manifest.id), "entries": entries,
     })
     return UpReport(model=manifest.id, results=results, urls=urls, seconds=time.perf_counter() - begun)
 
