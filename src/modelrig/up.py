@@ -203,16 +203,19 @@ def up(manifest: Manifest, ctx: Context, *, options: UpOptions | None = None,
     converted = done(convert_stage(manifest, ctx, fetched=fetched, options=options)) if manifest.convert else None
     rendered = done(render_stage(manifest, plan, ctx, python=python, paths=paths, options=options))
     underneath = env.changed or fetched.changed or bool(converted and converted.changed)
+    # entries started by an earlier `up --entry ...` stay recorded, so `down` still stops them; the entries about
+    # to start are recorded before they start, so `down` can stop them even when a later one fails to come up
+    entries = {**previous.get("entries", {}), **{n: {"dir": e["dir"], "pid": None, "kind": e["kind"]}
+                                                  for n, e in rendered.details["entries"].items()}}
+    state = {"model": manifest.id, "plan_key": previous.get("plan_key"), "env": env.details["path"],
+             "urls": previous.get("urls", {}), "supervisor": ctx.config.serve.supervisor,
+             "run_dir": str(ctx.data.run / manifest.id), "entries": entries}
+    write_json(state_file(ctx, manifest.id), state)
     launched = done(launch_stage(manifest, ctx, rendered, restart=underneath))
     urls = {name: e["url"] for name, e in launched.details["entries"].items() if e.get("url")}
-    # entries started by an earlier `up --entry ...` stay recorded, so `down` still stops them
-    entries = {**previous.get("entries", {}), **{n: {"dir": e["dir"], "pid": e.get("pid"), "kind": e.get("kind")}
-                                                  for n, e in launched.details["entries"].items()}}
-    write_json(state_file(ctx, manifest.id), {
-        "model": manifest.id, "plan_key": plan_key, "env": env.details["path"],
-        "urls": {**previous.get("urls", {}), **urls}, "supervisor": launched.details["supervisor"],
-        "run_dir": str(ctx.data.run / manifest.id), "entries": entries,
-    })
+    for name, e in launched.details["entries"].items():
+        entries[name]["pid"] = e.get("pid")
+    write_json(state_file(ctx, manifest.id), {**state, "plan_key": plan_key, "urls": {**state["urls"], **urls}})
     return UpReport(model=manifest.id, results=results, urls=urls, seconds=time.perf_counter() - begun)
 
 
