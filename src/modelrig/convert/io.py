@@ -92,16 +92,18 @@ class LazyTensor:
         if self._loader is not None:
             return self._loader()[start:stop]
         row = self.numel // self.shape[0] if self.shape and self.shape[0] else self.numel
-        count = (stop - start) * row
-        buf = bytearray(count * self.dtype.itemsize)
-        with open(self.path, "rb") as f:
+        nbytes = (stop - start) * row * self.dtype.itemsize
+        buf = torch.empty(nbytes, dtype=torch.uint8)
+        view = memoryview(buf.numpy())
+        got = 0
+        with open(self.path, "rb", buffering=0) as f:
             f.seek(self.offset + start * row * self.dtype.itemsize)
-            got = f.readinto(buf)
-        if got != len(buf):
-            raise ConversionError(f"{self.path}: truncated file (tensor {self.name} needs {len(buf)} bytes, "
+            while got < nbytes and (n := f.readinto(view[got:])):
+                got += n
+        if got != nbytes:
+            raise ConversionError(f"{self.path}: truncated file (tensor {self.name} needs {nbytes} bytes, "
                                   f"found {got})")
-        flat = torch.frombuffer(buf, dtype=torch.uint8).view(self.dtype) if buf else torch.empty(0, dtype=self.dtype)
-        return flat.reshape((stop - start, *self.shape[1:]) if self.shape else ())
+        return buf.view(self.dtype).reshape((stop - start, *self.shape[1:]) if self.shape else ())
 
 
 # ----------------------------------------------------------------------------------------------- readers
@@ -467,17 +469,25 @@ def row_chunks(rows: int, row_elements: int) -> Iterator[tuple[int, int]]:
 
 
 def verify_safetensors_output(out: Path, expected: dict[str, Callable[[], torch.Tensor]]) -> None:
-    """Reload every written tensor with safetensors' own reader and compare it with the expected data."""
+    """Reopen every written file with safetensors' own reader and compare each tensor with its source.
+
+    safetensors checks each file's header and layout and reports names and shapes; the data is then reread
+    with plain reads (not the reader's memory map, which would keep the whole file resident).
+    """
     from safetensors import safe_open
 
     files = sorted(out.glob("*.safetensors"))
     seen: set[str] = set()
     for f in files:
+        lazy = read_safetensors_header(f)
         with safe_open(str(f), framework="pt") as st:
             for name in st.keys():
                 if name not in expected:
                     raise ConversionError(f"{f}: unexpected tensor {name} in the output")
-                if not torch.equal(st.get_tensor(name), expected[name]()):
+                source = expected[name]()
+                if tuple(st.get_slice(name).get_shape()) != tuple(source.shape) or lazy[name].dtype != source.dtype:
+                    raise ConversionError(f"{f}: tensor {name} has the wrong shape or dtype after reloading")
+                if not torch.equal(lazy[name].load(), source):
                     raise ConversionError(f"{f}: tensor {name} does not match its source after reloading")
                 seen.add(name)
     missing = sorted(set(expected) - seen)
