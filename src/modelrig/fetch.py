@@ -216,16 +216,13 @@ def resolve_source(name: str, hub: str, ref: HubRef, source: WeightSource, *, en
 
 def _resolve_hf(ref: HubRef, *, endpoint: str, token: str | None) -> tuple[str, str, list[RemoteFile]]:
     from huggingface_hub import HfApi
-    from huggingface_hub.hf_api import RepoFile
 
     api = HfApi(endpoint=endpoint, token=token or False)
     with _hf_errors(ref, endpoint):
-        info = api.model_info(ref.repo, revision=ref.revision)
+        info = api.model_info(ref.repo, revision=ref.revision, files_metadata=True)
         commit = str(info.sha)
-        files = [RemoteFile(path=e.path, size=e.size, sha256=e.lfs.sha256 if e.lfs else None,
-                            git_oid=None if e.lfs else e.blob_id)
-                 for e in api.list_repo_tree(ref.repo, revision=commit, recursive=True)
-                 if isinstance(e, RepoFile)]
+        files = [RemoteFile(path=e.rfilename, size=int(e.size or 0), sha256=e.lfs.sha256 if e.lfs else None,
+                            git_oid=None if e.lfs else e.blob_id) for e in info.siblings or []]
         kind = "commit"
         if not ref.pinned:
             tags = {t.name for t in api.list_repo_refs(ref.repo).tags}
@@ -533,16 +530,22 @@ def download(plan: SourcePlan, *, endpoints: Endpoints, verify: bool = False) ->
     known = _reusable_hashes(plan) if not verify else {}
     todo: list[RemoteFile] = []
     hashes: dict[str, str] = {}
+    to_check = []
     for f in plan.files:
         local = plan.target / f.path
         if f.path in known and local.is_file() and local.stat().st_size == f.size:
             hashes[f.path] = known[f.path]
-            continue
-        ok, sha = _check(f, local) if local.is_file() else (False, "")
-        if ok:
-            hashes[f.path] = sha
+        elif local.is_file():
+            to_check.append(f)
         else:
             todo.append(f)
+    with ThreadPoolExecutor(max_workers=min(MAX_WORKERS, os.cpu_count() or 1)) as pool:
+        for f, (ok, sha) in zip(to_check, pool.map(lambda f: _check(f, plan.target / f.path), to_check),
+                                   strict=True):
+            if ok:
+                hashes[f.path] = sha
+            else:
+                todo.append(f)
     progress = _Progress(sum(f.size for f in todo), f"{plan.repo}")
     try:
         with ThreadPoolExecutor(max_workers=min(MAX_WORKERS, max(len(todo), 1))) as pool:
