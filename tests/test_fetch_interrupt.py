@@ -105,3 +105,28 @@ def test_a_fetch_killed_at_many_points_completes_verified_on_rerun(tmp_path: Pat
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["changed"] is False
 
+
+
+def test_a_hub_lost_mid_download_gives_one_line_and_a_rerun_completes(tmp_path: Path) -> None:
+    hub_dir = tmp_path / "hub"
+    write_repo(hub_dir, "org/big", {"main": FILES})
+    manifest = write_manifest(tmp_path, "big-test", {"model": {"huggingface": {"repo": "org/big",
+                                                                                "revision": "main"}}})
+    folder = tmp_path / "root" / "store" / "huggingface" / "org--big"
+    env = {**client_env(tmp_path), "MODELRIG_HOME": str(tmp_path / "root")}
+    with served(hub_dir, "--throttle", str(THROTTLE)) as url:
+        proc = subprocess.Popen(modelrig_cmd("fetch", str(manifest), "--hf-endpoint", url), env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while _written_since(folder, {}) < 300_000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 5
+    lines = [line for line in err.splitlines() if line.startswith("modelrig: error:")]
+    assert len(lines) == 1 and "run again to continue" in lines[0], err
+    _assert_nothing_partial_looks_complete(folder)
+    with served(hub_dir) as url:
+        again = subprocess.run([*modelrig_cmd("fetch", str(manifest), "--hf-endpoint", url), "--json"], env=env,
+                               capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert {f["path"]: f["sha256"] for f in json.loads(again.stdout)["details"]["sources"][0]["files"]} == SHA

@@ -783,7 +783,11 @@ def _plan_with_fallback(name: str, source: WeightSource, store: Path, endpoints:
 
 def _locked_download(plan: SourcePlan, endpoints: Endpoints, *, verify: bool) -> dict[str, Any]:
     with _locked(plan.target):
-        return download(plan, endpoints=endpoints, verify=verify)
+        try:
+            return download(plan, endpoints=endpoints, verify=verify)
+        except _Unreachable as exc:
+            raise FetchError(f"{plan.name}: {plan.hub}: {exc}; files finished so far are kept, run again to "
+                             "continue") from None
 
 
 def _plan_from_stamp(name: str, stamp: dict[str, Any], store: Path) -> SourcePlan:
