@@ -133,3 +133,18 @@ def test_conversion_is_deterministic_and_idempotent(tmp_path):
     for f in (tmp_path / "a").iterdir():
         assert f.read_bytes() == (tmp_path / "b" / f.name).read_bytes(), f.name
     assert len(ModelReader.open(tmp_path / "a").tensors) == len(ModelReader.open(tmp_path / "delta").tensors)
+
+
+def test_not_enough_disk_is_refused_before_anything_is_written(tmp_path, cli, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    base = tiny.write_llama_hf(tmp_path / "base")
+    tiny.write_ziya_delta(base, tmp_path / "delta")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    code, _, err = cli("convert", "safetensors", "--input", tmp_path / "delta", "--out", tmp_path / "st")
+    assert code == 4
+    assert "needs" in err and "GB free" in err
+    assert not (tmp_path / "st").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".modelrig-tmp")]

@@ -1,4 +1,11 @@
-"""Apply and make weight deltas (Ziya `replace`, FastChat `add`, `zero-pad-add`, LLaVA `slice-add`), streaming."""
+"""Apply and make weight deltas (Ziya `replace`, FastChat `add`, `zero-pad-add`, LLaVA `slice-add`), streaming.
+
+Precision: every sum is computed in float32 and rounded once to the output dtype, so the result is bit-for-bit
+the whole-model merge (load both with transformers, add, save) and FastChat's in-place fp16 `+=` (PyTorch adds
+halves in float32 and rounds once). What is not exact is a delta itself: `make_delta` rounds `target - base` to
+fp16, so `base + delta` returns the target exactly for most elements and otherwise within one ulp of the larger
+of target and difference.
+"""
 
 from __future__ import annotations
 
@@ -166,11 +173,14 @@ def _merge_producer(b: LazyTensor, d: LazyTensor, rows: int, dtype: torch.dtype)
             yield (d.load().float() + b.load().float()).to(dtype)
             return
         row = d.numel // d.shape[0] if d.shape[0] else 0
+        # PyTorch adds two halves (fp16/bf16) in float32 and rounds once: same result, no float32 copies.
+        same = d.dtype == b.dtype == dtype and dtype in (torch.float16, torch.bfloat16)
         for start, stop in row_chunks(d.shape[0], row):
-            chunk = d.load_rows(start, stop).float()
+            chunk = d.load_rows(start, stop) if same else d.load_rows(start, stop).float()
             if start < rows:
                 upto = min(stop, rows)
-                chunk[: upto - start] += b.load_rows(start, upto).float()
+                base_rows = b.load_rows(start, upto)
+                chunk[: upto - start] += base_rows if same else base_rows.float()
             yield chunk.to(dtype)
     return produce
 

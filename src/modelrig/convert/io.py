@@ -10,6 +10,7 @@ import shutil
 import struct
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,8 @@ from modelrig.progress import bar
 
 #: File names that hold weights (never copied as "extra" files next to converted weights).
 WEIGHT_SUFFIXES = (".bin", ".safetensors", ".pth", ".pt", ".h5", ".msgpack", ".ckpt", ".gguf")
-#: Elements per chunk when a tensor is processed piecewise (16 Mi elements = 32 MiB of fp16).
-CHUNK_ELEMENTS = 16 << 20
+#: Elements per chunk when a tensor is processed piecewise (4 Mi elements = 8 MiB of fp16).
+CHUNK_ELEMENTS = 4 << 20
 
 _ST_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -432,23 +433,31 @@ def _write_one_shard(tensors: list[OutputTensor], path: Path, metadata: dict[str
     blob = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
     blob += b" " * (-len(blob) % 8)
     digest = hashlib.sha256()
-    with open(path, "wb") as f:
+    with open(path, "wb") as f, ThreadPoolExecutor(max_workers=1) as writer:
+        # One piece is written and hashed (both release the GIL) while the next one is produced.
+        def emit(data: Any) -> None:
+            f.write(data)
+            digest.update(data)
+
+        pending = None
         head = struct.pack("<Q", len(blob)) + blob
-        f.write(head)
-        digest.update(head)
+        emit(head)
         for t in tensors:
             written = 0
             for piece in t.produce():
                 if piece.dtype != t.dtype:
                     raise ConversionError(f"tensor {t.name}: produced {piece.dtype}, planned {t.dtype}")
                 data = piece.contiguous().reshape(-1).view(torch.uint8).numpy()
-                f.write(data)
-                digest.update(data)
+                if pending is not None:
+                    pending.result()
+                pending = writer.submit(emit, data)
                 written += data.nbytes
                 progress.update(data.nbytes)
             if written != t.nbytes:
                 raise ConversionError(f"tensor {t.name}: produced {written} bytes, planned {t.nbytes} "
                                       f"(shape {list(t.shape)})")
+        if pending is not None:
+            pending.result()
         f.flush()
         os.fsync(f.fileno())
     return digest.hexdigest()

@@ -11,7 +11,7 @@ from typing import Any
 
 from modelrig.convert.io import ensure_free_space
 from modelrig.result import StageResult, timed
-from modelrig.stamp import atomic_dir, atomic_write_text, digest, read_stamp, sha256_file, write_stamp
+from modelrig.stamp import STAMP_NAME, atomic_dir, atomic_write_text, digest, read_stamp, sha256_file, write_stamp
 
 #: Bump when an algorithm changes its output, so old stamps no longer match.
 FORMAT_VERSION = 1
@@ -30,8 +30,39 @@ def input_files(*sources: Path) -> list[Path]:
     return files
 
 
+def stamped_digests(directory: Path) -> dict[str, str]:
+    """sha256 of files an earlier stage already recorded in `directory`'s stamp (fetch: `files`; convert:
+    `outputs`), for files that still have the recorded size and are not newer than the stamp."""
+    stamp_path = directory / STAMP_NAME
+    stamp = read_stamp(directory)
+    if stamp is None:
+        return {}
+    recorded: dict[str, tuple[str, int | None]] = {}
+    for entry in stamp.get("files", []) if isinstance(stamp.get("files"), list) else []:
+        if isinstance(entry, dict) and entry.get("sha256") and entry.get("path"):
+            recorded[entry["path"]] = (entry["sha256"], entry.get("size"))
+    for name, sha in (stamp.get("outputs") or {}).items():
+        recorded[name] = (sha, None)
+    stamp_time = stamp_path.stat().st_mtime_ns
+    out: dict[str, str] = {}
+    for rel, (sha, size) in recorded.items():
+        f = directory / rel
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        if (size is None or st.st_size == size) and st.st_mtime_ns <= stamp_time:
+            out[str(f)] = sha
+    return out
+
+
 def file_digests(files: Iterable[Path], *, cache: Path | None = None) -> dict[str, str]:
-    """sha256 of each file, reusing a digest cache keyed by (path, size, mtime, inode) when given."""
+    """sha256 of each file: from an upstream stage's stamp, from the digest cache keyed by (path, size, mtime,
+    inode) when given, else computed."""
+    files = list(files)
+    upstream: dict[str, str] = {}
+    for directory in sorted({f.parent for f in files}):
+        upstream.update(stamped_digests(directory))
     known: dict[str, Any] = {}
     if cache is not None and cache.is_file():
         try:
@@ -41,6 +72,9 @@ def file_digests(files: Iterable[Path], *, cache: Path | None = None) -> dict[st
     out: dict[str, str] = {}
     changed = False
     for f in files:
+        if str(f) in upstream:
+            out[str(f)] = upstream[str(f)]
+            continue
         st = f.stat()
         ident = f"{f.resolve()}"
         fp = [st.st_size, st.st_mtime_ns, st.st_ino]
