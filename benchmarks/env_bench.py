@@ -65,9 +65,12 @@ def main() -> None:
 
     spec = "torch==2.13.0 (local CPU wheel) + " + " ".join(PACKAGES)
     lines = [SECTION, "",
-             f"Building one model env for the same spec ({spec}) on a fresh data root; cold: an empty package cache, "
-             "warm: the cache left by the cold build (uv hardlinks from its cache; pip still unpacks every wheel). "
-             "Includes the smoke check (import torch and transformers, ~2 s).", "",
+             f"Building one model env for the same spec ({spec}) on a fresh data root.",
+             "Cold: an empty package cache; warm: the cache left by the cold build. uv hardlinks installed files from",
+             "its cache; pip unpacks every wheel again, and on this machine most wheels come from local `file://`",
+             "indexes and find-links, which pip does not cache, so its warm run is no faster. Times include the",
+             "smoke check (import torch and transformers, about 2 s) on a shared 2-core machine. uv does not read",
+             "pip's configuration: its cold run downloads from PyPI (torch from the find-links folder).", "",
              "| installer | cold cache (s) | warm cache (s) |", "|---|---:|---:|"]
     lines += [f"| {name} | {cold:.1f} | {warm:.1f} |" for name, cold, warm in rows]
     lines += ["", "`modelrig demo` on a fresh data root (tiny repos, local hub, env from a warm uv cache, convert, "
