@@ -136,13 +136,13 @@ def test_a_second_run_downloads_and_hashes_nothing_and_needs_no_hub(cli: Cli, hu
     stop()
     store = data_root / "store" / "huggingface" / "org--tiny"
     mtimes = {p: p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()}
-    import modelrig.fetch
+    import modelrig.fetch.download
 
     def no_hashing(*args: object, **kwargs: object) -> None:
         raise AssertionError("a re-run must not hash")
 
-    monkeypatch.setattr(modelrig.fetch, "sha256_file", no_hashing)
-    monkeypatch.setattr(modelrig.fetch, "_hash_file", no_hashing)
+    monkeypatch.setattr(modelrig.fetch.download, "sha256_file", no_hashing)
+    monkeypatch.setattr(modelrig.fetch.download, "_hash_file", no_hashing)
     code, out, err = cli("fetch", manifest, *endpoints(url))
     assert code == 0, err
     assert "unchanged" in out and "1 sources, 3 files in place" in out

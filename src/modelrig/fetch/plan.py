@@ -1,0 +1,117 @@
+"""What a fetch will do, worked out without I/O: files a hub lists, which are selected, hub order, sizes."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelrig.errors import UsageError
+from modelrig.manifest import HubRef, WeightSource
+from modelrig.stamp import digest
+
+HUBS = ("huggingface", "modelscope")
+#: Free disk kept beyond the download itself, unless the caller asks for another amount.
+DEFAULT_HEADROOM = 1 << 30
+#: Files downloaded (or re-hashed) at once.
+MAX_WORKERS = 8
+HASH_CHUNK = 8 << 20
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file of a repo at a commit, as the hub lists it."""
+
+    path: str
+    size: int
+    #: sha256 the hub publishes (LFS files on the Hub, every file on ModelScope); None when it has none.
+    sha256: str | None = None
+    #: The git blob id (Hub files not in LFS), checked when no sha256 is published.
+    git_oid: str | None = None
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    """One hub source resolved: which hub, commit and files, and where they go."""
+
+    name: str
+    hub: str
+    repo: str
+    revision: str
+    commit: str
+    #: What `revision` names: "commit", "branch" (moving: warned about) or "tag".
+    ref_kind: str
+    files: tuple[RemoteFile, ...]
+    target: Path
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    @property
+    def total_bytes(self) -> int:
+        """Size of every selected file."""
+        return sum(f.size for f in self.files)
+
+    def stamp_key(self) -> str:
+        """The digest that identifies this exact download."""
+        return digest({"hub": self.hub, "repo": self.repo, "commit": self.commit, "include": self.include,
+                       "exclude": self.exclude, "files": [(f.path, f.size, f.sha256) for f in self.files]})
+
+
+
+def select_files(files: list[RemoteFile], *, include: list[str], exclude: list[str]) -> list[RemoteFile]:
+    """Files matching any `include` glob (all when empty) and no `exclude` glob; a pattern ending in `/` is a
+    folder."""
+    def norm(patterns: list[str]) -> list[str]:
+        return [p + "*" if p.endswith("/") else p for p in patterns]
+
+    inc, exc = norm(include), norm(exclude)
+    chosen = [f for f in files if (not inc or any(fnmatch.fnmatch(f.path, p) for p in inc))
+              and not any(fnmatch.fnmatch(f.path, p) for p in exc)]
+    return sorted(chosen, key=lambda f: f.path)
+
+
+def hub_order(source: WeightSource, *, requested: str, prefer: str) -> list[tuple[str, HubRef]]:
+    """The hubs to try for a source: only `requested` when it names one, else the manifest's or host's preferred
+    hub first."""
+    refs = source.hubs
+    if requested in HUBS:
+        chosen = [(n, r) for n, r in refs if n == requested]
+        if not chosen:
+            have = ", ".join(n for n, _ in refs)
+            raise UsageError(f"--hub {requested}: this source is only on {have}")
+        return chosen
+    if source.prefer is None and prefer in HUBS:
+        refs = sorted(refs, key=lambda item: item[0] != prefer)
+    return refs
+
+
+def needed_bytes(plan: SourcePlan) -> int:
+    """Bytes still to download: files absent or of the wrong size in the target folder."""
+    missing = 0
+    for f in plan.files:
+        local = plan.target / f.path
+        if not (local.is_file() and local.stat().st_size == f.size):
+            missing += f.size
+    return missing
+
+
+def parse_size(text: str) -> int:
+    """`512MiB`, `1GB`, `0` and the like as a byte count."""
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "PB": 10**15,
+             "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40, "PIB": 1 << 50}
+    value = text.strip().upper().replace(" ", "")
+    number = value.rstrip("KMGTPIB")
+    unit = value[len(number):]
+    try:
+        return int(float(number) * units[unit])
+    except (KeyError, ValueError):
+        raise UsageError(f"not a size: {text!r} (expected e.g. 512MiB or 2GB)") from None
+
+
+def human(n: float) -> str:
+    """Bytes as a short human string."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

@@ -1,0 +1,228 @@
+"""The fetch stage: every weight source of a manifest fetched (or checked), with a disk preflight and a dry run."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelrig.config import Context
+from modelrig.errors import DiskSpaceError, FetchError, UsageError
+from modelrig.fetch.download import download, locked, plan_matches_stamp, stamp_is_current
+from modelrig.fetch.plan import (
+    DEFAULT_HEADROOM,
+    HASH_CHUNK,
+    HUBS,
+    RemoteFile,
+    SourcePlan,
+    hub_order,
+    human,
+    needed_bytes,
+)
+from modelrig.fetch.remote import Endpoints, HubUnreachable, endpoints_for, resolve_source
+from modelrig.manifest import Manifest, WeightSource
+from modelrig.result import StageResult, timed
+from modelrig.stamp import sha256_file, write_json
+
+
+@dataclass
+class FetchOptions:
+    """What `modelrig fetch` was asked to do."""
+
+    hub: str = "auto"
+    store: Path | None = None
+    dry_run: bool = False
+    verify: bool = False
+    hf_endpoint: str | None = None
+    modelscope_endpoint: str | None = None
+    local: dict[str, str] = field(default_factory=dict)
+    headroom: int = DEFAULT_HEADROOM
+    log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
+
+
+def fetch_model(manifest: Manifest, ctx: Context, *, options: FetchOptions) -> StageResult:
+    """Download every hub source of `manifest` (verified), check its local sources, and report what it did."""
+    endpoints = endpoints_for(ctx.config, hf_endpoint=options.hf_endpoint,
+                              modelscope_endpoint=options.modelscope_endpoint)
+    store = (options.store or ctx.data.store).expanduser().absolute()
+    notes: list[str] = []
+    sources: list[dict[str, Any]] = []
+    with timed() as clock:
+        current: list[tuple[str, dict[str, Any]]] = []
+        plans: list[SourcePlan] = []
+        for name, source in manifest.weights.items():
+            if source.model is not None:
+                notes.append(f"{name}: output of model {source.model}, produced by its own pipeline")
+                continue
+            if source.local is not None:
+                sources.append(_local_source(name, source, ctx, options, notes))
+                continue
+            done = _current_stamp(name, source, store, options)
+            if done is not None:
+                current.append((name, done))
+                continue
+            plans.append(_plan_with_fallback(name, source, store, endpoints, options,
+                                             prefer=ctx.config.hub.prefer))
+        for plan in plans:
+            if plan.ref_kind == "branch":
+                options.log(f"modelrig: warning: {plan.name}: {plan.hub} revision {plan.revision!r} of {plan.repo} "
+                            f"is a branch (a moving ref), resolved to {plan.commit}; pin that commit in the manifest")
+        pending = [p for p in plans if plan_matches_stamp(p) is None or options.verify]
+        need = sum(needed_bytes(p) for p in pending)
+        free = shutil.disk_usage(_existing_parent(store)).free
+        disk = {"needed_bytes": need, "headroom_bytes": options.headroom, "free_bytes": free,
+                "ok": free >= need + options.headroom}
+        if options.dry_run:
+            return _dry_run_result(manifest, plans, current, disk, notes, sources, clock)
+        if pending and not disk["ok"]:
+            raise DiskSpaceError(f"{store}: {human(free)} free, the download needs {human(need)} plus "
+                                 f"{human(options.headroom)} headroom; free space or pass --store on a larger disk")
+        downloaded_files = downloaded_bytes = 0
+        for name, stamp in current:
+            if options.verify:
+                plan = _plan_from_stamp(name, stamp, store)
+                stamp = _locked_download(plan, endpoints, verify=True)
+                downloaded_files += len(stamp["downloaded"])
+                downloaded_bytes += stamp["downloaded_bytes"]
+            sources.append(_source_record(name, stamp, store))
+        for plan in plans:
+            stamp = plan_matches_stamp(plan)
+            if stamp is None or options.verify:
+                stamp = _locked_download(plan, endpoints, verify=options.verify)
+                downloaded_files += len(stamp["downloaded"])
+                downloaded_bytes += stamp["downloaded_bytes"]
+            sources.append(_source_record(plan.name, stamp, store))
+    changed = downloaded_files > 0
+    hub_sources = [s for s in sources if s.get("hub") in HUBS]
+    total_files = sum(len(s["files"]) for s in hub_sources)
+    rate = downloaded_bytes / clock["seconds"] / 1e6 if clock["seconds"] > 0 else 0.0
+    verb = "re-verified" if options.verify else "verified"
+    if changed:
+        summary = (f"downloaded {downloaded_files} files ({human(downloaded_bytes)}, {rate:.0f} MB/s) of "
+                   f"{len(hub_sources)} sources, {total_files} files {verb}")
+    else:
+        summary = f"{len(hub_sources)} sources, {total_files} files in place" + (", all re-verified"
+                                                                                  if options.verify else "")
+    return StageResult(stage="fetch", changed=changed, summary=summary, model=manifest.id,
+                       seconds=clock["seconds"],
+                       details={"sources": sources, "notes": notes, "disk": disk, "store": str(store)})
+
+
+def _current_stamp(name: str, source: WeightSource, store: Path, options: FetchOptions) -> dict[str, Any] | None:
+    """A matching stamp for a pinned source on any hub it may come from: such a re-run needs no network."""
+    try:
+        order = hub_order(source, requested=options.hub, prefer="auto")
+    except UsageError:
+        return None
+    for hub, ref in order:
+        stamp = stamp_is_current(store / hub / ref.repo.replace("/", "--"), hub=hub, ref=ref, source=source)
+        if stamp is not None:
+            return stamp
+    return None
+
+
+def _plan_with_fallback(name: str, source: WeightSource, store: Path, endpoints: Endpoints,
+                        options: FetchOptions, *, prefer: str) -> SourcePlan:
+    order = hub_order(source, requested=options.hub, prefer=prefer)
+    failures: list[str] = []
+    for index, (hub, ref) in enumerate(order):
+        try:
+            plan = resolve_source(name, hub, ref, source, endpoints=endpoints, store=store)
+        except HubUnreachable as exc:
+            failures.append(f"{hub}: {exc}")
+            if index + 1 < len(order):
+                options.log(f"modelrig: warning: {name}: {hub} unreachable ({exc}); falling back to "
+                            f"{order[index + 1][0]}")
+            continue
+        return plan
+    raise FetchError(f"{name}: no hub reachable: " + "; ".join(failures))
+
+
+def _locked_download(plan: SourcePlan, endpoints: Endpoints, *, verify: bool) -> dict[str, Any]:
+    with locked(plan.target):
+        try:
+            return download(plan, endpoints=endpoints, verify=verify)
+        except HubUnreachable as exc:
+            raise FetchError(f"{plan.name}: {plan.hub}: {exc}; files finished so far are kept, run again to "
+                             "continue") from None
+
+
+def _plan_from_stamp(name: str, stamp: dict[str, Any], store: Path) -> SourcePlan:
+    files = tuple(RemoteFile(path=e["path"], size=e["size"], sha256=e["sha256"]) for e in stamp["files"])
+    return SourcePlan(name=name, hub=stamp["hub"], repo=stamp["repo"], revision=stamp["revision"],
+                      commit=stamp["commit"], ref_kind="commit", files=files,
+                      target=store / stamp["hub"] / stamp["repo"].replace("/", "--"),
+                      include=tuple(stamp.get("include", [])), exclude=tuple(stamp.get("exclude", [])))
+
+
+def _source_record(name: str, stamp: dict[str, Any], store: Path) -> dict[str, Any]:
+    return {"name": name, "hub": stamp["hub"], "repo": stamp["repo"], "revision": stamp["revision"],
+            "ref_kind": stamp.get("ref_kind", "commit"), "commit": stamp["commit"],
+            "path": str(store / stamp["hub"] / stamp["repo"].replace("/", "--")),
+            "files": stamp["files"]}
+
+
+def _local_source(name: str, source: WeightSource, ctx: Context, options: FetchOptions,
+                  notes: list[str]) -> dict[str, Any]:
+    assert source.local is not None
+    var = source.local.var
+    given = options.local.get(var) or ctx.config.local.get(var) or source.local.path
+    if not given:
+        raise FetchError(f"{name}: local weights {var!r} not given: pass --local {var}=PATH or set local.{var} in "
+                         "the host config")
+    path = Path(given).expanduser()
+    if not path.is_dir():
+        raise FetchError(f"{name}: local weights {var}={path}: not a directory")
+    files = hash_local_tree(path, cache_file=ctx.data.store / "local" / f"{var}.json")
+    if not files:
+        raise FetchError(f"{name}: local weights {var}={path}: the folder is empty")
+    return {"name": name, "hub": "local", "repo": None, "revision": None, "commit": None, "path": str(path),
+            "files": files}
+
+
+def _dry_run_result(manifest: Manifest, plans: list[SourcePlan], current: list[tuple[str, dict[str, Any]]],
+                    disk: dict[str, Any], notes: list[str], sources: list[dict[str, Any]],
+                    clock: dict[str, float]) -> StageResult:
+    for name, stamp in current:
+        sources.append({**{k: stamp[k] for k in ("hub", "repo", "revision", "commit", "files")}, "name": name,
+                        "state": "in place"})
+    for plan in plans:
+        sources.append({"name": plan.name, "hub": plan.hub, "repo": plan.repo, "revision": plan.revision,
+                        "commit": plan.commit, "path": str(plan.target),
+                        "state": "in place" if plan_matches_stamp(plan) else "to download",
+                        "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in plan.files]})
+    total = sum(f["size"] for s in sources if s.get("hub") in HUBS for f in s["files"])
+    state = "enough" if disk["ok"] else "NOT enough"
+    summary = (f"dry run: {sum(len(s['files']) for s in sources if s.get('hub') in HUBS)} files, {human(total)} in "
+               f"all, {human(disk['needed_bytes'])} to download; {human(disk['free_bytes'])} free ({state} with "
+               f"{human(disk['headroom_bytes'])} headroom)")
+    return StageResult(stage="fetch", changed=False, summary=summary, model=manifest.id, seconds=clock["seconds"],
+                       details={"sources": sources, "notes": notes, "disk": disk, "dry_run": True})
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def hash_local_tree(path: Path, *, cache_file: Path) -> list[dict[str, Any]]:
+    """Path, size and sha256 of every file under `path`; unchanged files (same size and mtime) are not re-hashed."""
+    old: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        old = json.loads(cache_file.read_text(encoding="utf-8"))
+    files, cache = [], {}
+    for local in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = local.relative_to(path).as_posix()
+        stat = local.stat()
+        key = f"{rel}:{stat.st_size}:{stat.st_mtime_ns}"
+        sha = old.get(key) or sha256_file(local, chunk=HASH_CHUNK)
+        cache[key] = sha
+        files.append({"path": rel, "size": stat.st_size, "sha256": sha})
+    write_json(cache_file, cache)
+    return files
