@@ -299,3 +299,15 @@ def test_hf_0x_clients_and_transformers_437_from_pretrained_work_offline(venvs, 
     proc = subprocess.run(offline(cmd), capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "OK 4.37.0 0." in proc.stdout
+
+
+def test_non_ascii_file_names_are_served_and_missing_ones_are_a_clean_404(url: str, hub_dir: Path,
+                                                                        tmp_path: Path) -> None:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    (hub_dir / "org" / "tiny" / "main" / "说明.txt").write_text("中文\n", encoding="utf-8")
+    got = hf_hub_download("org/tiny", "说明.txt", cache_dir=tmp_path, endpoint=url)
+    assert Path(got).read_text(encoding="utf-8") == "中文\n"
+    with pytest.raises(EntryNotFoundError):
+        hf_hub_download("org/tiny", "缺失.json", cache_dir=tmp_path, endpoint=url)

@@ -102,7 +102,7 @@ class _Handler(BaseHTTPRequestHandler):
         if response.file is None:
             self.send_response(response.status)
             for key, value in response.headers.items():
-                self.send_header(key, value)
+                self.send_header(key, _header_safe(value))
             self.send_header("Content-Length", str(len(response.body)))
             self.end_headers()
             if not head:
@@ -124,7 +124,7 @@ class _Handler(BaseHTTPRequestHandler):
             status = 206
         self.send_response(status)
         for key, value in response.headers.items():
-            self.send_header(key, value)
+            self.send_header(key, _header_safe(value))
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         self.send_header("Content-Type", "application/octet-stream")
@@ -155,6 +155,11 @@ class _Handler(BaseHTTPRequestHandler):
                     time.sleep(ahead)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+
+
+def _header_safe(value: str) -> str:
+    """Header values go out as latin-1: escape anything else (file names in error messages can be any text)."""
+    return value.encode("ascii", "backslashreplace").decode("ascii")
 
 
 def local_size(path: Path) -> int:
