@@ -57,7 +57,6 @@ class SourcePlan:
                        "exclude": self.exclude, "files": [(f.path, f.size, f.sha256) for f in self.files]})
 
 
-
 def select_files(files: list[RemoteFile], *, include: list[str], exclude: list[str]) -> list[RemoteFile]:
     """Files matching any `include` glob (all when empty) and no `exclude` glob; a pattern ending in `/` is a
     folder."""

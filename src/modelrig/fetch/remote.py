@@ -53,7 +53,6 @@ def _read_token(config: HostConfig) -> str | None:
     return lines[0] if lines else None
 
 
-
 class HubUnreachable(Exception):
     """The endpoint could not be reached at all (connection refused, DNS, timeout): another hub may work."""
 
