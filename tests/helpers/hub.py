@@ -54,19 +54,24 @@ def modelrig_cmd(*args: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def served(directory: Path, *args: str) -> Iterator[str]:
-    """Run `modelrig hub serve DIR --port 0` as a subprocess; yield its URL once it prints it."""
-    proc = subprocess.Popen(modelrig_cmd("hub", "serve", str(directory), "--port", "0", *args),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def served(directory: Path, *args: str, access_log: Path | None = None) -> Iterator[str]:
+    """Run `modelrig hub serve DIR --port 0` as a subprocess; yield its URL once it prints it. With `access_log`,
+    the server logs every request into that file."""
+    log_args = ["--access-log"] if access_log else []
+    stderr = open(access_log, "w") if access_log else subprocess.PIPE
+    proc = subprocess.Popen(modelrig_cmd("hub", "serve", str(directory), "--port", "0", *args, *log_args),
+                            stdout=subprocess.PIPE, stderr=stderr, text=True)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if "http://" not in line:
-            raise AssertionError(f"hub serve did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
+            raise AssertionError(f"hub serve did not start: {line!r}")
         yield line.strip().rsplit(" ", 1)[-1]
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        if access_log:
+            stderr.close()
 
 
 def offline_driver(tmp: Path, hub_dir: Path, client_python: Path, client_code: str, *serve_args: str) -> list[str]:

@@ -28,6 +28,7 @@ def register(sub: Any) -> None:
     p.add_argument("--max-connections", type=int, default=32, help="requests handled at once (default 32)")
     p.add_argument("--throttle", type=int, default=0, metavar="BYTES_PER_S",
                    help="limit each file transfer to this rate (simulates a slow link; 0: unlimited)")
+    p.add_argument("--access-log", action="store_true", help="log every request (and its Range) to stderr")
     add_json_flag(p)
     p.set_defaults(func=_serve)
 
@@ -51,7 +52,7 @@ def _serve(args: argparse.Namespace, ctx: Context) -> int:
 
     server = make_server(args.dir, host=args.host, port=args.port, allow_remote=args.allow_remote,
                          token_file=args.token_file, max_connections=args.max_connections,
-                         throttle_bps=args.throttle)
+                         throttle_bps=args.throttle, access_log=args.access_log)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     if ctx.as_json:
         print(json.dumps({"url": server.url, "dir": str(args.dir.resolve())}), flush=True)

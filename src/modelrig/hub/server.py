@@ -33,8 +33,10 @@ class HubServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], root: Path, *, tokens: frozenset[str] = frozenset(),
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS, throttle_bps: int = 0) -> None:
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS, throttle_bps: int = 0,
+                 access_log: bool = False) -> None:
         self.root = root.resolve()
+        self.access_log = access_log
         self.tokens = tokens
         self.throttle_bps = throttle_bps
         self._slots = threading.BoundedSemaphore(max_connections)
@@ -81,7 +83,13 @@ class _Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse
 
     def log_message(self, format: str, *args: Any) -> None:
-        """Quiet by default: clients probe optional files, and 404s are normal."""
+        """Quiet unless the access log is on: clients probe optional files, and 404s are normal."""
+        if self.server.access_log:
+            super().log_message(format, *args)
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """One access-log line per request, with the Range asked for (shows resumed downloads)."""
+        self.log_message('"%s" %s range=%s', self.requestline, code, self.headers.get("Range", "-"))
 
     def _answer(self, *, head: bool) -> None:
         parts = urlsplit(self.path)
@@ -209,7 +217,7 @@ def read_tokens(token_file: Path | None) -> frozenset[str]:
 
 def make_server(root: Path, *, host: str = "127.0.0.1", port: int = 0, allow_remote: bool = False,
                 token_file: Path | None = None, max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                throttle_bps: int = 0) -> HubServer:
+                throttle_bps: int = 0, access_log: bool = False) -> HubServer:
     """A bound (not yet serving) hub server over `root`; refuses a non-loopback `host` unless `allow_remote`."""
     if not root.is_dir():
         raise UsageError(f"{root}: not a directory")
@@ -218,7 +226,7 @@ def make_server(root: Path, *, host: str = "127.0.0.1", port: int = 0, allow_rem
                          "other machines")
     try:
         return HubServer((host, port), root, tokens=read_tokens(token_file), max_connections=max_connections,
-                         throttle_bps=throttle_bps)
+                         throttle_bps=throttle_bps, access_log=access_log)
     except OSError as exc:
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
