@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -111,9 +112,25 @@ def _resolve_ms(ref: HubRef, *, endpoint: str, token: str | None) -> tuple[str, 
 
 
 def ms_api(endpoint: str, token: str | None) -> Any:
+    """A ModelScope client for `endpoint`; its per-file progress bars follow modelrig's progress switch."""
     from modelscope_hub import HubApi
 
+    _quiet_modelscope_bars()
     return HubApi(endpoint=endpoint, token=token)
+
+
+def _quiet_modelscope_bars() -> None:
+    """The ModelScope client draws a tqdm bar per file with no switch of its own (tqdm reads `TQDM_DISABLE` only
+    when it is imported), so when progress is off its module-level `tqdm` is given `disable=True`."""
+    from modelrig.progress import progress_enabled
+
+    if progress_enabled():
+        return
+    import modelscope_hub._download as download_module
+
+    current = getattr(download_module, "tqdm", None)
+    if current is not None and not isinstance(current, functools.partial):
+        download_module.tqdm = functools.partial(current, disable=True)
 
 
 @contextlib.contextmanager
