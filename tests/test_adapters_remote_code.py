@@ -18,6 +18,7 @@ import pytest
 from modelrig import tiny
 from tests import remote_code_doubles
 from tests.helpers.launching import make_images, render_one, tiny_manifest
+from tests.helpers.offline import offline
 from tests.helpers.venvs import CURRENT_UI
 
 pytestmark = pytest.mark.slow
@@ -64,8 +65,9 @@ def probe(tmp_path: Path, python: Path, *, adapter: str, paths: dict[str, Path],
         "name": "api", "kind": "openai_api", "adapter": adapter,
         "options": {"max_new_tokens": 6, **(options or {})}}], trust_remote_code=True)
     entry = render_one(manifest, tmp_path / "launch", python=python, paths=paths, entry="api")
-    done = subprocess.run([str(python), "-c", PROBE, str(entry / "app.py"), json.dumps(calls)], capture_output=True,
-                          text=True, timeout=300, cwd=entry)
+    # offline: remote code comes from the repo folder, never from a hub
+    done = subprocess.run(offline([str(python), "-c", PROBE, str(entry / "app.py"), json.dumps(calls)]),
+                          capture_output=True, text=True, timeout=300, cwd=entry)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from tests.helpers.launching import make_images, render_one, tiny_manifest, write_tiny_vlm
+from tests.helpers.offline import offline
 from tests.helpers.venvs import CURRENT_UI
 
 pytestmark = pytest.mark.slow
@@ -40,8 +41,9 @@ def _folder(root, count):
 
 
 def _run(entry, *args, **kwargs):
-    return subprocess.run(["/bin/sh", str(entry / "start.sh"), *map(str, args)], capture_output=True, text=True,
-                          timeout=600, **kwargs)
+    """Run the job to its end with loopback-only networking (weights are local; nothing may be fetched)."""
+    return subprocess.run(offline(["/bin/sh", str(entry / "start.sh"), *map(str, args)]), capture_output=True,
+                          text=True, timeout=600, **kwargs)
 
 
 def test_killed_midway_then_resumed_ends_with_one_caption_per_readable_image(job, tmp_path):

@@ -11,6 +11,7 @@ import pytest
 
 from modelrig import tiny
 from tests.helpers.launching import free_port, render_one, running, tiny_manifest
+from tests.helpers.offline import offline
 from tests.helpers.venvs import CURRENT_UI
 
 pytestmark = pytest.mark.slow
@@ -43,9 +44,9 @@ def entry(tmp_path_factory, venvs):
             "python": venvs.get(CURRENT_UI)}
 
 
-def test_apptest_chats_and_keeps_the_conversation(entry):
-    done = subprocess.run([str(entry["python"]), "-c", APPTEST, str(entry["dir"] / "app.py")], capture_output=True,
-                          text=True, timeout=400, cwd=entry["dir"])
+def test_apptest_chats_and_keeps_the_conversation_offline(entry):
+    done = subprocess.run(offline([str(entry["python"]), "-c", APPTEST, str(entry["dir"] / "app.py")]),
+                          capture_output=True, text=True, timeout=400, cwd=entry["dir"])
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["title"] == "tiny tiny-bluelm (chat)"
