@@ -311,3 +311,13 @@ def test_non_ascii_file_names_are_served_and_missing_ones_are_a_clean_404(url: s
     assert Path(got).read_text(encoding="utf-8") == "中文\n"
     with pytest.raises(EntryNotFoundError):
         hf_hub_download("org/tiny", "缺失.json", cache_dir=tmp_path, endpoint=url)
+
+
+def test_hub_index_records_hashes_that_the_hub_then_publishes(cli, tmp_path: Path) -> None:
+    root = tmp_path / "fresh"
+    write_repo(root, "org/new", {"main": {"w.safetensors": BIG}}, index=False)
+    code, out, _ = cli("hub", "index", root, "--json")
+    assert code == 0 and json.loads(out)["indexes"] == [str(root / "org" / "new" / ".modelrig-hub-index.json")]
+    (root / "org" / "new" / "main" / "w.safetensors").write_bytes(b"\0" * len(BIG))  # altered after indexing
+    published = {f.path: f.sha256 for f in resolve_revision(open_repo(root, "org/new"), "main").files}
+    assert published == {"w.safetensors": hashlib.sha256(BIG).hexdigest()}

@@ -48,12 +48,18 @@ def register(sub: Any) -> None:
 
 
 def _serve(args: argparse.Namespace, ctx: Context) -> int:
+    from modelrig.hub.layout import REPO_INDEX, list_repos
     from modelrig.hub.server import make_server
 
     server = make_server(args.dir, host=args.host, port=args.port, allow_remote=args.allow_remote,
                          token_file=args.token_file, max_connections=args.max_connections,
                          throttle_bps=args.throttle, access_log=args.access_log)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    unindexed = [repo for repo in list_repos(args.dir) if not (args.dir / repo / REPO_INDEX).is_file()]
+    if unindexed and not ctx.quiet:
+        print(f"modelrig: warning: {len(unindexed)} repos have no hash index ({', '.join(unindexed[:3])}"
+              f"{', ...' if len(unindexed) > 3 else ''}): their files are hashed on first request, which is slow "
+              f"for large weights; run `modelrig hub index {args.dir}` first", file=sys.stderr)
     if ctx.as_json:
         print(json.dumps({"url": server.url, "dir": str(args.dir.resolve())}), flush=True)
     else:
