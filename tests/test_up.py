@@ -21,6 +21,7 @@ from modelrig.hub.tiny_repos import TOKEN_FILE, make_tiny_hub
 from tests.helpers.venvs import CACHE
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
 MODEL = "demo-tiny-ziya"
 STAGES = ["plan", "env", "fetch", "convert", "render", "launch"]
 
@@ -114,6 +115,28 @@ def test_a_crashed_service_is_started_again_and_only_launch_reports_a_change(ser
     new_pid = json.loads((root / "run" / MODEL / "up.json").read_text())["entries"]["api"]["pid"]
     assert new_pid != old_pid and alive(new_pid)
     assert chat("http://127.0.0.1:18000/v1")
+
+
+def test_a_model_dependency_is_fetched_and_converted_first(served, tmp_path, monkeypatch):
+    root, _ = served
+    demo = yaml.safe_load((REPO / "model_manifests" / f"{MODEL}.yaml").read_text())
+    consumer = {"id": "tiny-ziya-consumer", "title": "serves the merged tiny Ziya", "license": {"name": "test"},
+                "weights": {"llm": {"model": MODEL}}, "env": demo["env"], "resources": demo["resources"]}
+    (tmp_path / "tiny-ziya-consumer.yaml").write_text(yaml.safe_dump(consumer))
+    monkeypatch.setenv("MODELRIG_MANIFESTS", str(tmp_path))
+    fresh = tmp_path / "fresh-root"
+    fresh.mkdir()
+    (fresh / "config.yaml").write_text((root / "config.yaml").read_text())
+    code, out, err = run(fresh, "up", "tiny-ziya-consumer")
+    assert code == 0, err
+    lines = [line.split(None, 3) for line in out.splitlines() if line.split(None, 1)[0] in STAGES]
+    assert [(line[0], line[2]) for line in lines[2:4]] == [("fetch", f"[{MODEL}]"), ("convert", f"[{MODEL}]")]
+    assert [line[0] for line in lines] == ["plan", "env", "fetch", "convert", "fetch", "render", "launch"]
+    assert list((fresh / "models" / MODEL / "final").glob("*.safetensors"))
+    code, out, err = run(fresh, "up", "tiny-ziya-consumer")
+    assert code == 0, err
+    assert [line.split(None, 2)[:2] for line in out.splitlines() if line.split(None, 1)[0] in STAGES] == [
+        [s, "unchanged"] for s in ("plan", "env", "fetch", "render", "launch")]
 
 
 def test_down_stops_what_up_started_and_a_second_down_changes_nothing(served):

@@ -20,7 +20,7 @@ from modelrig.facts import HostFacts
 from modelrig.manifest import Manifest
 from modelrig.plan import Plan
 from modelrig.result import StageResult, timed
-from modelrig.stamp import digest, write_json
+from modelrig.stamp import digest, read_stamp, write_json
 
 STATE_NAME = "up.json"
 #: The plan fields whose change means a different setup (free disk and similar measurements are left out).
@@ -145,6 +145,25 @@ def convert_stage(manifest: Manifest, ctx: Context, *, fetched: StageResult, opt
     return run_pipeline(manifest, ctx, inputs=inputs, local=options.local)
 
 
+def dependency_stages(manifest: Manifest, plan: Plan, ctx: Context, *, options: UpOptions) -> list[StageResult]:
+    """Fetch and convert the `model:` dependencies whose output is not built yet (e.g. the merged LLM of a
+    vision model), in the plan's order; their results say which model they are for."""
+    manifests = dependency_manifests(manifest)
+    results: list[StageResult] = []
+    for dep_id in plan.dependencies:
+        dep = manifests[dep_id]
+        if read_stamp(ctx.data.output_dir(dep.id, dep.output_name)) is not None:
+            continue
+        fetched = fetch_stage(dep, ctx, options=options)
+        stages = [fetched]
+        if dep.convert:
+            stages.append(convert_stage(dep, ctx, fetched=fetched, options=options))
+        for result in stages:
+            result.summary = f"[{dep.id}] {result.summary}"
+            results.append(result)
+    return results
+
+
 def launch_stage(manifest: Manifest, ctx: Context, rendered: StageResult, *, restart: bool) -> StageResult:
     """Start every rendered entry and wait for its health check; `restart` first stops running ones (their
     environment or weights changed under them)."""
@@ -163,7 +182,8 @@ def launch_stage(manifest: Manifest, ctx: Context, rendered: StageResult, *, res
         changed = changed or result.changed
         entries[name] = {"dir": str(folder), "summary": result.summary, **result.details}
     running = ", ".join(f"{n} ({e['kind']})" for n, e in entries.items())
-    summary = (f"started {running}, healthy" if changed else f"{running} already running, healthy")
+    summary = (f"started {running}, healthy" if changed else f"{running} already running, healthy") if entries \
+        else "nothing to launch on this host"
     return StageResult(stage="launch", changed=changed, summary=summary, model=manifest.id,
                        seconds=time.perf_counter() - started,
                        details={"entries": entries, "supervisor": supervisor})
@@ -198,11 +218,13 @@ def up(manifest: Manifest, ctx: Context, *, options: UpOptions | None = None,
                      details={"plan": plan.to_dict(), "key": plan_key, "warnings": list(plan.warnings)}))
     env = done(env_stage(manifest, plan, ctx, options=options))
     python = Path(env.details["python"])
+    dependencies = [done(result) for result in dependency_stages(manifest, plan, ctx, options=options)]
     fetched = done(fetch_stage(manifest, ctx, options=options))
     paths = weight_paths(manifest, ctx, fetched)
     converted = done(convert_stage(manifest, ctx, fetched=fetched, options=options)) if manifest.convert else None
     rendered = done(render_stage(manifest, plan, ctx, python=python, paths=paths, options=options))
-    underneath = env.changed or fetched.changed or bool(converted and converted.changed)
+    underneath = env.changed or fetched.changed or bool(converted and converted.changed) or \
+        any(r.changed for r in dependencies)
     # entries started by an earlier `up --entry ...` stay recorded, so `down` still stops them; the entries about
     # to start are recorded before they start, so `down` can stop them even when a later one fails to come up
     entries = {**previous.get("entries", {}), **{n: {"dir": e["dir"], "pid": None, "kind": e["kind"]}
