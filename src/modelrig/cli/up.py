@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from modelrig.catalog import load_model
 from modelrig.config import Context
 from modelrig.errors import UsageError
+from modelrig.facts import HostFacts
+from modelrig.result import StageResult
 
 
 def register(sub: Any) -> None:
@@ -65,7 +68,7 @@ def _env_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--facts", type=Path, help="host facts JSON instead of this host's")
 
 
-def _facts(args: argparse.Namespace):
+def _facts(args: argparse.Namespace) -> HostFacts | None:
     if not getattr(args, "facts", None):
         return None
     from modelrig.cli.plan import read_facts
@@ -110,8 +113,8 @@ def _parse_local(items: list[str]) -> dict[str, str]:
     return local
 
 
-def _printer(ctx: Context):
-    def show(result: Any) -> None:
+def _printer(ctx: Context) -> Callable[[StageResult], None]:
+    def show(result: StageResult) -> None:
         if not ctx.as_json and not ctx.quiet:
             print(result.line(), flush=True)
             for warning in result.details.get("warnings", []) if result.stage in ("plan", "env") else []:
