@@ -9,45 +9,17 @@ documented; they do not claim anything about the real models.
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from modelrig import tiny
 from tests import remote_code_doubles
-from tests.helpers.launching import make_images, render_one, tiny_manifest
-from tests.helpers.offline import offline
+from tests.helpers.launching import make_images, probe_adapter, render_one, tiny_manifest
 from tests.helpers.venvs import CURRENT_UI
 
 pytestmark = pytest.mark.slow
 
-PROBE = r'''
-import importlib.util, json, sys
-from PIL import Image
-spec = importlib.util.spec_from_file_location("app", sys.argv[1])
-app = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(app)
-adapter = app.ChatAdapter()
-results = []
-for messages in json.loads(sys.argv[2]):
-    for message in messages:
-        message["images"] = [Image.open(path) for path in message.get("images", [])]
-    usage = {}
-    try:
-        pieces = list(adapter.stream(messages, dict(app.GENERATION_DEFAULTS, temperature=0.0), usage=usage))
-        error = None
-    except app.AdapterInputError as exc:
-        pieces, error = [], str(exc)
-    model = adapter.model
-    results.append({"text": "".join(pieces), "pieces": len(pieces), "usage": usage, "error": error,
-                    "prompt": adapter.prompt(messages) if hasattr(adapter, "prompt") else None,
-                    "model_prompt": getattr(model, "last_prompt", None), "last_call": getattr(model, "last_call", None),
-                    "init_flags": getattr(model, "init_flags", None), "class": type(model).__name__,
-                    "language_model": type(getattr(model, "language_model", None)).__name__})
-print(json.dumps(results, default=str))
-'''
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +37,7 @@ def probe(tmp_path: Path, python: Path, *, adapter: str, paths: dict[str, Path],
         "name": "api", "kind": "openai_api", "adapter": adapter,
         "options": {"max_new_tokens": 6, **(options or {})}}], trust_remote_code=True)
     entry = render_one(manifest, tmp_path / "launch", python=python, paths=paths, entry="api")
-    # offline: remote code comes from the repo folder, never from a hub
-    done = subprocess.run(offline([str(python), "-c", PROBE, str(entry / "app.py"), json.dumps(calls)]),
-                          capture_output=True, text=True, timeout=300, cwd=entry)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return probe_adapter(entry, python, calls)  # offline: remote code comes from the repo folder, never a hub
 
 
 def test_bluelm_adapter_uses_the_human_ai_format_with_eos_between_turns(tmp_path, env_python):

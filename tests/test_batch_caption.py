@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.helpers.launching import make_images, render_one, tiny_manifest, write_tiny_vlm
+from tests.helpers.launching import make_images, probe_adapter, render_one, tiny_manifest, write_tiny_vlm
 from tests.helpers.offline import offline
 from tests.helpers.venvs import CURRENT_UI
 
@@ -98,3 +98,23 @@ def test_vllm_backend_is_refused_off_cuda(job, tmp_path):
     folder, _ = _folder(tmp_path, 1)
     done = _run(job["entry"], "--images", folder, "--output", tmp_path / "c.json", "--backend", "vllm")
     assert done.returncode != 0 and "only on CUDA hosts" in done.stderr
+
+
+def test_joycaption_uses_its_system_prompt_documented_caption_prompt_and_one_bos(tmp_path, venvs):
+    """JoyCaption's recipe on a tiny LLaVA whose chat template writes BOS itself, as Llama 3.1's does."""
+    python = venvs.get(CURRENT_UI)
+    model = write_tiny_vlm(tmp_path / "llava", kind="llava", python=python)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config["chat_template"] = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>"
+                               "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    manifest = tiny_manifest("tiny-joycaption", [{"name": "caption", "kind": "batch_caption", "adapter": "joycaption",
+                                                  "options": {"max_new_tokens": 4}}],
+                             architecture="LlavaForConditionalGeneration")
+    entry = render_one(manifest, tmp_path / "launch", python=python, paths={"model": model}, entry="caption")
+    image = str(make_images(tmp_path / "images", 1)[0])
+    (result,) = probe_adapter(entry, python, [[{"role": "user", "content": "", "images": [image]}]])
+    assert result["prompt"].startswith("<s><|system|>You are a helpful image captioner.<|end|><|user|><image>\n"
+                                       "Write a descriptive caption for this image in a formal tone.<|end|>")
+    assert result["input_ids"][0] == result["bos"] != result["input_ids"][1]  # the template's BOS, only once
+    assert result["text"]

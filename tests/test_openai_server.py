@@ -14,7 +14,15 @@ import openai
 import pytest
 
 from modelrig import tiny
-from tests.helpers.launching import free_port, make_images, render_one, running, tiny_manifest, write_tiny_vlm
+from tests.helpers.launching import (
+    free_port,
+    make_images,
+    probe_adapter,
+    render_one,
+    running,
+    tiny_manifest,
+    write_tiny_vlm,
+)
 from tests.helpers.venvs import CURRENT_UI
 
 pytestmark = pytest.mark.slow
@@ -231,3 +239,19 @@ def test_server_refuses_to_listen_beyond_loopback_without_a_key(tmp_path, env_py
                           env={"MODELRIG_BIND": "0.0.0.0", "PATH": "/usr/bin:/bin"})
     assert done.returncode != 0
     assert "without an API key" in done.stderr
+
+
+def test_chat_template_adapter_renders_the_tokenizers_template_once(tmp_path, env_python):
+    template = ("{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+                "{% if add_generation_prompt %}[assistant] {% endif %}")
+    model = tiny.write_llama_hf(tmp_path / "model", seed=1, chat_template=template)
+    manifest = tiny_manifest("tiny-templated", [{"name": "api", "kind": "openai_api", "adapter": "chat_template",
+                                                 "options": {"max_new_tokens": 4}}])
+    entry = render_one(manifest, tmp_path / "launch", python=env_python, paths={"model": model}, entry="api")
+    (result,) = probe_adapter(entry, env_python, [[{"role": "system", "content": "be brief"},
+                                                   {"role": "user", "content": "hi"},
+                                                   {"role": "assistant", "content": "hello"},
+                                                   {"role": "user", "content": "again"}]])
+    assert result["prompt"] == "<s>[system] be brief\n[user] hi\n[assistant] hello\n[user] again\n[assistant] "
+    assert result["input_ids"][0] == result["bos"] != result["input_ids"][1]
+    assert result["text"] and result["usage"]["completion_tokens"] == 4

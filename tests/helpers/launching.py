@@ -18,6 +18,37 @@ from modelrig.manifest import Manifest
 from modelrig.plan import EnvPlan, Plan, TorchBuild
 from modelrig.render import render
 
+#: Run in a model env: load a rendered app.py as a module (its main() does not run), build its ChatAdapter, answer
+#: each message list of argv[2] (JSON; "images" are paths) and print what the adapter and the model saw, as JSON.
+PROBE = r'''
+import importlib.util, json, sys
+from PIL import Image
+spec = importlib.util.spec_from_file_location("app", sys.argv[1])
+app = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(app)
+adapter = app.ChatAdapter()
+results = []
+for messages in json.loads(sys.argv[2]):
+    for message in messages:
+        message["images"] = [Image.open(path) for path in message.get("images", [])]
+    usage = {}
+    try:
+        pieces = list(adapter.stream(messages, dict(app.GENERATION_DEFAULTS, temperature=0.0), usage=usage))
+        error = None
+    except app.AdapterInputError as exc:
+        pieces, error = [], str(exc)
+    model = adapter.model
+    results.append({"text": "".join(pieces), "pieces": len(pieces), "usage": usage, "error": error,
+                    "prompt": adapter.prompt(messages) if hasattr(adapter, "prompt") else None,
+                    "model_prompt": getattr(model, "last_prompt", None), "last_call": getattr(model, "last_call", None),
+                    "init_flags": getattr(model, "init_flags", None), "class": type(model).__name__,
+                    "language_model": type(getattr(model, "language_model", None)).__name__,
+                    "input_ids": adapter.encode(messages)["input_ids"][0].tolist() if hasattr(adapter, "encode")
+                    and not error else None,
+                    "bos": getattr(adapter.tokenizer, "bos_token_id", None)})
+print(json.dumps(results, default=str))
+'''
+
 
 def plan_for(manifest: Manifest, *, platform: str = "cpu", dtype: str | None = None,
              quantization: str | None = None, env_vars: dict[str, str] | None = None) -> Plan:
@@ -44,6 +75,18 @@ def tiny_manifest(model_id: str, launch: list[dict[str, Any]], *, trust_remote_c
         "resources": {"params_b": 0.001, "memory_gb": {"fp32": 0.1}},
         "launch": launch,
     })
+
+
+def probe_adapter(entry: Path, python: Path, calls: list) -> list[dict[str, Any]]:
+    """Run `PROBE` on a rendered entry with loopback-only networking; return its JSON."""
+    import json
+
+    from tests.helpers.offline import offline
+
+    done = subprocess.run(offline([str(python), "-c", PROBE, str(entry / "app.py"), json.dumps(calls)]),
+                          capture_output=True, text=True, timeout=300, cwd=entry)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def free_port() -> int:
