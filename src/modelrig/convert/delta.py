@@ -18,6 +18,8 @@ from typing import Literal
 import torch
 
 from modelrig.convert.io import (
+    CHUNK_ELEMENTS,
+    BufferRing,
     LazyTensor,
     ModelReader,
     OutputTensor,
@@ -166,20 +168,27 @@ def _output_dtype(rule: MergeRule, b: LazyTensor | None, d: LazyTensor) -> torch
     return b.dtype if b is not None else d.dtype
 
 
-def _merge_producer(b: LazyTensor, d: LazyTensor, rows: int, dtype: torch.dtype):
-    """Yield `dtype(fp32(delta) + fp32(base))` (first `rows` rows; later rows from delta) in row chunks."""
+def _merge_producer(b: LazyTensor, d: LazyTensor, rows: int, dtype: torch.dtype,
+                    ring: BufferRing | None = None, scratch: torch.Tensor | None = None):
+    """Yield `dtype(fp32(delta) + fp32(base))` (first `rows` rows; later rows from delta) in row chunks.
+
+    Equal half-precision inputs are added in place in reused buffers (`ring` for the delta rows that are yielded,
+    `scratch` for the base rows): PyTorch adds two halves in float32 and rounds once, so the bits are the same.
+    """
     def produce() -> Iterator[torch.Tensor]:
         if not d.shape:
             yield (d.load().float() + b.load().float()).to(dtype)
             return
         row = d.numel // d.shape[0] if d.shape[0] else 0
-        # PyTorch adds two halves (fp16/bf16) in float32 and rounds once: same result, no float32 copies.
         same = d.dtype == b.dtype == dtype and dtype in (torch.float16, torch.bfloat16)
         for start, stop in row_chunks(d.shape[0], row):
-            chunk = d.load_rows(start, stop) if same else d.load_rows(start, stop).float()
+            if same:
+                chunk = d.load_rows(start, stop, into=ring.take() if ring else None)
+            else:
+                chunk = d.load_rows(start, stop).float()
             if start < rows:
                 upto = min(stop, rows)
-                base_rows = b.load_rows(start, upto)
+                base_rows = b.load_rows(start, upto, into=scratch if same else None)
                 chunk[: upto - start] += base_rows if same else base_rows.float()
             yield chunk.to(dtype)
     return produce
@@ -215,6 +224,8 @@ def _copy_producer(t: LazyTensor, dtype: torch.dtype):
 def merge_tensors(base: dict[str, LazyTensor], delta: dict[str, LazyTensor], convention: str) -> list[OutputTensor]:
     """The planned output tensors of applying `delta` to `base` (data produced lazily, chunk by chunk)."""
     out: list[OutputTensor] = []
+    chunk_bytes = CHUNK_ELEMENTS * 2 + (64 << 10)
+    ring, scratch = BufferRing(chunk_bytes), torch.empty(chunk_bytes, dtype=torch.uint8)
     for rule in plan_merge(base, delta, convention):
         d = delta[rule.name]
         b = base.get(rule.name)
@@ -223,7 +234,7 @@ def merge_tensors(base: dict[str, LazyTensor], delta: dict[str, LazyTensor], con
             out.append(OutputTensor(rule.name, d.shape, dtype, _copy_producer(d, dtype)))
         else:
             assert b is not None
-            out.append(OutputTensor(rule.name, d.shape, dtype, _merge_producer(b, d, rule.rows, dtype)))
+            out.append(OutputTensor(rule.name, d.shape, dtype, _merge_producer(b, d, rule.rows, dtype, ring, scratch)))
     return out
 
 

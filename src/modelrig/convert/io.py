@@ -88,13 +88,16 @@ class LazyTensor:
             raise ConversionError(f"{self.path}: tensor {self.name} is not contiguous on disk")
         return self.load_rows(0, self.shape[0] if self.shape else 1).reshape(self.shape)
 
-    def load_rows(self, start: int, stop: int) -> torch.Tensor:
-        """Read rows `start:stop` of dimension 0 (the tensor must be contiguous on disk)."""
+    def load_rows(self, start: int, stop: int, *, into: torch.Tensor | None = None) -> torch.Tensor:
+        """Read rows `start:stop` of dimension 0 (the tensor must be contiguous on disk).
+
+        `into`, a uint8 buffer at least that large, is filled instead of allocating one (the result is a view).
+        """
         if self._loader is not None:
             return self._loader()[start:stop]
         row = self.numel // self.shape[0] if self.shape and self.shape[0] else self.numel
         nbytes = (stop - start) * row * self.dtype.itemsize
-        buf = torch.empty(nbytes, dtype=torch.uint8)
+        buf = into[:nbytes] if into is not None and into.numel() >= nbytes else torch.empty(nbytes, dtype=torch.uint8)
         view = memoryview(buf.numpy())
         got = 0
         with open(self.path, "rb", buffering=0) as f:
@@ -468,6 +471,24 @@ def whole(load: Callable[[], torch.Tensor]) -> Callable[[], Iterator[torch.Tenso
     def produce() -> Iterator[torch.Tensor]:
         yield load()
     return produce
+
+
+class BufferRing:
+    """A few reusable chunk buffers handed out in turn, so streaming work does not allocate per chunk.
+
+    With `slots=2` a piece can be written by the writer thread while the next is filled: `write_safetensors_shards`
+    waits for a piece to be written before it asks for the one after next.
+    """
+
+    def __init__(self, nbytes: int, slots: int = 2) -> None:
+        self._buffers = [torch.empty(nbytes, dtype=torch.uint8) for _ in range(slots)]
+        self._next = 0
+
+    def take(self) -> torch.Tensor:
+        """The next buffer in turn."""
+        buf = self._buffers[self._next]
+        self._next = (self._next + 1) % len(self._buffers)
+        return buf
 
 
 def row_chunks(rows: int, row_elements: int) -> Iterator[tuple[int, int]]:
