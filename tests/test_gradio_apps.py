@@ -1,5 +1,6 @@
-"""Rendered Gradio demos in an old (3.50, tuple Chatbot, `.style()`) and a current (6.x, messages) env: the real
-`gradio_client` of each env chats with them, and headless Chromium renders the page and chats through it."""
+"""Rendered Gradio demos in an old (3.50, tuple Chatbot, `.style()`), a 5.x (Chatbot type="messages", the
+Qwen2-VL/JoyCaption pins) and a current (6.x) env: the real `gradio_client` of each env chats with them, and
+headless Chromium renders the page and chats through it."""
 
 from __future__ import annotations
 
@@ -10,8 +11,16 @@ from pathlib import Path
 import pytest
 
 from modelrig import tiny
-from tests.helpers.launching import free_port, make_images, render_one, running, tiny_manifest, write_tiny_vlm
-from tests.helpers.venvs import CURRENT_UI, OLD_GRADIO
+from tests.helpers.launching import (
+    free_port,
+    make_images,
+    render_one,
+    running,
+    tiny_manifest,
+    write_tiny_qwen2_vl,
+    write_tiny_vlm,
+)
+from tests.helpers.venvs import CURRENT_UI, GRADIO5_VLM, OLD_GRADIO
 
 pytestmark = pytest.mark.slow
 
@@ -156,3 +165,31 @@ def test_gradio_refuses_a_non_loopback_bind_without_a_password(tmp_path, venvs):
     done = subprocess.run(["/bin/sh", str(entry / "start.sh")], capture_output=True, text=True, timeout=120,
                           env={"MODELRIG_BIND": "0.0.0.0", "PATH": "/usr/bin:/bin"})
     assert done.returncode != 0 and "without authentication" in done.stderr
+
+
+def test_gradio5_qwen2_vl_chat_answers_about_images_and_through_the_page(tmp_path, venvs, models):
+    """Gradio 5 (messages Chatbot) with the qwen2_vl adapter on a tiny Qwen2-VL in the transformers 4.47 env."""
+    python = venvs.get(GRADIO5_VLM)
+    model = write_tiny_qwen2_vl(tmp_path / "qwen2-vl", python=python)
+    manifest = tiny_manifest("tiny-qwen2-vl", [{"name": "chat", "kind": "gradio_vision_chat", "adapter": "qwen2_vl",
+                                                "options": {"temperature": 0.0, "max_new_tokens": 6}}],
+                             architecture="Qwen2VLForConditionalGeneration")
+    entry = render_one(manifest, tmp_path / "launch", python=python, paths={"model": model}, entry="chat")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    with running(["/bin/sh", str(entry / "start.sh")], cwd=entry, url=url, env={"MODELRIG_PORT": str(port)}):
+        server = {"url": url, "python": python}
+        one, two = (str(p) for p in models["images"])
+        result = ask(server, [["what is it?", one, 0.0, 0.5], ["and now?", one, 0.0, 0.5],
+                              ["what is it?", two, 0.0, 0.5]], image_index=1)
+        assert result["gradio_client"].startswith("1.")
+        first, follow_up, other = result["chats"]
+        assert [q for q, _ in follow_up] == ["what is it?", "and now?"] and follow_up[0] == first[0]
+        assert [q for q, _ in other] == ["what is it?"] and other[0][1] != first[0][1]  # the image reaches the model
+        shot = tmp_path / "gradio5.png"
+        done = subprocess.run([str(python), str(HELPERS / "cdp_chat.py"), url, "what is it?", "Generate", str(shot),
+                               one], capture_output=True, text=True, timeout=400)
+        assert done.returncode == 0, done.stderr[-3000:]
+        page = json.loads(done.stdout.strip().splitlines()[-1])
+        assert page["user"] == ["what is it?"] and page["bot"] == [first[0][1].strip()]
+        _check_png(shot)

@@ -203,6 +203,53 @@ processor.save_pretrained(out)
 '''
 
 
+_QWEN2_VL_SCRIPT = r'''
+import sys
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (Qwen2TokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor,
+                          Qwen2VLProcessor)
+
+out = sys.argv[1]
+specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+            "<|video_pad|>"]
+raw = Tokenizer(models.BPE())
+raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+raw.decoder = decoders.ByteLevel()
+corpus = ["what is in this picture? a small square of colour, a caption, a question and an answer"] * 20
+raw.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                                    initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+tokenizer = Qwen2TokenizerFast(tokenizer_object=raw, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                               unk_token=None, bos_token=None)
+template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+            "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|>"
+            "<|vision_end|>{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
+            "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
+torch.manual_seed(0)
+config = Qwen2VLConfig(
+    vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=512, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+    vision_config={"depth": 1, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2, "patch_size": 14,
+                   "spatial_merge_size": 2, "temporal_patch_size": 2, "in_chans": 3},
+    image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+    vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+model = Qwen2VLForConditionalGeneration(config).eval()
+model.save_pretrained(out)
+processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=56 * 56),
+                             tokenizer=tokenizer, chat_template=template)
+processor.save_pretrained(out)
+'''
+
+
+def write_tiny_qwen2_vl(out: Path, *, python: Path) -> Path:
+    """A tiny `Qwen2VLForConditionalGeneration` with a Qwen2 byte-level BPE tokenizer, its vision special tokens and
+    a ChatML processor template, written by the transformers (>= 4.45) of the env at `python`."""
+    subprocess.run([str(python), "-c", _QWEN2_VL_SCRIPT, str(out)], check=True, capture_output=True, text=True)
+    return out
+
+
 def write_tiny_vlm(out: Path, *, kind: str, python: Path) -> Path:
     """A tiny LLaVA (`kind="llava"`) or BLIP-2 (`"blip2"`) written by the transformers of the env at `python`,
     so it loads in exactly that version (a tiny LLaMA's sentencepiece tokenizer plus an `<image>` token)."""

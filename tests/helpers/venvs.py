@@ -72,3 +72,6 @@ TF_CONVERT = [TORCH, "transformers==4.47.1", "sentencepiece", "protobuf", "tikto
 OLD_GRADIO = [*T437, "gradio==3.50.2", "gradio_client==0.6.1", "httpx<0.28", "fastapi<0.113", "pillow<11"]
 #: Launch templates, current side: gradio 6 (messages Chatbot) and streamlit over T437.
 CURRENT_UI = [*T437, "gradio>=6,<7", "streamlit", "pillow"]
+#: Launch templates, Gradio 5 side: the pins of the Qwen2-VL/JoyCaption era (processor chat templates, gradio 5).
+GRADIO5_VLM = [TORCH, "transformers==4.47.1", "tokenizers", "sentencepiece", "accelerate", "protobuf", "numpy<2",
+               "pillow", "gradio>=5.4,<6"]
