@@ -4,6 +4,7 @@ started by its start script answers its health check and page."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import urllib.request
 
@@ -68,3 +69,25 @@ def test_live_server_answers_health_and_page(entry):
             assert response.status == 200 and b"<html" in response.read().lower()
     info = json.loads((entry["dir"] / "entry.json").read_text())
     assert info["health"]["url"] == "http://127.0.0.1:6006/_stcore/health"
+
+
+GATED = r'''
+import json, sys
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file(sys.argv[1], default_timeout=180)
+at.run()
+before = {"inputs": [t.label for t in at.text_input], "chat_inputs": len(at.chat_input)}
+at.text_input[0].set_value("wrong").run()
+wrong = len(at.chat_input)
+at.text_input[0].set_value("s3cret").run()
+print(json.dumps({"before": before, "wrong": wrong, "after": len(at.chat_input)}))
+'''
+
+
+def test_password_gates_the_page_when_configured(entry):
+    done = subprocess.run(offline([str(entry["python"]), "-c", GATED, str(entry["dir"] / "app.py")]),
+                          capture_output=True, text=True, timeout=400, cwd=entry["dir"],
+                          env={**os.environ, "MODELRIG_UI_AUTH": "alice:s3cret"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"before": {"inputs": ["Password"], "chat_inputs": 0}, "wrong": 0, "after": 1}

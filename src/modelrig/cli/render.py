@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +87,4 @@ def _render(args: argparse.Namespace, ctx: Context) -> int:
         print(result.line())
         for name, entry in result.details["entries"].items():
             print(f"  {name:<14} {entry['kind']:<20} {entry['dir']}")
-    else:
-        print(json.dumps(result.changed))
     return 0
