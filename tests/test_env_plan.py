@@ -165,7 +165,7 @@ def test_installer_falls_back_to_pip_when_uv_is_missing(monkeypatch):
         resolve_installer("uv")
 
 
-def test_uv_failure_is_reduced_to_its_cause():
+def test_installer_failures_are_reduced_to_their_cause():
     out = ("$ uv pip install nonexistent-pkg\nUsing Python 3.11.7 environment at: abc\n"
            "error: No solution found when resolving dependencies\n"
            "  cause: Because nonexistent-pkg was not found in the package registry and you require "
@@ -174,6 +174,11 @@ def test_uv_failure_is_reduced_to_its_cause():
     pip_out = ("ERROR: Could not find a version that satisfies the requirement nonexistent-pkg (from versions: "
                "none)\nERROR: No matching distribution found for nonexistent-pkg\n")
     assert failure_reason(pip_out) == "ERROR: No matching distribution found for nonexistent-pkg"
+    network = ("error: Request failed after 3 retries in 9.2s\n"
+               "  cause: Failed to fetch: https://download.pytorch.org/whl/cpu/torch/\n"
+               "  cause: dns error\n")
+    assert failure_reason(network) == ("Request failed after 3 retries in 9.2s: Failed to fetch: "
+                                       "https://download.pytorch.org/whl/cpu/torch/")
 
 
 def test_subprocesses_never_see_another_environments_python_settings(monkeypatch):

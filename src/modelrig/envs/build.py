@@ -244,16 +244,23 @@ _DECORATION = re.compile(r"^[\s×╰─▶│|:]+")
 
 
 def failure_reason(output: str) -> str:
-    """The most telling line of an installer's output: uv's "Because ..." cause, pip's last ERROR, else the last."""
+    """The most telling line of an installer's output: uv's "Because ..." cause, uv's last error with its first
+    cause (e.g. the URL it could not fetch), pip's last ERROR, else the last line."""
     lines = [_DECORATION.sub("", line).strip() for line in output.splitlines()]
     lines = [line for line in lines if line and not line.startswith("$ ")]
     for line in lines:
         if "Because " in line:
             return line[line.index("Because "):]
-    for marker in ("ERROR: No matching distribution", "ERROR:", "error:"):
-        hits = [line for line in lines if line.startswith(marker)]
-        if hits:
-            return hits[-1]
+    for index in range(len(lines) - 1, -1, -1):
+        if lines[index].startswith("error:"):
+            reason = lines[index].removeprefix("error:").strip()
+            following = lines[index + 1] if index + 1 < len(lines) else ""
+            return f"{reason}: {following.removeprefix('cause:').strip()}" if following.startswith("cause:") \
+                else reason
+    pip_errors = [line for line in lines if line.startswith("ERROR:")]
+    if pip_errors:
+        return next((line for line in pip_errors if line.startswith("ERROR: No matching distribution")),
+                    pip_errors[-1])
     return lines[-1] if lines else "no output"
 
 
