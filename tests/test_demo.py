@@ -104,3 +104,28 @@ def test_demo_runs_offline_answers_then_changes_nothing_and_down_stops_everythin
     assert set(report["state"]["entries"]) == {"chat", "api"}
     assert len(report["before"]) >= 2, report["before"]  # the chat UI and the API were running
     assert report["alive_after_down"] == []
+
+
+def test_demo_config_points_the_hub_at_the_local_server_and_takes_torch_from_a_local_wheel_folder(tmp_path):
+    from modelrig.config import HostConfig, PipSettings
+    from modelrig.demo import demo_config
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    config = demo_config(HostConfig(pip=PipSettings(find_links=[str(wheels)])), hub_url="http://127.0.0.1:9",
+                         token_file=tmp_path / "tokens")
+    assert config.hub.hf_endpoint == "http://127.0.0.1:9" and config.hub.token_file == str(tmp_path / "tokens")
+    assert config.pip.use_torch_index is False
+    plain = demo_config(HostConfig(pip=PipSettings(find_links=[str(tmp_path)])), hub_url="http://127.0.0.1:9",
+                        token_file=tmp_path / "tokens")
+    assert plain.pip.use_torch_index is True
+
+
+def test_without_a_reachable_index_the_demo_builds_offline():
+    from modelrig.demo import index_reachable
+
+    probe = [sys.executable, "-c", "import sys; from modelrig.demo import index_reachable as r; "
+             "sys.exit(0 if not r() and r('file:///opt/pypi/simple') else 1)"]
+    assert subprocess.run(offline(probe), capture_output=True).returncode == 0
+    assert index_reachable("file:///anywhere")

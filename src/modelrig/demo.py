@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -69,10 +70,15 @@ def pip_find_links(python: str = sys.executable) -> list[str]:
     return sorted({link for link in links if Path(link).is_dir()})
 
 
-def index_reachable(host: str = "pypi.org", *, timeout: float = 3.0) -> bool:
-    """True when the package index's name resolves and its port answers (False inside `unshare -n`)."""
+def index_reachable(index_url: str | None = None, *, timeout: float = 3.0) -> bool:
+    """True when the package index (the host config's mirror, else PyPI) answers; a local `file:` index always
+    does. False inside `unshare -n`."""
+    url = urllib.parse.urlparse(index_url or "https://pypi.org/simple")
+    if url.scheme == "file":
+        return True
     try:
-        with socket.create_connection((host, 443), timeout=timeout):
+        with socket.create_connection((url.hostname or "", url.port or (443 if url.scheme == "https" else 80)),
+                                      timeout=timeout):
             return True
     except OSError:
         return False
@@ -122,7 +128,7 @@ def run_demo(ctx: Context, *, offline: bool | None = None, on_stage: Callable[[S
     started = time.perf_counter()
     emit = on_stage or (lambda result: None)
     if offline is None:
-        offline = not index_reachable()
+        offline = not index_reachable(ctx.config.pip.index_url)
     hub_root = ctx.data.root / HUB_DIR
     manifest = load_model(DEMO_MODEL)
     tiny = make_tiny_hub(hub_root, only=[ref.repo for source in manifest.weights.values() for _, ref in source.hubs])
