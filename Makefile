@@ -15,7 +15,7 @@ demo: setup
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks library
-	$(VENV)/bin/modelrig validate -q
+	$(VENV)/bin/modelrig -q validate
 
 test: setup system-deps lint
 	$(PY) -m pytest -q
