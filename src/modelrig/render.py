@@ -332,9 +332,8 @@ def render(manifest: Manifest, plan: Plan, out_dir: Path, *, paths: Mapping[str,
         key = digest(files)
         written: list[str] = []
         removed: list[str] = []
-        if read_stamp(entry_dir) is None or read_stamp(entry_dir).get("key") != key or not all(
-                (entry_dir / rel).is_file() for rel in files):
-            previous = read_stamp(entry_dir) or {}
+        previous = read_stamp(entry_dir) or {}
+        if previous.get("key") != key or not all((entry_dir / rel).is_file() for rel in files):
             for rel, text in files.items():
                 target = entry_dir / rel
                 mode = _mode(rel)
