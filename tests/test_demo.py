@@ -53,11 +53,13 @@ DRIVER = textwrap.dedent("""
             return False
         return state != "Z"
 
-    first = run("demo", "--json")
-    second = run("demo", "--json")
-    state = json.load(open(os.path.join(root, "run", "demo-tiny-ziya", "up.json")))
-    before = processes_under_root()
-    down = run("down", "demo-tiny-ziya")
+    try:
+        first = run("demo", "--json")
+        second = run("demo", "--json")
+        state = json.load(open(os.path.join(root, "run", "demo-tiny-ziya", "up.json")))
+        before = processes_under_root()
+    finally:
+        down = run("down", "demo-tiny-ziya")
     started = sorted({int(e["pid"]) for e in state["entries"].values() if e.get("pid")} | set(before))
     print(json.dumps({"first": first, "second": second, "down": down, "state": state,
                       "before": before, "started": started,
