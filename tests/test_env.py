@@ -169,3 +169,16 @@ def test_modelrig_env_dry_run_shows_the_commands_and_builds_nothing(tmp_path, cl
     assert build["commands"][1][-1] == "torch==2.13.0"
     assert "gradio>=6,<7" in build["commands"][2]
     assert not (tmp_path / "root" / "envs").exists()
+
+
+def test_env_for_a_recorded_cuda_host_takes_torch_from_its_variant_index_even_if_the_model_does_not_fit(
+        tmp_path, cli):
+    facts = REPO / "tests" / "fixtures" / "hosts" / "rtx3090-old-driver.json"
+    code, out, err = cli("--data-root", tmp_path / "root", "env", "ziya-llama-13b-v1.1", "--facts", facts,
+                         "--dry-run", "--json")
+    assert code == 0, err
+    build = json.loads(out)
+    torch_cmd = build["commands"][1]
+    assert torch_cmd[torch_cmd.index("--index-url") + 1].startswith("https://download.pytorch.org/whl/cu")
+    assert build["spec"]["plan"]["python"] == "3.10"
+    assert "the model itself cannot run on this host" in err

@@ -7,6 +7,7 @@ every stage `unchanged`. What `up` started is recorded in `<data root>/run/<mode
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -85,14 +86,22 @@ def dependency_manifests(manifest: Manifest) -> dict[str, Manifest]:
     return deps(manifest)
 
 
-def plan_model(manifest: Manifest, ctx: Context, *, facts: HostFacts | None = None) -> Plan:
-    """Plan the model for this host (or recorded facts); raises HostCannotRunError when it does not fit."""
+def plan_model(manifest: Manifest, ctx: Context, *, facts: HostFacts | None = None,
+               env_only: bool = False) -> Plan:
+    """Plan the model for this host (or recorded facts); raises HostCannotRunError when it does not fit.
+
+    With `env_only`, a plan refused for memory or disk still serves to build the environment, as long as it has a
+    torch build for this host (the refusal is then among the plan's warnings).
+    """
     from modelrig.planner import make_plan
 
     deps = dependency_manifests(manifest)
     built = {d.id for d in deps.values() if ctx.data.output_dir(d.id, d.output_name).is_dir()}
     plan = make_plan(manifest, facts or host_facts(ctx), ctx.config, manifests=deps, built=built)
     if not plan.fits:
+        if env_only and plan.env.torch.version:
+            return dataclasses.replace(plan, warnings=[*plan.warnings, f"the model itself cannot run on this "
+                                                       f"host: {plan.refusal}"])
         raise HostCannotRunError(f"{plan.model} cannot run on this host: {plan.refusal}")
     return plan
 

@@ -82,7 +82,9 @@ def _env(args: argparse.Namespace, ctx: Context) -> int:
     from modelrig.up import plan_model
 
     manifest = load_model(args.model)
-    plan = plan_model(manifest, ctx, facts=_facts(args))
+    plan = plan_model(manifest, ctx, facts=_facts(args), env_only=True)
+    for warning in plan.warnings:
+        print(f"modelrig: warning: {warning}", file=sys.stderr)
     if args.dry_run:
         build = prepare_env_build(plan.env, data=ctx.data, config=ctx.config, backend=args.backend,
                                   python=args.python, installer=args.installer, offline=args.offline)
