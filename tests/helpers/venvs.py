@@ -68,8 +68,10 @@ T437 = [TORCH, "transformers==4.37.0", "tokenizers", "sentencepiece", "accelerat
 #: The conversion env: tensorflow-cpu plus the last transformers with TF loaders and convert_llama_weights_to_hf.
 TF_CONVERT = [TORCH, "transformers==4.47.1", "sentencepiece", "protobuf", "tiktoken", "blobfile", "accelerate",
               "numpy<2", "tensorflow-cpu", "tf-keras", "h5py"]
-#: Launch templates, old side: gradio 3.x (`.style()`, `queue(concurrency_count=...)`, tuple Chatbot) over T437.
-OLD_GRADIO = [*T437, "gradio==3.50.2", "gradio_client==0.6.1", "httpx<0.28", "fastapi<0.113", "pillow<11"]
+#: Launch templates, old side: gradio 3.x (`.style()`, `queue(concurrency_count=...)`, tuple Chatbot) over the
+#: Ziya-era transformers 4.30.2 / tokenizers 0.13.3 (which need protobuf 3.20.x).
+OLD_GRADIO = [TORCH, "transformers==4.30.2", "tokenizers==0.13.3", "sentencepiece", "accelerate", "protobuf==3.20.3",
+              "numpy<2", "gradio==3.50.2", "gradio_client==0.6.1", "httpx<0.28", "fastapi<0.113", "pillow<11"]
 #: Launch templates, current side: gradio 6 (messages Chatbot) and streamlit over T437.
 CURRENT_UI = [*T437, "gradio>=6,<7", "streamlit", "pillow"]
 #: Launch templates, Gradio 5 side: the pins of the Qwen2-VL/JoyCaption era (processor chat templates, gradio 5).
