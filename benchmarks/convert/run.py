@@ -244,6 +244,7 @@ def measure(task: str, paths: dict[str, Path], work: Path, inputs: list[Path], e
 
 
 def run(work: Path, layers: int) -> dict:
+    load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     paths = generate(work, layers)
     gen_s = time.perf_counter() - t0
@@ -269,7 +270,7 @@ def run(work: Path, layers: int) -> dict:
     largest = VOCAB * HIDDEN * 2
     model_bytes = sum(p.stat().st_size for p in _files(paths["base"], st))
     return {"results": results, "largest_tensor_bytes": largest, "model_bytes": model_bytes, "layers": layers,
-            "generate_s": round(gen_s, 1)}
+            "generate_s": round(gen_s, 1), "load": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
 
 
 def markdown(data: dict) -> str:
@@ -279,9 +280,10 @@ def markdown(data: dict) -> str:
         "",
         f"Synthetic LLaMA-shaped fp16 model: hidden {HIDDEN}, FFN {FFN}, vocab {VOCAB}, {data['layers']} layers = "
         f"{data['model_bytes'] / 1e9:.2f} GB in 4 shards (largest tensor {largest_mib:.0f} MiB: the embedding). "
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, one run, warm page cache (inputs read just "
-        "before each measurement); every measurement is its own process (peak RSS = VmHWM, includes the "
-        "interpreter, torch and file pages mapped by the process). Reproduce: "
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, shared (load average {data['load'][0]} at the "
+        f"start, {data['load'][1]} at the end: other work ran alongside, so wall times are noisy), one run, warm "
+        "page cache (inputs read just before each measurement); every measurement is its own process (peak "
+        "RSS = VmHWM, includes the interpreter and torch, about 235 MiB; see the I/O floor rows). Reproduce: "
         "`.venv/bin/python benchmarks/convert/run.py`.",
         "",
         "| operation | approach | wall (s) | peak RSS (MiB) | read (GB) | written (GB) | wall / I/O floor |"

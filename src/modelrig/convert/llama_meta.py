@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,11 +11,12 @@ from typing import Any
 import torch
 
 from modelrig.convert.io import (
+    CHUNK_ELEMENTS,
     LazyTensor,
     OutputTensor,
     dtype_name,
     open_checkpoint_file,
-    whole,
+    row_chunks,
     write_safetensors_shards,
 )
 from modelrig.convert.step import run_step
@@ -238,17 +239,44 @@ def plan_conversion(layout: MetaLayout, shards: list[dict[str, LazyTensor]]) -> 
             raise ConversionError(f"{layout.shards[0].parent}: {meta} assembles to {list(got)}, expected "
                                   f"{list(shape)}{hint}")
         heads = layout.n_heads if rotary == "q" else layout.n_kv_heads if rotary == "k" else 0
-        out.append(OutputTensor(hf, shape, parts[0].dtype, whole(_assemble(parts, cat_dim, heads))))
+        out.append(OutputTensor(hf, shape, parts[0].dtype, _assemble(parts, cat_dim, heads)))
     return out
 
 
 def _assemble(parts: list[LazyTensor], cat_dim: int | None, rotary_heads: int):
-    def load() -> torch.Tensor:
+    """A producer of one HF tensor from its shard slices, in row chunks (never the whole tensor at once).
+
+    Rows of column-parallel weights come shard after shard; q/k rows are permuted head by head (a head never
+    spans two shards, so permuting each shard's heads equals permuting the concatenation); row-parallel
+    weights and the embedding are concatenated along columns one block of rows at a time.
+    """
+    def produce() -> Iterator[torch.Tensor]:
         if cat_dim is None:
-            return parts[0].load().clone()
-        t = torch.cat([p.load() for p in parts], dim=cat_dim) if len(parts) > 1 else parts[0].load()
-        return permute_rotary(t, rotary_heads).contiguous() if rotary_heads else t
-    return load
+            yield parts[0].load().clone()
+            return
+        if not all(p.contiguous for p in parts):
+            t = torch.cat([p.load() for p in parts], dim=cat_dim)
+            yield permute_rotary(t, rotary_heads).contiguous() if rotary_heads else t
+            return
+        if cat_dim == 1:
+            rows, width = parts[0].shape[0], sum(p.shape[1] for p in parts)
+            for start, stop in row_chunks(rows, width):
+                yield torch.cat([p.load_rows(start, stop) for p in parts], dim=1)
+            return
+        heads_per_part = rotary_heads // len(parts) if rotary_heads else 0
+        for p in parts:
+            rows, width = p.shape
+            if not heads_per_part:
+                for start, stop in row_chunks(rows, width):
+                    yield p.load_rows(start, stop)
+                continue
+            head_rows = rows // heads_per_part
+            per_chunk = max(1, CHUNK_ELEMENTS // (head_rows * width))
+            for h in range(0, heads_per_part, per_chunk):
+                n = min(per_chunk, heads_per_part - h)
+                block = p.load_rows(h * head_rows, (h + n) * head_rows)
+                yield permute_rotary(block, n).contiguous()
+    return produce
 
 
 def convert_llama_meta(*, input_dir: Path, out: Path, size: str | None = None, llama_version: str = "1",
