@@ -223,6 +223,23 @@ def test_image_content_in_openai_and_seed_forms(vision_server):
     assert answers[0] == answers[1] == answers[2]  # the same image, however it was sent
 
 
+def test_the_seed_documents_request_shape_is_answered(vision_server):
+    """The Mac write-up's request: multi-turn, image parts `{"type": "image", ...}`, `functions: []`, `stop: []`."""
+    image = make_images(vision_server["root"] / "seed-images", 1)[0]
+    body = {"model": "Qwen-VL-Chat-7B", "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "这是哪里？"}, {"type": "image", "image": str(image)}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "这是在海滩上"}]},
+        {"role": "user", "content": [{"type": "text", "text": "是什么品种的狗？"}]}],
+        "functions": [], "stop": [], "top_p": 0.9, "temperature": 0.7, "stream": False, "max_tokens": 4}
+    conn = http.client.HTTPConnection("127.0.0.1", vision_server["port"], timeout=120)
+    conn.request("POST", "/v1/chat/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    reply = json.loads(response.read())
+    assert response.status == 200, reply
+    assert reply["object"] == "chat.completion" and reply["choices"][0]["message"]["role"] == "assistant"
+    assert reply["usage"]["completion_tokens"] >= 1
+
+
 def test_unreadable_image_is_a_422_not_a_crash(vision_server):
     api = client(vision_server["port"], key="unused")
     with pytest.raises(openai.UnprocessableEntityError):

@@ -348,7 +348,8 @@ def render(manifest: Manifest, plan: Plan, out_dir: Path, *, paths: Mapping[str,
             write_stamp(entry_dir, {"key": key, "files": sorted(files)})
         changed = changed or bool(written or removed)
         report[name] = {"dir": str(entry_dir), "written": sorted(written), "removed": removed,
-                        "kind": entry.kind, "port": entry.port or DEFAULT_PORTS.get(entry.kind)}
+                        "kind": entry.kind, "port": entry.port or DEFAULT_PORTS.get(entry.kind), "bind": entry_bind,
+                        "secrets": str(entry_dir / SECRETS_FILE) if values else None}
     summary = (f"rendered {sum(bool(r['written'] or r['removed']) for r in report.values())} of {len(report)} "
                f"launch entries into {out_dir}")
     return StageResult(stage="render", changed=changed, summary=summary, model=manifest.id,

@@ -87,4 +87,6 @@ def _render(args: argparse.Namespace, ctx: Context) -> int:
         print(result.line())
         for name, entry in result.details["entries"].items():
             print(f"  {name:<14} {entry['kind']:<20} {entry['dir']}")
+            if entry["secrets"]:
+                print(f"  {'':<14} listens on {entry['bind']}; API key / UI password in {entry['secrets']} (0600)")
     return 0
