@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import stat
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -21,13 +23,26 @@ PYENV = Path.home() / ".pyenv" / "versions"
 
 
 def interpreter_for(version: str) -> tuple[str, str]:
-    """The pyenv interpreter of `version` (e.g. "3.10"), else the nearest one available; (path, version used)."""
-    available = sorted((p for p in PYENV.glob("3.*") if (p / "bin" / "python").exists()),
-                       key=lambda p: tuple(int(x) for x in p.name.split(".")[:2]))
-    assert available, f"no pyenv interpreters under {PYENV}"
-    wanted = tuple(int(x) for x in version.split("."))
-    best = min(available, key=lambda p: abs(int(p.name.split(".")[1]) - wanted[1]))
-    return str(best / "bin" / "python"), ".".join(best.name.split(".")[:2])
+    """An interpreter of `version` (e.g. "3.10": python3.10 on PATH or pyenv's), else the nearest one available
+    (this test's own at worst); returns (path, the version it is)."""
+    found: dict[str, str] = {}
+    on_path = shutil.which(f"python{version}")
+    if on_path and _version(on_path):
+        found[_version(on_path)] = on_path
+    for folder in sorted(PYENV.glob("3.*")):
+        if (folder / "bin" / "python").exists():
+            found.setdefault(".".join(folder.name.split(".")[:2]), str(folder / "bin" / "python"))
+    found.setdefault(f"{sys.version_info[0]}.{sys.version_info[1]}", sys.executable)
+    minor = int(version.split(".")[1])
+    best = min(found, key=lambda v: abs(int(v.split(".")[1]) - minor))
+    return found[best], best
+
+
+def _version(python: str) -> str | None:
+    """"3.10" for a working interpreter; None for one that does not run (e.g. an inactive pyenv shim)."""
+    out = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True,
+                         text=True, check=False)
+    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def _paths(manifest) -> dict[str, Path]:
