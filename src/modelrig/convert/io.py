@@ -377,12 +377,12 @@ def parse_size(value: int | str) -> int:
 
 
 def plan_shards(tensors: list[OutputTensor], *, max_shard_size: int | str) -> dict[str, list[str]]:
-    """Shard file name -> tensor names, split by huggingface_hub's own algorithm (on shapes, not data)."""
-    from huggingface_hub import split_torch_state_dict_into_shards
+    """Shard file name -> tensor names, split by huggingface_hub's own algorithm (on planned sizes, not data)."""
+    from huggingface_hub import split_state_dict_into_shards_factory
 
-    meta = {t.name: torch.empty(t.shape, dtype=t.dtype, device="meta") for t in tensors}
-    split = split_torch_state_dict_into_shards(meta, filename_pattern="model{suffix}.safetensors",
-                                               max_shard_size=parse_size(max_shard_size))
+    split = split_state_dict_into_shards_factory({t.name: t for t in tensors}, get_storage_size=lambda t: t.nbytes,
+                                                 filename_pattern="model{suffix}.safetensors",
+                                                 max_shard_size=parse_size(max_shard_size))
     return {name: sorted(names) for name, names in split.filename_to_tensors.items()}
 
 
