@@ -15,6 +15,10 @@ from modelrig.facts import macos, nvidia
 from modelrig.facts.collect import collect
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.report import write_section  # noqa: E402
+
 HOSTS = REPO.parent / "shared" / "fixtures" / "hosts"
 BIN = Path(sys.executable).parent
 SECTION = "## Host facts (benchmarks/bench_facts.py)"
@@ -68,15 +72,7 @@ def main() -> None:
               ""]
     table = "\n".join(lines)
     print(table)
-    bench = REPO / "BENCHMARKS.md"
-    text = bench.read_text()
-    if SECTION in text:
-        head, _, rest = text.partition(SECTION)
-        nxt = rest.find("\n## ")
-        text = head + table + (rest[nxt + 1:] if nxt >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + table
-    bench.write_text(text)
+    write_section(SECTION, table)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,10 @@ from modelrig.manifest import load_manifest
 from modelrig.planner import TORCH_BUILDS_FILE, load_torch_table, make_plan
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.report import write_section  # noqa: E402
+
 HOSTS = REPO / "tests" / "fixtures" / "hosts"
 BIN = Path(sys.executable).parent
 SECTION = "## Planner (benchmarks/bench_planner.py)"
@@ -72,15 +76,7 @@ def main() -> None:
              ""]
     table = "\n".join(lines)
     print(table)
-    bench = REPO / "BENCHMARKS.md"
-    text = bench.read_text()
-    if SECTION in text:
-        head, _, rest = text.partition(SECTION)
-        nxt = rest.find("\n## ")
-        text = head + table + (rest[nxt + 1:] if nxt >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + table
-    bench.write_text(text)
+    write_section(SECTION, table)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,10 @@ from modelrig.envs import build_env
 from modelrig.plan import EnvPlan, TorchBuild
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.report import write_section  # noqa: E402
+
 BIN = Path(sys.executable).parent
 SECTION = "## Model environments and the demo (benchmarks/env_bench.py)"
 PACKAGES = ["transformers==4.37.0", "tokenizers", "sentencepiece", "accelerate", "protobuf", "numpy<2"]
@@ -80,15 +84,7 @@ def main() -> None:
               f"{second:.1f} |", ""]
     table = "\n".join(lines)
     print(table)
-    bench = REPO / "BENCHMARKS.md"
-    text = bench.read_text()
-    if SECTION in text:
-        head, _, rest = text.partition(SECTION)
-        nxt = rest.find("\n## ")
-        text = head + table + (rest[nxt + 1:] if nxt >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + table
-    bench.write_text(text)
+    write_section(SECTION, table)
 
 
 if __name__ == "__main__":

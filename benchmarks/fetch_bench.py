@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -21,6 +20,10 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks.report import write_section  # noqa: E402
+
 SECTION = "## fetch: `modelrig fetch` vs `hf download`"
 
 
@@ -121,19 +124,8 @@ def main() -> int:
     table = "\n".join(lines) + "\n"
     print(table)
     if not args.no_write:
-        write_section(REPO_ROOT / "BENCHMARKS.md", table)
+        write_section(SECTION, table)
     return 0
-
-
-def write_section(path: Path, table: str) -> None:
-    """Replace this benchmark's section in BENCHMARKS.md (or append it), leaving the other sections alone."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: table + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + table
-    path.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.report import write_section  # noqa: E402
 from modelrig import tiny  # noqa: E402
 from tests.helpers.launching import free_port, render_one, running, tiny_manifest  # noqa: E402
 from tests.helpers.venvs import CURRENT_UI, VenvFactory  # noqa: E402
@@ -122,15 +123,7 @@ def main() -> None:
               "one by one for streaming, JSON and HTTP on a fresh connection per request.", ""]
     table = "\n".join(lines)
     print(table)
-    bench = REPO / "BENCHMARKS.md"
-    text = bench.read_text()
-    if SECTION in text:
-        head, _, rest = text.partition(SECTION)
-        nxt = rest.find("\n## ")
-        text = head + table + (rest[nxt + 1:] if nxt >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + table
-    bench.write_text(text)
+    write_section(SECTION, table)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,20 @@
+"""Writing a benchmark's table into its own section of BENCHMARKS.md, leaving the other sections alone."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+
+
+def write_section(section: str, table: str, *, path: Path = BENCHMARKS_MD) -> None:
+    """Replace the section headed `section` (a `## ...` line that `table` starts with), or append it."""
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    table = table.rstrip("\n") + "\n"
+    pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: table + "\n", text).rstrip("\n") + "\n"
+    else:
+        text = text.rstrip("\n") + "\n\n" + table
+    path.write_text(text, encoding="utf-8")
