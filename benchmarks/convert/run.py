@@ -260,7 +260,7 @@ def run(work: Path, layers: int) -> dict:
         if op == "merge":
             from modelrig.convert.step import file_digests
 
-            cache = work / "digests.json"
+            cache = work / "cache" / "digests.json"
             file_digests(inputs + [paths[k] / "config.json" for k in ("base", "delta")], cache=cache)
             results["merge-known"] = {"ours": measure("merge-known", paths, work, inputs, {"cache": str(cache)})}
         naive = measure(f"{op}-naive", paths, work, inputs)
@@ -281,7 +281,7 @@ def markdown(data: dict) -> str:
         f"Synthetic LLaMA-shaped fp16 model: hidden {HIDDEN}, FFN {FFN}, vocab {VOCAB}, {data['layers']} layers = "
         f"{data['model_bytes'] / 1e9:.2f} GB in 4 shards (largest tensor {largest_mib:.0f} MiB: the embedding). "
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, shared (load average {data['load'][0]} at the "
-        f"start, {data['load'][1]} at the end: other work ran alongside, so wall times are noisy), one run, warm "
+        f"start, {data['load'][1]} at the end: other work may run alongside, so wall times vary between runs), one run, warm "
         "page cache (inputs read just before each measurement); every measurement is its own process (peak "
         "RSS = VmHWM, includes the interpreter and torch, about 235 MiB; see the I/O floor rows). Reproduce: "
         "`.venv/bin/python benchmarks/convert/run.py`.",
