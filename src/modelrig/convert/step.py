@@ -123,12 +123,14 @@ def run_step(kind: str, *, out: Path, params: dict[str, Any], sources: dict[str,
                 return StageResult(stage="convert", changed=False, model=model, seconds=t["seconds"],
                                    summary=f"{kind}: {out} unchanged",
                                    details={"kind": kind, "out": str(out), "files": stamp.get("outputs", {})})
-            pending = None
+            hash_alongside = False
         else:
-            # Nothing finished to compare with: hash the inputs while converting (hashing releases the GIL).
-            pending = pool.submit(step_key, kind, params, sources, cache=cache)
+            hash_alongside = True
         ensure_free_space(out.parent, needed_bytes())
         with atomic_dir(out) as tmp:
+            # Nothing finished to compare with: hash the inputs while converting (hashing releases the GIL).
+            # Started only now, after atomic_dir has cleared stale temporaries next to `out`.
+            pending = pool.submit(step_key, kind, params, sources, cache=cache) if hash_alongside else None
             details = body(tmp)
             if pending is not None:
                 key, inputs = pending.result()
