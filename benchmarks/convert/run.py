@@ -23,6 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 HIDDEN, FFN, VOCAB, HEADS = 4096, 11008, 32000, 32
+SECTION = "## Conversions (benchmarks/convert/run.py)"
 
 
 # ------------------------------------------------------------------------------------------------- inputs
@@ -276,13 +277,14 @@ def run(work: Path, layers: int) -> dict:
 def markdown(data: dict) -> str:
     largest_mib = data["largest_tensor_bytes"] / 2**20
     lines = [
-        "## Conversions (benchmarks/convert/run.py)",
+        SECTION,
         "",
         f"Synthetic LLaMA-shaped fp16 model: hidden {HIDDEN}, FFN {FFN}, vocab {VOCAB}, {data['layers']} layers = "
         f"{data['model_bytes'] / 1e9:.2f} GB in 4 shards (largest tensor {largest_mib:.0f} MiB: the embedding). "
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, shared (load average {data['load'][0]} at the "
-        f"start, {data['load'][1]} at the end: other work may run alongside, so wall times vary between runs), one run, warm "
-        "page cache (inputs read just before each measurement); every measurement is its own process (peak "
+        f"start, {data['load'][1]} at the end: other work may run alongside, so wall times vary between runs), "
+        "one run, warm page cache (inputs read just before each measurement); every measurement is its own "
+        "process (peak "
         "RSS = VmHWM, includes the interpreter and torch, about 235 MiB; see the I/O floor rows). Reproduce: "
         "`.venv/bin/python benchmarks/convert/run.py`.",
         "",
@@ -324,19 +326,6 @@ def markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    path = REPO / "BENCHMARKS.md"
-    current = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmarks\n"
-    head = "## Conversions (benchmarks/convert/run.py)"
-    if head in current:
-        start = current.index(head)
-        nxt = current.find("\n## ", start + len(head))
-        current = current[:start] + text.rstrip("\n") + "\n" + (current[nxt:] if nxt != -1 else "")
-    else:
-        current = current.rstrip("\n") + "\n\n" + text
-    path.write_text(current, encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=4)
@@ -360,7 +349,10 @@ def main() -> None:
     print(text)
     (args.workdir / "last.json").write_text(json.dumps(data, indent=2))
     if not args.no_write:
-        write_section(text)
+        sys.path.insert(0, str(REPO))
+        from benchmarks.report import write_section
+
+        write_section(SECTION, text)
 
 
 if __name__ == "__main__":
