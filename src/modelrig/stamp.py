@@ -34,7 +34,7 @@ def sha256_file(path: Path, *, chunk: int = 8 << 20) -> str:
 def atomic_write_text(path: Path, text: str, *, mode: int | None = None) -> None:
     """Write `text` to `path` via a temporary sibling and a rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{_TMP_MARK}{uuid.uuid4().hex[:8]}-{path.name}")
+    tmp = path.with_name(_temporary_name(path.name))
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode if mode is not None else 0o644)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -72,12 +72,33 @@ def stamp_matches(directory: Path, key: str) -> bool:
     return stamp is not None and stamp.get("key") == key
 
 
+def _temporary_name(name: str) -> str:
+    """`.modelrig-tmp-<pid>-<random>-<name>`: the pid tells later runs whether its writer is still alive."""
+    return f"{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}-{name}"
+
+
+def _writer_alive(entry_name: str) -> bool:
+    pid = entry_name[len(_TMP_MARK):].split("-", 1)[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def remove_stale_temporaries(parent: Path) -> list[Path]:
-    """Delete temporary siblings left in `parent` by interrupted runs; return what was removed."""
+    """Delete temporary siblings in `parent` left by interrupted runs (writers no longer alive); return them.
+
+    Temporaries of writers that are still running (another conversion sharing the folder) are left alone.
+    """
     removed: list[Path] = []
     if parent.is_dir():
         for entry in parent.iterdir():
-            if entry.name.startswith(_TMP_MARK):
+            if entry.name.startswith(_TMP_MARK) and not _writer_alive(entry.name):
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry, ignore_errors=True)
                 else:
@@ -95,12 +116,12 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(final.parent)
-    tmp = final.with_name(f"{_TMP_MARK}{uuid.uuid4().hex[:8]}-{final.name}")
+    tmp = final.with_name(_temporary_name(final.name))
     tmp.mkdir()
     try:
         yield tmp
         if final.exists():
-            old = final.with_name(f"{_TMP_MARK}old-{uuid.uuid4().hex[:8]}-{final.name}")
+            old = final.with_name(_temporary_name(f"old-{final.name}"))
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
