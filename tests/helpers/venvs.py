@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -45,8 +46,17 @@ class VenvFactory:
         done = venv / ".complete"
         if done.is_file():
             return venv / "bin" / "python"
+        self.root.mkdir(parents=True, exist_ok=True)
+        # One builder per spec at a time: two test sessions sharing the cache must not build into one folder.
+        with open(self.root / f"{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not done.is_file():
+                self._build(venv, python, packages)
+                done.write_text(json.dumps(spec))
+        return venv / "bin" / "python"
+
+    def _build(self, venv: Path, python: str, packages: list[str]) -> None:
         shutil.rmtree(venv, ignore_errors=True)
-        venv.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "UV_CACHE_DIR": str(CACHE / "uv"), "VIRTUAL_ENV": str(venv)}
         subprocess.run([self.uv, "venv", "-q", "-p", python, str(venv)], check=True, env=env)
         cmd = [self.uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
@@ -54,14 +64,13 @@ class VenvFactory:
         for link in pip_find_links():
             cmd += ["--find-links", link]
         subprocess.run([*cmd, *packages], check=True, env=env)
-        done.write_text(json.dumps(spec))
-        return venv / "bin" / "python"
 
 
 def _python_version(python: str) -> str:
     out = subprocess.run([python, "-c", "import sys;print('%d.%d' % sys.version_info[:2])"],
                          capture_output=True, text=True, check=True)
     return out.stdout.strip()
+
 
 #: A launch-era env: LLaMA loading as of transformers 4.37.
 T437 = [TORCH, "transformers==4.37.0", "tokenizers", "sentencepiece", "accelerate", "protobuf", "numpy<2"]
