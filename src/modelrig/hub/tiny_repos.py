@@ -120,7 +120,12 @@ def _repos(seed: int, tf_python: Path | str | None) -> list[tuple[str, Callable[
 
 
 def _generator_version() -> str:
-    """A digest of the model generator's source, so a changed generator rebuilds the repos."""
+    """A digest of the generators' sources (tiny.py and the LLaMA config/tokenizer writers it uses), so a
+    changed generator rebuilds the repos."""
     from modelrig import tiny
+    from modelrig.convert import llama_meta
 
-    return hashlib.sha256(Path(tiny.__file__).read_bytes()).hexdigest()[:16]
+    h = hashlib.sha256()
+    for module in (tiny, llama_meta):
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()[:16]
