@@ -318,7 +318,7 @@ def test_local_sources_are_checked_and_hashed(cli: Cli, tmp_path: Path) -> None:
     (weights / "params.json").write_text("{}")
     manifest = write_manifest(tmp_path, "local-test", {"base": {"local": {"var": "llama_meta_dir"}}})
     code, _, err = cli("fetch", manifest)
-    assert code == 5 and "pass --local llama_meta_dir=PATH" in err
+    assert code == 2 and "pass --local llama_meta_dir=PATH" in err
     code, out, err = cli("fetch", manifest, "--local", f"llama_meta_dir={weights}", "--json")
     assert code == 0, err
     (source,) = json.loads(out)["details"]["sources"]

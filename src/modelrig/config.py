@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -10,7 +11,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from modelrig.errors import ConfigError
+from modelrig.errors import ConfigError, UsageError
+from modelrig.manifest import LocalRef
 
 #: AutoDL containers mount their large, persistent data disk here; the system disk is small.
 AUTODL_DATA_DISK = Path("/root/autodl-tmp")
@@ -152,3 +154,16 @@ class Context:
     config: HostConfig
     quiet: bool = False
     as_json: bool = False
+
+
+def local_weights_dir(name: str, ref: LocalRef, *, given: Mapping[str, str], config: HostConfig) -> Path:
+    """The folder of user-supplied weights: `--local VAR=PATH`, else host config `local.VAR`, else the manifest's
+    default `path`; a one-line usage error says how to give it when none is set or it is not a folder."""
+    value = given.get(ref.var) or config.local.get(ref.var) or ref.path
+    if not value:
+        raise UsageError(f"{name}: local weights {ref.var!r} not given: pass --local {ref.var}=PATH or set "
+                         f"local.{ref.var} in the host config")
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise UsageError(f"{name}: local weights {ref.var}={path}: not a directory")
+    return path

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from modelrig import __version__
 from modelrig.config import Context, DataRoot, default_data_root, load_host_config
-from modelrig.errors import ManifestError, ModelrigError
+from modelrig.errors import ManifestError, ModelrigError, UsageError
 
 #: Modules under `modelrig.cli` that each add their verbs with a `register(subparsers)` function.
 COMMAND_MODULES: tuple[str, ...] = ("manifests", "plan", "facts", "fetch", "hub", "up", "render", "launch", "convert")
@@ -36,6 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
     """Give a verb the standard `--json` switch (a stable, documented machine-readable result)."""
     parser.add_argument("--json", action="store_true", help="print a machine-readable JSON result")
+
+
+def parse_pairs(items: Sequence[str], flag: str) -> dict[str, str]:
+    """Turn repeated `--flag NAME=VALUE` options into a dict; a malformed one is a one-line usage error."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise UsageError(f"{flag} {item!r}: expected NAME=PATH")
+        out[name] = value
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

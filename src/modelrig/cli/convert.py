@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from modelrig.cli import parse_pairs
 from modelrig.config import Context
 from modelrig.errors import UsageError
 from modelrig.result import StageResult
@@ -28,16 +29,6 @@ def register(sub: Any) -> None:
     p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     add_json_flag(p)
     p.set_defaults(func=_convert)
-
-
-def _pairs(items: list[str], flag: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name or not value:
-            raise UsageError(f"{flag} {item!r}: expected NAME=PATH")
-        out[name] = value
-    return out
 
 
 def _parser(verb: str) -> argparse.ArgumentParser:
@@ -96,8 +87,8 @@ def _run_model(args: argparse.Namespace, ctx: Context, model: str) -> StageResul
     from modelrig.convert.pipeline import run_pipeline
 
     manifest = load_model(model)
-    return run_pipeline(manifest, ctx, inputs=_pairs(args.input, "--input"), local=_pairs(args.local, "--local"),
-                        tf_python=args.tf_python)
+    inputs, local = parse_pairs(args.input, "--input"), parse_pairs(args.local, "--local")
+    return run_pipeline(manifest, ctx, inputs=inputs, local=local, tf_python=args.tf_python)
 
 
 def _run_step(verb: str, args: argparse.Namespace, ctx: Context) -> StageResult:

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from modelrig.catalog import load_model
+from modelrig.cli import parse_pairs
 from modelrig.config import Context
-from modelrig.errors import UsageError
 from modelrig.fetch import DEFAULT_HEADROOM, FetchOptions, fetch_model, human, parse_size
 
 
@@ -37,12 +37,7 @@ def register(sub: Any) -> None:
 
 def _fetch(args: argparse.Namespace, ctx: Context) -> int:
     manifest = load_model(args.model)
-    local: dict[str, str] = {}
-    for item in args.local:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise UsageError(f"--local {item!r}: expected NAME=PATH")
-        local[name] = path
+    local = parse_pairs(args.local, "--local")
     quiet_log = (lambda line: None) if ctx.quiet else None
     options = FetchOptions(hub=args.hub, store=args.store, dry_run=args.dry_run, verify=args.verify,
                            hf_endpoint=args.hf_endpoint, modelscope_endpoint=args.modelscope_endpoint, local=local,

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from modelrig.catalog import load_model
+from modelrig.cli import parse_pairs
 from modelrig.config import Context
-from modelrig.errors import UsageError
 from modelrig.manifest import Manifest
 
 
@@ -53,16 +53,6 @@ def default_weight_paths(manifest: Manifest, ctx: Context) -> dict[str, Path]:
     return paths
 
 
-def _pairs(items: list[str]) -> dict[str, Path]:
-    out = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name or not value:
-            raise UsageError(f"--weights expects NAME=PATH, got {item!r}")
-        out[name] = Path(value).expanduser().absolute()
-    return out
-
-
 def _env_python(plan: Any, ctx: Context) -> Path:
     from modelrig.envs.build import prepare_env_build
 
@@ -77,7 +67,8 @@ def _render(args: argparse.Namespace, ctx: Context) -> int:
     manifest = load_model(args.model)
     plan = plan_model(manifest, ctx, facts=_facts(args))
     python = args.python.expanduser().absolute() if args.python else _env_python(plan, ctx)
-    paths = {**default_weight_paths(manifest, ctx), **_pairs(args.weights)}
+    given = parse_pairs(args.weights, "--weights")
+    paths = {**default_weight_paths(manifest, ctx), **{n: Path(v).expanduser().absolute() for n, v in given.items()}}
     result = render(manifest, plan, args.out or ctx.data.launch / manifest.id, paths=paths, python=python,
                     config=ctx.config, entries=args.entries, bind=args.bind, cache_dir=ctx.data.cache,
                     log_dir=ctx.data.run / manifest.id)

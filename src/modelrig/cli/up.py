@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from modelrig.catalog import load_model
+from modelrig.cli import parse_pairs
 from modelrig.config import Context
-from modelrig.errors import UsageError
 from modelrig.facts import HostFacts
 from modelrig.result import StageResult
 
@@ -105,16 +105,6 @@ def _env(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-def _parse_local(items: list[str]) -> dict[str, str]:
-    local: dict[str, str] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise UsageError(f"--local {item!r}: expected NAME=PATH")
-        local[name] = path
-    return local
-
-
 def _printer(ctx: Context) -> Callable[[StageResult], None]:
     def show(result: StageResult) -> None:
         if not ctx.as_json and not ctx.quiet:
@@ -137,7 +127,7 @@ def _up(args: argparse.Namespace, ctx: Context) -> int:
 
     manifest = load_model(args.model)
     options = UpOptions(store=args.store, hub=args.hub, hf_endpoint=args.hf_endpoint,
-                        modelscope_endpoint=args.modelscope_endpoint, local=_parse_local(args.local),
+                        modelscope_endpoint=args.modelscope_endpoint, local=parse_pairs(args.local, '--local'),
                         backend=args.backend, python=args.python, installer=args.installer, offline=args.offline,
                         entries=args.entries, facts=_facts(args))
     report = up(manifest, ctx, options=options, on_stage=_printer(ctx))

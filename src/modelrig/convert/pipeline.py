@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from modelrig.config import Context
+from modelrig.config import Context, local_weights_dir
 from modelrig.convert.delta import apply_delta
 from modelrig.convert.llama_meta import convert_llama_meta
 from modelrig.convert.safetensors_convert import convert_to_safetensors
@@ -23,15 +23,7 @@ def source_dir(name: str, source: WeightSource, ctx: Context, *, local: Mapping[
     the source's preference order whose folder holds a finished fetch stamp.
     """
     if source.local is not None:
-        var = source.local.var
-        given = (local or {}).get(var) or ctx.config.local.get(var) or source.local.path
-        if not given:
-            raise UsageError(f"{name}: local weights {var!r} not given: pass --local {var}=PATH or set local.{var} "
-                             "in the host config")
-        path = Path(given).expanduser()
-        if not path.is_dir():
-            raise ConversionError(f"{name}: local weights {var}={path}: not a directory")
-        return path
+        return local_weights_dir(name, source.local, given=local or {}, config=ctx.config)
     if source.model is not None:
         from modelrig.catalog import load_model
 

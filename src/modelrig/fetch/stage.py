@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelrig.config import Context
+from modelrig.config import Context, local_weights_dir
 from modelrig.errors import DiskSpaceError, FetchError, UsageError
 from modelrig.fetch.download import download, locked, plan_matches_stamp, stamp_is_current
 from modelrig.fetch.plan import (
@@ -171,13 +171,7 @@ def _local_source(name: str, source: WeightSource, ctx: Context, options: FetchO
                   notes: list[str]) -> dict[str, Any]:
     assert source.local is not None
     var = source.local.var
-    given = options.local.get(var) or ctx.config.local.get(var) or source.local.path
-    if not given:
-        raise FetchError(f"{name}: local weights {var!r} not given: pass --local {var}=PATH or set local.{var} in "
-                         "the host config")
-    path = Path(given).expanduser()
-    if not path.is_dir():
-        raise FetchError(f"{name}: local weights {var}={path}: not a directory")
+    path = local_weights_dir(name, source.local, given=options.local, config=ctx.config)
     files = hash_local_tree(path, cache_file=ctx.data.store / "local" / f"{var}.json")
     if not files:
         raise FetchError(f"{name}: local weights {var}={path}: the folder is empty")
