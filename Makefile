@@ -14,7 +14,7 @@ demo: setup
 	$(VENV)/bin/modelrig demo
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks library
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/modelrig -q validate
 
 test: setup system-deps lint
