@@ -120,7 +120,7 @@ def _run_step(verb: str, args: argparse.Namespace, ctx: Context) -> StageResult:
         if args.config is None:
             raise UsageError("convert tf: --config is required for a TF1 checkpoint (e.g. bert_config.json)")
         return convert_tf1(checkpoint=ckpt, config=args.config, model_type=args.model_type, out=args.out,
-                           python=args.tf_python, vocab=args.vocab, cache=cache)
+                           python=args.tf_python, vocab=args.vocab, cache=cache, ctx=ctx)
     from modelrig.convert.safetensors_convert import convert_to_safetensors
 
     return convert_to_safetensors(source=args.input, out=args.out, max_shard_size=args.max_shard_size,

@@ -93,7 +93,7 @@ def run_pipeline(manifest: Manifest, ctx: Context, *, inputs: Mapping[str, str] 
                 else:
                     config = src / (step.config or "bert_config.json")
                     result = convert_tf1(checkpoint=src, config=config, model_type=step.model_type, out=out,
-                                         python=tf_python, cache=cache, model=manifest.id)
+                                         python=tf_python, cache=cache, model=manifest.id, ctx=ctx)
             elif isinstance(step, ToSafetensors):
                 result = convert_to_safetensors(source=where(step.input, previous), out=out,
                                                 max_shard_size=step.max_shard_size,

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from modelrig.config import Context, HostConfig
 from modelrig.convert.io import OutputTensor, whole, write_safetensors_shards
 from modelrig.convert.step import run_step
+from modelrig.envs.tools import clean_environ
 from modelrig.errors import ConversionError, UsageError
+from modelrig.plan import EnvPlan, TorchBuild
 from modelrig.result import StageResult
 
 #: Model types TF1 checkpoints can be converted for: (transformers 4.x model class, loader function).
@@ -59,23 +63,50 @@ _TF1_SCRIPT = textwrap.dedent(
     model = cls(config)
     getattr(transformers, loader)(model, config, ckpt)
     model.eval()
-    from safetensors.torch import save_model
-    save_model(model, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+    from safetensors.torch import _remove_duplicate_names, save_file
+    state = model.state_dict()
+    tied = {}
+    for kept, dropped in _remove_duplicate_names(state).items():
+        for name in dropped:
+            tied[name] = kept
+            del state[name]
+    # One metadata entry only: safetensors stores metadata in a hash map, so several would come out in a
+    # different order each run; the tied aliases are reported instead (transformers re-ties them on load).
+    state = {k: v.contiguous() for k, v in state.items()}
+    save_file(state, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
     config.save_pretrained(out)
-    print(json.dumps({"loaded": len(weights_only(ckpt)), "skipped": [n for n, _ in skipped]}))
+    print(json.dumps({"loaded": len(weights_only(ckpt)), "skipped": [n for n, _ in skipped],
+                      "tied": dict(sorted(tied.items()))}))
     """
 )
 
 
-def tf_python(explicit: Path | str | None) -> Path:
-    """The python of the TF conversion env: `--tf-python`, else `$MODELRIG_TF_PYTHON`.
+#: The TF1 conversion env: the last transformers line with the `load_tf_weights_in_<model>` loaders, and TensorFlow.
+TF_CONVERSION_PACKAGES = ["transformers==4.47.1", "tensorflow-cpu", "tf-keras", "h5py", "numpy<2", "protobuf"]
 
-    A built `modelrig env` for conversions is the intended provider once it exists; until then the path is given.
-    """
+
+def tf_conversion_env(config: HostConfig) -> EnvPlan:
+    """The env spec for TF1 conversions on this host: the toolkit's Python and torch version (a CPU build is
+    enough), plus TensorFlow and transformers 4.47."""
+    version = torch.__version__.split("+")[0]
+    index = f"{config.pip.torch_index_base.rstrip('/')}/cpu" if config.pip.use_torch_index else None
+    build = TorchBuild(version=version, variant="cpu", index_url=index, requirements=[f"torch=={version}"])
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return EnvPlan(python=python, torch=build, packages=list(TF_CONVERSION_PACKAGES), tokenizers=None, env_vars={})
+
+
+def tf_python(explicit: Path | str | None, *, ctx: Context | None = None) -> Path:
+    """The python of the TF conversion env: `--tf-python`, else `$MODELRIG_TF_PYTHON`, else the conversion env
+    that `modelrig env` builds (once, shared by identical specs) under the data root when `ctx` is given."""
     chosen = explicit or os.environ.get(TF_PYTHON_ENV)
     if not chosen:
-        raise UsageError(f"TF1 checkpoints need a python with tensorflow-cpu and transformers<5: pass --tf-python "
-                         f"PATH or set {TF_PYTHON_ENV}")
+        if ctx is None:
+            raise UsageError(f"TF1 checkpoints need a python with tensorflow-cpu and transformers<5: pass "
+                             f"--tf-python PATH or set {TF_PYTHON_ENV}")
+        from modelrig.envs.build import build_env
+
+        result = build_env(tf_conversion_env(ctx.config), data=ctx.data, config=ctx.config, model="tf-conversion")
+        chosen = result.details["python"]
     path = Path(chosen)
     if not path.is_file():
         raise UsageError(f"--tf-python {path}: no such interpreter")
@@ -106,7 +137,7 @@ def tf1_prefix(checkpoint: Path) -> Path:
 
 def convert_tf1(*, checkpoint: Path, config: Path, model_type: str, out: Path,
                 python: Path | str | None = None, vocab: Path | None = None, cache: Path | None = None,
-                model: str | None = None) -> StageResult:
+                model: str | None = None, ctx: Context | None = None) -> StageResult:
     """Convert a TF1-style checkpoint with transformers' `load_tf_weights_in_<model>`, run in the TF env.
 
     Optimizer slots (`adam_m`, `adam_v`, `global_step`) are filtered out of the variable list, so they are
@@ -118,7 +149,6 @@ def convert_tf1(*, checkpoint: Path, config: Path, model_type: str, out: Path,
     config = Path(config)
     if not config.is_file():
         raise ConversionError(f"{config}: config file not found")
-    interpreter = tf_python(python)
     vocab = vocab or next((p for p in (prefix.parent / "vocab.txt",) if p.is_file()), None)
     params = {"model_type": model_type, "format": "tf1"}
     files = [prefix.with_name(prefix.name + ".index"), *sorted(prefix.parent.glob(prefix.name + ".data-*"))]
@@ -131,9 +161,12 @@ def convert_tf1(*, checkpoint: Path, config: Path, model_type: str, out: Path,
         return sum(f.stat().st_size for f in files) // 3 + (1 << 20)
 
     def body(tmp: Path) -> dict[str, Any]:
+        interpreter = tf_python(python, ctx=ctx)
         cmd = [str(interpreter), "-c", _TF1_SCRIPT, str(prefix), str(config), model_type, str(tmp),
                json.dumps(TF1_MODEL_TYPES[model_type]), json.dumps(OPTIMIZER_PARTS)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        # A clean environment: no toolkit packages leak into the conversion env.
+        env = clean_environ()
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
         if proc.returncode != 0:
             tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
             raise ConversionError(f"{prefix}: TF1 conversion failed in {interpreter}: {tail[0]}")
@@ -141,7 +174,7 @@ def convert_tf1(*, checkpoint: Path, config: Path, model_type: str, out: Path,
         _normalise_config(tmp / "config.json")
         if vocab:
             shutil.copyfile(vocab, tmp / vocab.name)
-        return {"loaded": report["loaded"], "skipped": len(report["skipped"]),
+        return {"loaded": report["loaded"], "skipped": len(report["skipped"]), "tied": report["tied"],
                 "summary": f"tf ({model_type}, TF1): {report['loaded']} variables, {len(report['skipped'])} "
                            f"optimizer slots skipped -> {out}"}
 
