@@ -4,8 +4,6 @@ Ansible fact gathering) next to the alternative of asking torch."""
 from __future__ import annotations
 
 import json
-import statistics
-import subprocess
 import sys
 import time
 import timeit
@@ -17,7 +15,7 @@ from modelrig.facts.collect import collect
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.report import write_section  # noqa: E402
+from benchmarks.report import median_wall, write_section  # noqa: E402
 
 HOSTS = REPO.parent / "shared" / "fixtures" / "hosts"
 BIN = Path(sys.executable).parent
@@ -39,24 +37,15 @@ def _parse_rows() -> list[tuple[str, int, float]]:
     return rows
 
 
-def _median_wall(cmd: list[str], runs: int = 5) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run(cmd, capture_output=True, check=True)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     parse_rows = _parse_rows()
     start = time.perf_counter()
     for _ in range(5):
         collect(Path("/tmp/modelrig-bench"))
     in_process = (time.perf_counter() - start) / 5
-    cli = _median_wall([str(BIN / "modelrig"), "--data-root", "/tmp/modelrig-bench", "facts", "--json"])
-    bare = _median_wall([sys.executable, "-c", "pass"])
-    torch_probe = _median_wall([sys.executable, "-c", "import torch; torch.cuda.is_available()"], runs=3)
+    cli = median_wall([str(BIN / "modelrig"), "--data-root", "/tmp/modelrig-bench", "facts", "--json"])
+    bare = median_wall([sys.executable, "-c", "pass"])
+    torch_probe = median_wall([sys.executable, "-c", "import torch; torch.cuda.is_available()"], runs=3)
     json.dumps(collect(Path("/tmp/modelrig-bench")).to_dict())
 
     lines = [SECTION, "",

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,20 +16,11 @@ from modelrig.planner import TORCH_BUILDS_FILE, load_torch_table, make_plan
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.report import write_section  # noqa: E402
+from benchmarks.report import median_wall, write_section  # noqa: E402
 
 HOSTS = REPO / "tests" / "fixtures" / "hosts"
 BIN = Path(sys.executable).parent
 SECTION = "## Planner (benchmarks/bench_planner.py)"
-
-
-def _median_wall(cmd: list[str], runs: int = 5) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run(cmd, capture_output=True, check=False)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -60,8 +49,9 @@ def main() -> None:
     plan_us = (time.perf_counter() - start) / rounds / (len(models) * len(hosts)) * 1e6
 
     facts = str(HOSTS / "a100-80gb.json")
-    cli_plan = _median_wall([str(BIN / "modelrig"), "plan", "ziya-blip2-14b-visual-v1", "--facts", facts, "--json"])
-    cli_validate = _median_wall([str(BIN / "modelrig"), "validate", "--json"])
+    modelrig = str(BIN / "modelrig")
+    cli_plan = median_wall([modelrig, "plan", "ziya-blip2-14b-visual-v1", "--facts", facts, "--json"], check=False)
+    cli_validate = median_wall([modelrig, "validate", "--json"], check=False)
 
     lines = [SECTION, "",
              f"In-process (mean of {rounds} rounds; {len(models)} manifests, {len(hosts)} recorded hosts):", "",

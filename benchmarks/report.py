@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import statistics
+import subprocess
+import time
 from pathlib import Path
 
 BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
@@ -18,3 +21,13 @@ def write_section(section: str, table: str, *, path: Path = BENCHMARKS_MD) -> No
     else:
         text = text.rstrip("\n") + "\n\n" + table
     path.write_text(text, encoding="utf-8")
+
+
+def median_wall(cmd: list[str], *, runs: int = 5, check: bool = True) -> float:
+    """The median wall time in seconds of running `cmd` `runs` times (output discarded)."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(cmd, capture_output=True, check=check)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
