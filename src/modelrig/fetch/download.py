@@ -189,22 +189,15 @@ class _Mismatch(Exception):
 
 def _fetch_file(plan: SourcePlan, f: RemoteFile, *, endpoints: Endpoints, progress: _Progress) -> str:
     """Download and verify; a mismatch is deleted and downloaded once more, then reported."""
-    try:
-        return _download_one(plan, f, endpoints=endpoints, force=False, progress=progress)
-    except _Mismatch:
-        pass
-    except Exception as exc:
-        if not _is_integrity_error(exc):
-            raise
-    (plan.target / f.path).unlink(missing_ok=True)
-    try:
-        return _download_one(plan, f, endpoints=endpoints, force=True, progress=progress)
-    except _Mismatch:
-        pass
-    except Exception as exc:
-        if not _is_integrity_error(exc):
-            raise
-    (plan.target / f.path).unlink(missing_ok=True)
+    for force in (False, True):
+        try:
+            return _download_one(plan, f, endpoints=endpoints, force=force, progress=progress)
+        except _Mismatch:
+            pass
+        except Exception as exc:
+            if not _is_integrity_error(exc):
+                raise
+        (plan.target / f.path).unlink(missing_ok=True)
     raise FetchError(f"{plan.hub}: {plan.repo}@{plan.commit[:12]}: {f.path}: sha256 does not match the hub's "
                      f"after a second download (expected {f.sha256 or f.git_oid}); the file was deleted")
 
