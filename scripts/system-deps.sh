@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Debian packages the test suite drives for real: headless Chromium (pages of the Gradio demos) and iproute2
-# (`ip link set lo up` inside `unshare -n` to prove tests are offline). Installs only what is missing.
+# Debian packages the test suite drives for real: headless Chromium (pages of the Gradio demos), iproute2
+# (`ip link set lo up` inside `unshare -n` to prove tests are offline), git (upstream demo repos) and systemd
+# (`systemd-analyze verify` on rendered units). Installs only what is missing.
 set -euo pipefail
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 command -v git >/dev/null 2>&1 || need+=(git)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if [ ${#need[@]} -eq 0 ]; then
   echo "system packages: unchanged"
   exit 0

@@ -152,11 +152,11 @@ def test_systemd_unit_restarts_on_failure_and_passes_systemd_analyze(tmp_path, u
     assert "MODELRIG_API_KEY" not in text and "Environment=" not in text
     for section in ("[Unit]", "[Service]", "[Install]"):
         assert section in text
-    analyze = shutil.which("systemd-analyze")  # Debian's systemd package; the structure above is checked anyway
-    if analyze is not None:
-        done = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
-        problems = [line for line in done.stderr.splitlines() if str(unit.name) in line or "Unknown" in line]
-        assert not problems, done.stderr
+    analyze = shutil.which("systemd-analyze")
+    assert analyze is not None, "systemd-analyze (Debian's systemd package) is needed: scripts/system-deps.sh"
+    done = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
+    problems = [line for line in done.stderr.splitlines() if str(unit.name) in line or "Unknown" in line]
+    assert not problems, done.stderr
 
 
 def test_launchd_plist_round_trips_and_keeps_failed_jobs_alive(tmp_path, upstream_repo):
