@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -30,10 +30,16 @@ from modelrig.convert.io import (
 )
 from modelrig.convert.step import run_step
 from modelrig.errors import ConversionError
+from modelrig.manifest import DeltaConvention
 from modelrig.result import StageResult
 
-Convention = Literal["replace", "add", "zero-pad-add", "slice-add"]
-CONVENTIONS: tuple[str, ...] = ("replace", "add", "zero-pad-add", "slice-add")
+#: The delta conventions, as the manifest schema names them.
+CONVENTIONS: tuple[str, ...] = get_args(DeltaConvention)
+
+
+def _check_convention(convention: str) -> None:
+    if convention not in CONVENTIONS:
+        raise ConversionError(f"unknown delta convention {convention!r} (one of {', '.join(CONVENTIONS)})")
 
 #: Tensors a `replace` delta (Fengshenbang's apply_delta.py) holds as full weights, matched by substring.
 REPLACE_KEYS = ("embed_tokens", "lm_head.weight", "rotary_emb.inv_freq")
@@ -71,8 +77,7 @@ def plan_merge(base: dict[str, LazyTensor], delta: dict[str, LazyTensor], conven
 
     Raises `ConversionError` with a hint at the right convention when shapes say this one is wrong.
     """
-    if convention not in CONVENTIONS:
-        raise ConversionError(f"unknown delta convention {convention!r} (one of {', '.join(CONVENTIONS)})")
+    _check_convention(convention)
     rules: list[MergeRule] = []
     if convention == "replace":
         for name in sorted(delta):
@@ -293,8 +298,7 @@ def _set_config_dtype(tmp: Path, tensors: list[OutputTensor]) -> None:
 def difference_tensors(base: dict[str, LazyTensor], target: dict[str, LazyTensor],
                        convention: str) -> list[OutputTensor]:
     """The planned tensors of a delta such that applying it with `convention` to `base` gives `target`."""
-    if convention not in CONVENTIONS:
-        raise ConversionError(f"unknown delta convention {convention!r} (one of {', '.join(CONVENTIONS)})")
+    _check_convention(convention)
     out: list[OutputTensor] = []
     for name in sorted(target):
         t = target[name]

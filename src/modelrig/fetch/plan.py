@@ -46,11 +46,6 @@ class SourcePlan:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
 
-    @property
-    def total_bytes(self) -> int:
-        """Size of every selected file."""
-        return sum(f.size for f in self.files)
-
     def stamp_key(self) -> str:
         """The digest that identifies this exact download."""
         return digest({"hub": self.hub, "repo": self.repo, "commit": self.commit, "include": self.include,

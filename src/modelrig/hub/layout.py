@@ -55,11 +55,6 @@ class HubFile:
     lfs: bool
     local: Path
 
-    @property
-    def etag(self) -> str:
-        """What the Hub sends as ETag (sha256 for LFS files, the git blob id otherwise)."""
-        return self.sha256 if self.lfs else self.oid
-
 
 @dataclass(frozen=True)
 class Revision:
