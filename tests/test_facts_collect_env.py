@@ -47,3 +47,40 @@ def test_multi_gpu_report_lists_every_gpu():
            "Nvidia driver version: 535.104.05\n"
     r = parse_collect_env(text)
     assert r.gpu_names == ["NVIDIA A100-SXM4-80GB"] * 2 and r.driver_version == "535.104.05"
+
+
+def _from_dir(tmp_path, fixture: str, **extra: str):
+    from modelrig.facts.collect import facts_from_dir
+
+    folder = tmp_path / "host"
+    folder.mkdir()
+    (folder / "collect_env.txt").write_text((HOSTS / fixture).read_text())
+    for name, text in extra.items():
+        (folder / name).write_text(text)
+    return facts_from_dir(folder, data_root=tmp_path)
+
+
+def test_a_mac_collect_env_report_in_from_dir_gives_chip_os_and_mps(tmp_path):
+    facts = _from_dir(tmp_path, "collect_env_macos-arm64_apple-m2-max_torch2.10-nightly.txt")
+    assert (facts.os, facts.os_version, facts.arch) == ("darwin", "13.7.4", "arm64")
+    assert facts.apple_chip == "Apple M2 Max" and facts.cpu == "Apple M2 Max"
+    assert facts.mps_available is True and facts.platform == "mps"
+
+
+def test_a_report_saying_mps_is_not_available_is_believed(tmp_path):
+    facts = _from_dir(tmp_path, "collect_env_macos-arm64_m1-macbookpro13_torch1.13-nightly_mps-built-not-available.txt")
+    assert facts.os == "darwin" and facts.mps_available is False and facts.platform == "cpu"
+
+
+def test_a_linux_report_fills_driver_and_os_but_gpus_need_nvidia_smi(tmp_path):
+    name = "collect_env_linux_h100-pcie_torch2.0.1+cu117_sm90-incompatible_TRUNCATED.txt"
+    facts = _from_dir(tmp_path, name)
+    assert (facts.os, facts.os_version, facts.driver_version) == ("linux", "Ubuntu 22.04.3 LTS", "535.104.12")
+    assert facts.gpus == []
+    assert any("NVIDIA H100 PCIe but not their memory" in w for w in facts.warnings)
+    assert any("not built for NVIDIA H100 PCIe (sm_90)" in w for w in facts.warnings)
+    table = (HOSTS / "nvidia-smi_1x_h100-80gb-hbm3_535.104.12.txt").read_text()
+    (tmp_path / "b").mkdir()
+    with_smi = _from_dir(tmp_path / "b", name, **{"nvidia-smi.txt": table})
+    assert [g.name for g in with_smi.gpus] == ["NVIDIA H100 80GB HBM3"]
+    assert not any("not their memory" in w for w in with_smi.warnings)

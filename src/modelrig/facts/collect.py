@@ -17,6 +17,7 @@ from typing import Any
 
 from modelrig.errors import UsageError
 from modelrig.facts import HostFacts, macos, nvidia
+from modelrig.facts.collect_env import TorchEnvReport, parse_collect_env
 from modelrig.stamp import atomic_write_text
 
 #: Recorded output name -> file name in a `--from-dir` folder.
@@ -29,6 +30,7 @@ OUTPUT_FILES: dict[str, str] = {
     "sysctl": "sysctl.txt",
     "sw_vers": "sw_vers.txt",
     "meminfo": "meminfo.txt",
+    "collect-env": "collect_env.txt",
 }
 #: In a `--from-dir` folder: the facts no command output gives (os, cpu, RAM, disk, environment), as JSON.
 HOST_FILE = "host.json"
@@ -108,16 +110,50 @@ def facts_from_outputs(outputs: Mapping[str, str], *, host: Mapping[str, Any]) -
             mps = macos.mps_supported(values["os_version"], arch="arm64")
         else:
             mps = False
+    driver = gpu_facts.driver_version
+    if outputs.get("collect-env"):
+        report = parse_collect_env(outputs["collect-env"])
+        apple_chip, mps, driver = _supplement_from_collect_env(values, report, warnings, apple_chip=apple_chip,
+                                                              mps=mps, driver=driver, gpus=gpu_facts.gpus)
     return HostFacts(
         **values,
         gpus=gpu_facts.gpus,
-        driver_version=gpu_facts.driver_version,
+        driver_version=driver,
         cuda_driver_max=gpu_facts.cuda_driver_max,
         apple_chip=apple_chip,
         mps_available=mps,
         unified_memory_bytes=unified,
         warnings=warnings,
     )
+
+
+def _supplement_from_collect_env(values: dict[str, Any], report: TorchEnvReport, warnings: list[str], *,
+                                 apple_chip: str | None, mps: bool | None, driver: str | None,
+                                 gpus: list[Any]) -> tuple[str | None, bool | None, str | None]:
+    """Fill what no other output gave from a pasted `python -m torch.utils.collect_env` report (in place)."""
+    mac = bool(report.os_name and report.os_name.startswith("macOS"))
+    if values["os"] == "unknown" and report.os_name:
+        values["os"] = "darwin" if mac else "windows" if "Windows" in report.os_name else "linux"
+    if values["os_version"] is None and report.os_name:
+        values["os_version"] = report.os_name.removeprefix("macOS ").strip()
+    if values["arch"] == "unknown" and report.arch:
+        values["arch"] = report.arch
+    if values["cpu"] == "unknown" and report.cpu:
+        values["cpu"] = report.cpu
+    if not values["cpu_count"] and report.cpu_count:
+        values["cpu_count"] = report.cpu_count
+    if mac and apple_chip is None and report.cpu and report.cpu.startswith("Apple"):
+        apple_chip = report.cpu
+    if mac and mps is None:
+        mps = report.mps_available if report.mps_available is not None else \
+            macos.mps_supported(values["os_version"], arch=values["arch"])
+    if report.gpu_names and not gpus:
+        warnings.append(f"the collect_env report names {', '.join(report.gpu_names)} but not their memory: record "
+                        "the nvidia-smi outputs too (modelrig facts --save) to plan for them")
+    for name, capability in report.incompatible_gpus.items():
+        warnings.append(f"torch {report.torch_version} on that host was not built for {name} (sm_"
+                        f"{capability.replace('.', '')}): a newer build is needed there")
+    return apple_chip, mps, driver or report.driver_version
 
 
 def _meminfo_total(text: str) -> int | None:
