@@ -198,7 +198,7 @@ def test_gated_repo_without_a_token_gives_a_clear_error(cli: Cli, hub: str, tmp_
     code, _, err = cli("fetch", manifest, *endpoints(hub))
     assert code == 5
     assert err.strip() == ("modelrig: error: huggingface: org/gated is gated: set HF_TOKEN or hub.token_file in "
-                           "the host config to a token that has been granted access")
+                           "the host config to a token that has been granted access [gated_repo]")
 
 
 @pytest.mark.parametrize("how", ["env", "token_file"])

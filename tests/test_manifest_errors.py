@@ -147,7 +147,7 @@ def test_broken_manifest_names_file_line_field_and_problem(tmp_path: Path, cli, 
     code, out, err = cli("validate", path)
     assert code == 2
     assert out == ""
-    assert err.splitlines() == [f"modelrig: error: {problem}"]
+    assert err.splitlines() == [f"modelrig: error: {problem} [manifest_invalid]"]
 
 
 def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path, cli):
@@ -184,4 +184,5 @@ def test_a_dependency_on_an_unknown_model_is_reported(tmp_path: Path, cli):
     path = _write(tmp_path, text)
     code, _, err = cli("validate", path)
     assert code == 2
-    assert err.strip() == f"modelrig: error: {path}:8: weights.llm.model: no manifest with id 'no-such-model'"
+    assert err.strip() == (f"modelrig: error: {path}:8: weights.llm.model: no manifest with id 'no-such-model' "
+                           "[manifest_invalid]")

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from modelrig import __version__
 from modelrig.config import Context, DataRoot, default_data_root, load_host_config
-from modelrig.errors import ManifestError, ModelrigError, UsageError
+from modelrig.errors import DiskFullError, ManifestError, ModelrigError, UsageError
 
 #: Modules under `modelrig.cli` that each add their verbs with a `register(subparsers)` function.
 COMMAND_MODULES: tuple[str, ...] = ("manifests", "plan", "facts", "fetch", "hub", "up", "render", "launch", "convert")
@@ -53,24 +56,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code (0 success, 2 bad input, others per error class)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    as_json = getattr(args, "json", False)
     try:
-        data = DataRoot((args.data_root or default_data_root()).expanduser().absolute())
-        ctx = Context(data=data, config=load_host_config(args.config, data), quiet=args.quiet,
-                      as_json=getattr(args, "json", False))
-        return int(args.func(args, ctx) or 0)
-    except ManifestError as exc:
-        for problem in exc.problems:
-            print(f"modelrig: error: {problem}", file=sys.stderr)
-        return exc.exit_code
+        try:
+            data = DataRoot((args.data_root or default_data_root()).expanduser().absolute())
+            ctx = Context(data=data, config=load_host_config(args.config, data), quiet=args.quiet,
+                          as_json=as_json)
+            return int(args.func(args, ctx) or 0)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            where = f" writing {exc.filename}" if exc.filename else ""
+            raise DiskFullError(f"disk full{where}: free some space (or point --data-root / --store at a larger "
+                                "disk) and run the same command again; finished work is kept",
+                                path=str(exc.filename) if exc.filename else None) from None
     except ModelrigError as exc:
-        print(f"modelrig: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return report_error(exc, as_json=as_json)
     except KeyboardInterrupt:
         print("modelrig: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # The reader (`modelrig facts | head`) went away: stop quietly, as other command-line tools do.
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+
+
+def report_error(exc: ModelrigError, *, as_json: bool) -> int:
+    """Print an engine error as one line per problem on stderr (and as JSON on stdout with `--json`)."""
+    lines = exc.problems if isinstance(exc, ManifestError) else [str(exc)]
+    for line in lines:
+        print(f"modelrig: error: {line} [{exc.code}]", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"ok": False, "error": exc.to_json()}, indent=2))
+    return exc.exit_code

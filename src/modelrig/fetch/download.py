@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from modelrig.errors import FetchError
+from modelrig.errors import FetchError, HashMismatchError
 from modelrig.fetch.plan import HASH_CHUNK, MAX_WORKERS, RemoteFile, SourcePlan
 from modelrig.fetch.remote import Endpoints, hf_errors, ms_api, ms_errors, token_for
 from modelrig.manifest import FULL_COMMIT, HubRef, WeightSource
@@ -198,8 +198,10 @@ def _fetch_file(plan: SourcePlan, f: RemoteFile, *, endpoints: Endpoints, progre
             if not _is_integrity_error(exc):
                 raise
         (plan.target / f.path).unlink(missing_ok=True)
-    raise FetchError(f"{plan.hub}: {plan.repo}@{plan.commit[:12]}: {f.path}: sha256 does not match the hub's "
-                     f"after a second download (expected {f.sha256 or f.git_oid}); the file was deleted")
+    raise HashMismatchError(f"{plan.hub}: {plan.repo}@{plan.commit[:12]}: {f.path}: sha256 does not match the "
+                            f"hub's after a second download (expected {f.sha256 or f.git_oid}); the file was deleted",
+                            hub=plan.hub, repo_id=plan.repo, commit=plan.commit, path=f.path,
+                            expected=f.sha256 or f.git_oid)
 
 
 def _is_integrity_error(exc: BaseException) -> bool:
@@ -293,7 +295,8 @@ def locked(target: Path) -> Iterator[None]:
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise FetchError(f"{target}: another modelrig fetch is downloading into this folder") from None
+        raise FetchError(f"{target}: another modelrig fetch is downloading into this folder", code="busy",
+                         path=str(target)) from None
     try:
         yield
     finally:

@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from modelrig.config import HostConfig
-from modelrig.errors import FetchError, UsageError
+from modelrig.errors import (
+    FetchError,
+    GatedRepoError,
+    RepoNotFoundError,
+    RevisionNotFoundError,
+    UsageError,
+)
 from modelrig.fetch.plan import RemoteFile, SourcePlan, select_files
 from modelrig.manifest import FULL_COMMIT, HubRef, WeightSource
 
@@ -55,7 +61,10 @@ def _read_token(config: HostConfig) -> str | None:
 
 
 class HubUnreachable(Exception):
-    """The endpoint could not be reached at all (connection refused, DNS, timeout): another hub may work."""
+    """The endpoint could not be reached at all (connection refused, DNS, timeout): another hub may work.
+
+    Internal to fetch (it triggers the fallback to the other hub); users see `HubUnreachableError`.
+    """
 
 
 def resolve_source(name: str, hub: str, ref: HubRef, source: WeightSource, *, endpoints: Endpoints,
@@ -137,22 +146,24 @@ def _quiet_modelscope_bars() -> None:
 def hf_errors(ref: HubRef, endpoint: str) -> Iterator[None]:
     from huggingface_hub.errors import (
         EntryNotFoundError,
-        GatedRepoError,
         HfHubHTTPError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
     )
+    from huggingface_hub.errors import GatedRepoError as HfGatedRepoError
+    from huggingface_hub.errors import RepositoryNotFoundError as HfRepositoryNotFoundError
+    from huggingface_hub.errors import RevisionNotFoundError as HfRevisionNotFoundError
 
     try:
         yield
-    except GatedRepoError:
-        raise FetchError(f"huggingface: {ref.repo} is gated: set HF_TOKEN or hub.token_file in the host config to "
-                         "a token that has been granted access") from None
-    except RepositoryNotFoundError:
-        raise FetchError(f"huggingface: repo {ref.repo} not found at {endpoint} (or it is private and no valid "
-                         "token was given)") from None
-    except RevisionNotFoundError:
-        raise FetchError(f"huggingface: revision {ref.revision!r} not found in {ref.repo}") from None
+    except HfGatedRepoError:
+        raise GatedRepoError(f"huggingface: {ref.repo} is gated: set HF_TOKEN or hub.token_file in the host config to "
+                         "a token that has been granted access", hub="huggingface", repo_id=ref.repo) from None
+    except HfRepositoryNotFoundError:
+        raise RepoNotFoundError(f"huggingface: repo {ref.repo} not found at {endpoint} (or it is private and no "
+                                "valid token was given)", hub="huggingface", repo_id=ref.repo,
+                                endpoint=endpoint) from None
+    except HfRevisionNotFoundError:
+        raise RevisionNotFoundError(f"huggingface: revision {ref.revision!r} not found in {ref.repo}",
+                                    hub="huggingface", repo_id=ref.repo, revision=ref.revision) from None
     except EntryNotFoundError as exc:
         raise FetchError(f"huggingface: {ref.repo}@{ref.revision}: {_first_line(exc)}") from None
     except HfHubHTTPError as exc:
@@ -173,16 +184,18 @@ def ms_errors(ref: HubRef, endpoint: str, api: Any) -> Iterator[None]:
     try:
         yield
     except (ms.AuthenticationError, ms.PermissionDeniedError):
-        raise FetchError(f"modelscope: {ref.repo} needs a token with access: set MODELSCOPE_API_TOKEN or "
-                         "hub.token_file in the host config") from None
+        raise GatedRepoError(f"modelscope: {ref.repo} needs a token with access: set MODELSCOPE_API_TOKEN or "
+                             "hub.token_file in the host config", hub="modelscope", repo_id=ref.repo) from None
     except ms.NotExistError:
         try:
             api.legacy.list_revisions(ref.repo, "model")
         except ms.NotExistError:
-            raise FetchError(f"modelscope: repo {ref.repo} not found at {endpoint}") from None
+            raise RepoNotFoundError(f"modelscope: repo {ref.repo} not found at {endpoint}", hub="modelscope",
+                                    repo_id=ref.repo, endpoint=endpoint) from None
         except Exception:  # the follow-up probe is only for a better message
             pass
-        raise FetchError(f"modelscope: revision {ref.revision!r} not found in {ref.repo}") from None
+        raise RevisionNotFoundError(f"modelscope: revision {ref.revision!r} not found in {ref.repo}",
+                                    hub="modelscope", repo_id=ref.repo, revision=ref.revision) from None
     except ms.ServerError as exc:
         raise HubUnreachable(f"{endpoint} failed: {_first_line(exc)}") from None
     except ms.APIError as exc:

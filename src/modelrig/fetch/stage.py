@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from modelrig.config import Context, local_weights_dir
-from modelrig.errors import DiskSpaceError, FetchError, UsageError
+from modelrig.errors import DiskSpaceError, FetchError, HubUnreachableError, UsageError
 from modelrig.fetch.download import download, locked, plan_matches_stamp, stamp_is_current
 from modelrig.fetch.plan import (
     DEFAULT_HEADROOM,
@@ -140,7 +140,9 @@ def _plan_with_fallback(name: str, source: WeightSource, store: Path, endpoints:
                             f"{order[index + 1][0]}")
             continue
         return plan
-    raise FetchError(f"{name}: no hub reachable: " + "; ".join(failures))
+    raise HubUnreachableError(f"{name}: no hub reachable: " + "; ".join(failures) + " (a mirror: --hf-endpoint / "
+                              "hub.hf_endpoint in the host config, or HF_ENDPOINT / MODELSCOPE_ENDPOINT)",
+                              source=name, hubs=[hub for hub, _ in order])
 
 
 def _locked_download(plan: SourcePlan, endpoints: Endpoints, *, verify: bool) -> dict[str, Any]:
@@ -148,8 +150,8 @@ def _locked_download(plan: SourcePlan, endpoints: Endpoints, *, verify: bool) ->
         try:
             return download(plan, endpoints=endpoints, verify=verify)
         except HubUnreachable as exc:
-            raise FetchError(f"{plan.name}: {plan.hub}: {exc}; files finished so far are kept, run again to "
-                             "continue") from None
+            raise HubUnreachableError(f"{plan.name}: {plan.hub}: {exc}; files finished so far are kept, run again "
+                                      "to continue", source=plan.name, hubs=[plan.hub]) from None
 
 
 def _plan_from_stamp(name: str, stamp: dict[str, Any], store: Path) -> SourcePlan:
