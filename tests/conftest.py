@@ -11,8 +11,10 @@ import pytest
 from tests.helpers.venvs import VenvFactory
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
-FIXTURES = SHARED / "fixtures"
+#: Everything the tests read lives inside the repository: a clone with nothing beside it runs the whole suite.
+FIXTURES = REPO / "tests" / "fixtures"
+#: Real command outputs (nvidia-smi, system_profiler, sysctl, torch collect_env); SOURCES.md says where each is from.
+HOST_OUTPUTS = FIXTURES / "host_outputs"
 
 # Every test is offline and quiet: no telemetry, no xet, no progress bars, no user config.
 for _var, _value in {
@@ -27,6 +29,16 @@ for _var, _value in {
     os.environ[_var] = _value
 os.environ.pop("MODELRIG_CONFIG", None)
 os.environ.pop("HF_TOKEN", None)
+
+
+def fixture_files(folder: Path, pattern: str) -> list[Path]:
+    """The files of `folder` matching `pattern`, sorted, for parametrising a test over them.
+
+    An empty match raises instead of giving an empty parametrisation, which pytest would silently skip."""
+    files = sorted(p for p in folder.glob(pattern) if p.is_file())
+    if not files:
+        raise FileNotFoundError(f"no fixture files match {pattern} in {folder}")
+    return files
 
 
 @pytest.fixture(autouse=True)

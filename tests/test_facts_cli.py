@@ -13,11 +13,11 @@ import pytest
 
 from modelrig.facts import HostFacts
 from modelrig.facts.collect import OUTPUT_FILES, cpu_count, detect_environment, facts_from_outputs, ram_bytes
-from tests.conftest import FIXTURES, REPO
+from tests.conftest import FIXTURES, HOST_OUTPUTS, fixture_files
 from tests.helpers.offline import offline
 
-HOSTS = FIXTURES / "hosts"
-RECORDED = REPO / "tests" / "fixtures" / "hosts"
+HOSTS = HOST_OUTPUTS
+RECORDED = FIXTURES / "hosts"
 PLANNER_HOSTS = ["a100-40gb", "a100-80gb", "rtx3090-old-driver", "rtx4090", "h100", "v100", "t4", "m2-ultra-192gb",
                  "cpu-only", "rtx5090"]
 
@@ -228,7 +228,7 @@ def test_planner_host_files_exist_and_load():
     assert {p for n, p in platforms.items() if n not in ("m2-ultra-192gb", "cpu-only")} == {"cuda"}
 
 
-@pytest.mark.parametrize("path", sorted(RECORDED.glob("*.json")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", fixture_files(RECORDED, "*.json"), ids=lambda p: p.stem)
 def test_recorded_host_matches_what_its_raw_outputs_give(path: Path):
     """Host files built from real outputs are re-derived from them, so they cannot drift from the parsers."""
     data = json.loads(path.read_text())

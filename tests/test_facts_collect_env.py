@@ -6,9 +6,9 @@ import pytest
 
 from modelrig.facts.collect_env import parse_collect_env
 from modelrig.facts.gpus import lookup_capability
-from tests.conftest import FIXTURES
+from tests.conftest import HOST_OUTPUTS
 
-HOSTS = FIXTURES / "hosts"
+HOSTS = HOST_OUTPUTS
 
 # file -> (torch, torch CUDA, OS, arch, CUDA available, GPUs, driver, CPU, CPU count)
 REPORTS = {

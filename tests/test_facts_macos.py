@@ -7,9 +7,9 @@ import pytest
 from modelrig.facts import macos
 from modelrig.facts.collect import facts_from_outputs
 from modelrig.facts.collect_env import parse_collect_env
-from tests.conftest import FIXTURES
+from tests.conftest import HOST_OUTPUTS
 
-HOSTS = FIXTURES / "hosts"
+HOSTS = HOST_OUTPUTS
 GiB = 1024**3
 
 # file -> (model identifier, chip, cores, core kinds, memory bytes)

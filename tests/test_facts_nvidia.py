@@ -6,9 +6,9 @@ import pytest
 
 from modelrig.facts import nvidia
 from modelrig.facts.gpus import known_gpus, lookup_capability
-from tests.conftest import FIXTURES
+from tests.conftest import HOST_OUTPUTS, fixture_files
 
-HOSTS = FIXTURES / "hosts"
+HOSTS = HOST_OUTPUTS
 
 # file -> (smi version, driver, CUDA max, [(index, name, MiB, MIG mode)], complete)
 TABLES = {
@@ -144,7 +144,12 @@ def test_query_csv_rows(name: str):
     assert got == CSVS[name]
 
 
-@pytest.mark.parametrize("cmd", sorted(p.name for p in HOSTS.glob("query-gpu-csv_*.cmd")))
+def test_every_full_csv_fixture_has_its_recorded_command():
+    commands = fixture_files(HOSTS, "query-gpu-csv_*.cmd")
+    assert sorted(p.with_suffix(".csv").name for p in commands) == sorted(n for n in CSVS if n.endswith(".csv"))
+
+
+@pytest.mark.parametrize("cmd", [p.name for p in fixture_files(HOSTS, "query-gpu-csv_*.cmd")])
 def test_recorded_command_names_the_csv_columns(cmd: str):
     fields = nvidia.fields_from_command((HOSTS / cmd).read_text())
     header = (HOSTS / cmd).with_suffix(".csv").read_text().splitlines()[0].split(", ")
