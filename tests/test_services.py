@@ -9,13 +9,15 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
-from modelrig.errors import LaunchError
-from modelrig.launch import start, status, stop
+from modelrig.errors import HealthCheckError, LaunchError, PortBusyError
+from modelrig.launch import check, start, status, stop, wait_healthy
 from tests.helpers.launching import free_port, render_one, tiny_manifest
 
 DEMO = textwrap.dedent('''
@@ -207,3 +209,119 @@ def test_cli_render_launch_status_stop(cli, tmp_path, upstream_repo, monkeypatch
     assert code == 0 and json.loads(out)["changed"] is True
     code, _, err = cli("launch", "nothing-rendered", "--supervisor", "process")
     assert code == 8 and "modelrig render nothing-rendered" in err
+
+
+def _sleeper() -> subprocess.Popen:
+    """An unrelated live process (not started by modelrig)."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+
+
+@pytest.mark.parametrize("record", [{"start_time": None}, {}, {"create_time": 1.0}, {"start_time": "1"}])
+def test_stop_never_signals_a_process_it_cannot_confirm_it_started(tmp_path, upstream_repo, record):
+    _, pinned = upstream_repo
+    entry = _entry(tmp_path, pinned)
+    victim = _sleeper()
+    try:
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "web.pid").write_text(json.dumps({"pid": victim.pid, **record}))
+        assert status(entry, supervisor="process", run_dir=tmp_path / "run")["running"] is False
+        result = stop(entry, supervisor="process", run_dir=tmp_path / "run", grace=1)
+        assert not result.changed and result.details["stale_pidfile_removed"] is True
+        time.sleep(0.3)
+        assert victim.poll() is None, "an unrelated process was signalled"
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_a_busy_port_is_refused_before_starting_with_its_code(tmp_path, upstream_repo, monkeypatch):
+    repo, pinned = upstream_repo
+    monkeypatch.setenv("MODELRIG_UPSTREAM_MIRROR", str(repo))
+    port = free_port()
+    other = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_listening(port)
+        entry = _entry(tmp_path, pinned, port=port)
+        with pytest.raises(PortBusyError) as raised:
+            start(entry, supervisor="process", run_dir=tmp_path / "run", timeout=10)
+        assert raised.value.code == "port_busy" and raised.value.fields["port"] == port
+        assert other.pid in raised.value.fields["pids"]
+        assert f"port {port} is already in use by pid {other.pid}" in str(raised.value)
+        assert not (tmp_path / "run" / "web.pid").exists()
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_health_answer_from_another_process_is_not_healthy(tmp_path):
+    port = free_port()
+    other = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ours = _sleeper()
+    try:
+        _wait_listening(port)
+        info = {"model": "m", "entry": "e", "port": port,
+                "health": {"type": "http", "url": f"http://127.0.0.1:{port}/", "timeout_s": 5}}
+        with pytest.raises(HealthCheckError, match=f"not from the process modelrig started \\(pid {ours.pid}\\)"):
+            wait_healthy(info, pid=ours.pid, exited=ours.poll)
+        assert wait_healthy(info, pid=other.pid, exited=other.poll) >= 0
+    finally:
+        for proc in (other, ours):
+            proc.kill()
+            proc.wait()
+
+
+def test_services_never_get_hub_tokens_in_their_environment(tmp_path, upstream_repo, monkeypatch):
+    repo, pinned = upstream_repo
+    monkeypatch.setenv("MODELRIG_UPSTREAM_MIRROR", str(repo))
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_canary")
+    monkeypatch.setenv("MODELSCOPE_API_TOKEN", "ms_secret_canary")
+    entry = _entry(tmp_path, pinned)
+    result = start(entry, supervisor="process", run_dir=tmp_path / "run")
+    try:
+        root = psutil.Process(result.details["pid"])
+        family = [root, *root.children(recursive=True)]
+        assert any("python" in proc.name() for proc in family)  # the demo itself, not only start.sh
+        for proc in family:
+            environ = proc.environ()
+            assert "HF_TOKEN" not in environ and "MODELSCOPE_API_TOKEN" not in environ
+            assert "secret_canary" not in " ".join(environ.values())
+    finally:
+        stop(entry, supervisor="process", run_dir=tmp_path / "run")
+
+
+def test_check_answers_from_the_running_service_and_touches_nothing(tmp_path, upstream_repo, monkeypatch):
+    repo, pinned = upstream_repo
+    monkeypatch.setenv("MODELRIG_UPSTREAM_MIRROR", str(repo))
+    entry = _entry(tmp_path, pinned)
+    run_dir = tmp_path / "run"
+    before = check(entry, supervisor="process", run_dir=run_dir)
+    assert before.check and before.changed and before.reasons == ["web: service is stopped"]
+    assert not run_dir.exists()
+    start(entry, supervisor="process", run_dir=run_dir)
+    try:
+        snapshot = sorted((p.name, p.stat().st_mtime_ns) for p in run_dir.iterdir())
+        now = check(entry, supervisor="process", run_dir=run_dir)
+        assert not now.changed and now.reasons == []
+        assert sorted((p.name, p.stat().st_mtime_ns) for p in run_dir.iterdir()) == snapshot
+        stamp = json.loads((entry / ".modelrig-stamp.json").read_text())
+        stamp["key"] = "0" * 16
+        (entry / ".modelrig-stamp.json").write_text(json.dumps(stamp))
+        assert check(entry, supervisor="process", run_dir=run_dir).reasons == [
+            "web: launch files were re-rendered since the service started (restart)"]
+    finally:
+        stop(entry, supervisor="process", run_dir=run_dir)
+
+
+def _wait_listening(port: int) -> None:
+    import socket
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")

@@ -20,10 +20,14 @@ class StageResult:
     model: str | None = None
     seconds: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
+    #: Why the stage changed (or, in check mode, would change): "no stamp", "input digest differs", ...
+    reasons: list[str] = field(default_factory=list)
+    #: True when this is the answer of `--check`: nothing was touched.
+    check: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the documented `--json` shape)."""
-        data = asdict(self)
+        data = {"ok": True, **asdict(self)}
         data["seconds"] = round(self.seconds, 3)
         return data
 
@@ -33,6 +37,10 @@ class StageResult:
 
     def line(self) -> str:
         """One human line: `stage  changed|unchanged  summary  (1.2s)`."""
+        if self.check:
+            state = "would change" if self.changed else "unchanged"
+            why = f" ({'; '.join(self.reasons)})" if self.reasons and self.changed else ""
+            return f"{self.stage:<8} {state:<12} {self.summary}{why}"
         state = "changed" if self.changed else "unchanged"
         return f"{self.stage:<8} {state:<9} {self.summary} ({self.seconds:.1f}s)"
 

@@ -1,0 +1,97 @@
+"""systemd: the rendered unit installed (system units as root, user units otherwise), enabled and started."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from modelrig.errors import LaunchError
+from modelrig.launch.health import ensure_port_free, probe, wait_healthy
+from modelrig.stamp import atomic_write_text
+
+
+def run(cmd: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a service-manager command; LaunchError with its output when it fails and `check` is set."""
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if check and done.returncode != 0:
+        raise LaunchError(f"{' '.join(cmd)} failed: {(done.stderr or done.stdout).strip()[:500]}",
+                          code="service_manager_failed", command=cmd)
+    return done
+
+
+def install(source: Path, target: Path, *, write: bool = True) -> bool:
+    """Copy a rendered unit/plist into place when it differs; True when it differed."""
+    text = source.read_text(encoding="utf-8")
+    if target.is_file() and target.read_text(encoding="utf-8") == text:
+        return False
+    if write:
+        atomic_write_text(target, text)
+    return True
+
+
+def _systemctl(*args: str) -> list[str]:
+    return ["systemctl", *(() if os.geteuid() == 0 else ("--user",)), *args]
+
+
+def unit_path(info: dict[str, Any]) -> Path:
+    """Where the unit is installed: /etc/systemd/system as root, else the user's systemd folder."""
+    folder = Path("/etc/systemd/system") if os.geteuid() == 0 else Path.home() / ".config" / "systemd" / "user"
+    return folder / info["systemd_unit"]
+
+
+class SystemdSupervisor:
+    """Runs entries as systemd services."""
+
+    name = "systemd"
+
+    def _active(self, info: dict[str, Any]) -> bool:
+        return run(_systemctl("is-active", info["systemd_unit"]), check=False).stdout.strip() == "active"
+
+    def _main_pid(self, info: dict[str, Any]) -> int | None:
+        out = run(_systemctl("show", "-p", "MainPID", "--value", info["systemd_unit"]), check=False).stdout.strip()
+        return int(out) if out.isdigit() and int(out) > 0 else None
+
+    def check(self, entry_dir: Path, info: dict[str, Any]) -> list[str]:
+        """Why `start` would change something (empty: it would not)."""
+        reasons = []
+        if install(Path(entry_dir) / info["systemd_unit"], unit_path(info), write=False):
+            reasons.append(f"unit {unit_path(info)} differs from the rendered one")
+        if not self._active(info):
+            reasons.append("service is stopped")
+        elif not probe(info):
+            reasons.append("service runs but does not answer its health check")
+        return reasons
+
+    def start(self, entry_dir: Path, info: dict[str, Any], *, timeout: float | None, wait: bool,
+              env: dict[str, str] | None, args: list[str]) -> tuple[bool, dict[str, Any]]:
+        """Install, enable and start (or restart after a changed unit); (changed, details)."""
+        unit = info["systemd_unit"]
+        written = install(Path(entry_dir) / unit, unit_path(info))
+        if written:
+            run(_systemctl("daemon-reload"))
+        active = self._active(info)
+        if written and active:
+            run(_systemctl("restart", unit))
+        elif not active:
+            ensure_port_free(info)
+            run(_systemctl("enable", "--now", unit))
+        details: dict[str, Any] = {"unit": str(unit_path(info))}
+        if wait:
+            pid = self._main_pid(info)
+            details["pid"] = pid
+            details["waited_s"] = round(wait_healthy(info, timeout=timeout, pid=pid), 3)
+        return written or not active, details
+
+    def stop(self, entry_dir: Path, info: dict[str, Any], *, grace: float = 20.0) -> tuple[bool, dict[str, Any]]:
+        """Disable and stop the unit."""
+        active = self._active(info)
+        if active:
+            run(_systemctl("disable", "--now", info["systemd_unit"]))
+        return active, {"unit": info["systemd_unit"]}
+
+    def status(self, entry_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
+        """{running, state, pid}."""
+        state = run(_systemctl("is-active", info["systemd_unit"]), check=False).stdout.strip()
+        return {"running": state == "active", "state": state, "pid": self._main_pid(info)}
