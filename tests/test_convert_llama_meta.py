@@ -35,14 +35,138 @@ def test_two_shard_checkpoint_converts_to_the_same_hf_weights_bit_exact_in_fp16(
     assert (config["vocab_size"], config["intermediate_size"], config["max_position_embeddings"]) == (384, 192, 2048)
 
 
-@pytest.mark.parametrize(("shards", "heads", "kv_heads"), [(1, 4, None), (4, 8, 4)])
-def test_other_shard_counts_and_grouped_kv_heads_convert_exactly(tmp_path, shards, heads, kv_heads):
+# The reference below is written from the definitions, not from modelrig: Meta's tensor-parallel split (column-parallel
+# weights along rows, row-parallel ones and the embedding along columns, norms replicated) and the rotary layouts
+# (Meta rotates interleaved pairs (0, 1), (2, 3), ...; HF's rotate_half pairs row i with row i + head_dim/2).
+COLUMN_PARALLEL = ("attention.wq.weight", "attention.wk.weight", "attention.wv.weight", "feed_forward.w1.weight",
+                   "feed_forward.w3.weight", "output.weight")
+ROW_PARALLEL = ("attention.wo.weight", "feed_forward.w2.weight", "tok_embeddings.weight")
+HF_NAMES = {"attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj", "attention.wv": "self_attn.v_proj",
+            "attention.wo": "self_attn.o_proj", "feed_forward.w1": "mlp.gate_proj", "feed_forward.w2": "mlp.down_proj",
+            "feed_forward.w3": "mlp.up_proj", "attention_norm": "input_layernorm",
+            "ffn_norm": "post_attention_layernorm"}
+#: (shards, heads, kv heads): one shard; 4 shards with grouped kv heads (2 query heads per kv head, one kv head per
+#: shard, as LLaMA-2 70B on 8 shards); 2 shards with 4 query heads per kv head.
+LAYOUTS = [(1, 4, None), (4, 8, 4), (2, 8, 2)]
+
+
+def meta_unsharded(folder) -> tuple[dict[str, torch.Tensor], dict]:
+    """Meta's full tensors, glued back from `consolidated.NN.pth` by the split rule above, and params.json."""
+    shards = [torch.load(f, map_location="cpu", weights_only=True) for f in sorted(folder.glob("consolidated.*.pth"))]
+    full = {}
+    for name in shards[0]:
+        if name == "rope.freqs":
+            continue
+        if name.endswith(COLUMN_PARALLEL):
+            full[name] = torch.cat([s[name] for s in shards], dim=0)
+        elif name.endswith(ROW_PARALLEL):
+            full[name] = torch.cat([s[name] for s in shards], dim=1)
+        else:
+            assert all(torch.equal(s[name], shards[0][name]) for s in shards), name
+            full[name] = shards[0][name]
+    return full, json.loads((folder / "params.json").read_text())
+
+
+def interleaved_to_halves(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Per head: rows 0, 2, 4, ... of the head's block, then rows 1, 3, 5, ... (index lists, no reshapes)."""
+    head_dim = w.shape[0] // n_heads
+    order = []
+    for h in range(n_heads):
+        base = h * head_dim
+        order += [base + r for r in range(0, head_dim, 2)] + [base + r for r in range(1, head_dim, 2)]
+    return w[order]
+
+
+def expected_hf(full: dict[str, torch.Tensor], params: dict) -> dict[str, torch.Tensor]:
+    """HF names and layout of Meta's tensors, q/k rows reordered per head by `interleaved_to_halves`."""
+    n_heads = params["n_heads"]
+    n_kv = params.get("n_kv_heads") or n_heads
+    out = {"model.embed_tokens.weight": full["tok_embeddings.weight"], "model.norm.weight": full["norm.weight"],
+           "lm_head.weight": full["output.weight"]}
+    for name, tensor in full.items():
+        if not name.startswith("layers."):
+            continue
+        _, i, *rest = name.split(".")
+        meta = ".".join(rest[:-1])
+        if meta == "attention.wq":
+            tensor = interleaved_to_halves(tensor, n_heads)
+        elif meta == "attention.wk":
+            tensor = interleaved_to_halves(tensor, n_kv)
+        out[f"model.layers.{i}.{HF_NAMES[meta]}.weight"] = tensor
+    return out
+
+
+def meta_forward(full: dict[str, torch.Tensor], params: dict, tokens: torch.Tensor) -> torch.Tensor:
+    """Logits of Meta's reference LLaMA forward (complex rotary on interleaved pairs, kv heads repeated), in fp32."""
+    w = {k: v.float() for k, v in full.items()}
+    dim, n_heads, eps = params["dim"], params["n_heads"], params["norm_eps"]
+    n_kv = params.get("n_kv_heads") or n_heads
+    head_dim, seq = dim // n_heads, tokens.shape[0]
+    freqs = 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    freqs_cis = torch.polar(torch.ones(seq, head_dim // 2), torch.outer(torch.arange(seq).float(), freqs))
+
+    def norm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:  # x: [seq, heads, head_dim]
+        pairs = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2).contiguous())
+        return torch.view_as_real(pairs * freqs_cis[:, None, :]).flatten(2)
+
+    mask = torch.full((seq, seq), float("-inf")).triu(1)
+    h = w["tok_embeddings.weight"][tokens]
+    for i in range(params["n_layers"]):
+        p = f"layers.{i}."
+        x = norm(h, w[p + "attention_norm.weight"])
+        q = rotate((x @ w[p + "attention.wq.weight"].T).view(seq, n_heads, head_dim))
+        k = rotate((x @ w[p + "attention.wk.weight"].T).view(seq, n_kv, head_dim))
+        v = (x @ w[p + "attention.wv.weight"].T).view(seq, n_kv, head_dim)
+        k, v = (t.repeat_interleave(n_heads // n_kv, dim=1) for t in (k, v))  # query head j reads kv head j // rep
+        scores = torch.einsum("qhd,khd->hqk", q, k) / head_dim**0.5 + mask
+        attn = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).reshape(seq, dim)
+        h = h + attn @ w[p + "attention.wo.weight"].T
+        x = norm(h, w[p + "ffn_norm.weight"])
+        gate = torch.nn.functional.silu(x @ w[p + "feed_forward.w1.weight"].T)
+        h = h + (gate * (x @ w[p + "feed_forward.w3.weight"].T)) @ w[p + "feed_forward.w2.weight"].T
+    return norm(h, w["norm.weight"]) @ w["output.weight"].T
+
+
+def test_interleaved_to_halves_follows_the_definition():
+    rows = torch.arange(16).float()[:, None]  # 2 heads of 8 rows
+    assert interleaved_to_halves(rows, 2)[:, 0].tolist() == [0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15]
+
+
+@pytest.mark.parametrize(("shards", "heads", "kv_heads"), LAYOUTS)
+def test_shards_and_grouped_kv_heads_convert_to_an_independent_reassembly(tmp_path, shards, heads, kv_heads):
     meta = tiny.write_llama_meta(tmp_path / "meta", shards=shards, n_heads=heads, n_kv_heads=kv_heads)
     convert_llama_meta(input_dir=meta, out=tmp_path / "hf")
-    expected_dir = tiny.write_llama_hf(tmp_path / "expected", num_heads=heads, num_kv_heads=kv_heads)
-    expected = load_file(str(expected_dir / "model.safetensors"))
+    expected = expected_hf(*meta_unsharded(meta))
     got = load_file(str(tmp_path / "hf" / "model.safetensors"))
-    assert all(torch.equal(got[n], t) for n, t in expected.items())
+    assert set(got) == set(expected)
+    for name, tensor in expected.items():
+        assert got[name].dtype == torch.float16 and torch.equal(got[name], tensor), name
+    kv = kv_heads or heads
+    assert got["model.layers.0.self_attn.k_proj.weight"].shape == (64 // heads * kv, 64)
+
+
+@pytest.mark.parametrize(("shards", "heads", "kv_heads"), LAYOUTS)
+def test_converted_model_gives_the_logits_of_metas_forward(tmp_path, shards, heads, kv_heads):
+    from transformers import LlamaForCausalLM
+
+    meta = tiny.write_llama_meta(tmp_path / "meta", shards=shards, n_heads=heads, n_kv_heads=kv_heads)
+    convert_llama_meta(input_dir=meta, out=tmp_path / "hf")
+    full, params = meta_unsharded(meta)
+    tokens = torch.tensor([1, 17, 250, 3, 99, 42, 7, 300, 5, 64])
+    reference = meta_forward(full, params, tokens)
+    model = LlamaForCausalLM.from_pretrained(str(tmp_path / "hf")).float().eval()
+    with torch.no_grad():
+        logits = model(tokens[None]).logits[0]
+        torch.testing.assert_close(logits, reference, rtol=1e-4, atol=1e-4)
+        # The check sees the rotary layout: Meta's q/k rows loaded unpermuted give other logits.
+        for i in range(params["n_layers"]):
+            attn = model.model.layers[i].self_attn
+            attn.q_proj.weight.copy_(full[f"layers.{i}.attention.wq.weight"].float())
+            attn.k_proj.weight.copy_(full[f"layers.{i}.attention.wk.weight"].float())
+        assert (model(tokens[None]).logits[0] - reference).abs().max() > 1e-2
 
 
 @pytest.mark.slow
