@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the test suite drives for real: headless Chromium (pages of the Gradio demos), iproute2
-# (`ip link set lo up` inside `unshare -n` to prove tests are offline), git (upstream demo repos) and systemd
-# (`systemd-analyze verify` on rendered units). Installs only what is missing.
+# (`ip link set lo up` inside `unshare -n` to prove tests are offline), git (upstream demo repos), systemd
+# (`systemd-analyze verify` on rendered units) and openssh-server (the Ansible tests' own sshds on loopback).
+# Installs only what is missing.
 set -euo pipefail
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
@@ -9,6 +10,7 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 command -v git >/dev/null 2>&1 || need+=(git)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
 if [ ${#need[@]} -eq 0 ]; then
   echo "system packages: unchanged"
   exit 0
@@ -18,6 +20,12 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
+# No package may start a system service (a system sshd would listen on every address): only the tests' own run.
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
+  trap 'rm -f "$policy"' EXIT
+fi
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 echo "system packages: installed ${need[*]}"
