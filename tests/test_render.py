@@ -4,45 +4,44 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import stat
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
 
 from modelrig.catalog import manifest_paths
-from modelrig.errors import LaunchError
+from modelrig.envs.tools import find_python
+from modelrig.errors import EnvBuildError, LaunchError
 from modelrig.manifest import load_manifest
 from modelrig.render import render, render_entry
 from tests.helpers.launching import plan_for
 
-PYENV = Path.home() / ".pyenv" / "versions"
+
+def interpreter_for(version: str) -> str:
+    """The manifest's Python `version` ("3.10"), found the way `modelrig env` finds it (python3.10 on PATH, pyenv's
+    versions, `uv python find`). None installed fails the test: compiling with another version proves nothing."""
+    try:
+        interp, _ = find_python(version)
+    except EnvBuildError as exc:
+        pytest.fail(f"the rendered scripts of manifests asking for Python {version} cannot be compiled: {exc} "
+                    f"(or `uv python install {version}` where uv can download Pythons)", pytrace=False)
+    return interp.path
 
 
-def interpreter_for(version: str) -> tuple[str, str]:
-    """An interpreter of `version` (e.g. "3.10": python3.10 on PATH or pyenv's), else the nearest one available
-    (this test's own at worst); returns (path, the version it is)."""
-    found: dict[str, str] = {}
-    on_path = shutil.which(f"python{version}")
-    if on_path and _version(on_path):
-        found[_version(on_path)] = on_path
-    for folder in sorted(PYENV.glob("3.*")):
-        if (folder / "bin" / "python").exists():
-            found.setdefault(".".join(folder.name.split(".")[:2]), str(folder / "bin" / "python"))
-    found.setdefault(f"{sys.version_info[0]}.{sys.version_info[1]}", sys.executable)
-    minor = int(version.split(".")[1])
-    best = min(found, key=lambda v: abs(int(v.split(".")[1]) - minor))
-    return found[best], best
+def test_a_missing_manifest_python_fails_instead_of_using_another(monkeypatch, tmp_path):
+    for var in ("PATH", "PYENV_ROOT", "UV_PYTHON_INSTALL_DIR"):
+        monkeypatch.setenv(var, str(tmp_path))
+    with pytest.raises(pytest.fail.Exception, match=r"Python 3\.10 cannot be compiled: no Python 3\.10 found"):
+        interpreter_for("3.10")
 
 
-def _version(python: str) -> str | None:
-    """"3.10" for a working interpreter; None for one that does not run (e.g. an inactive pyenv shim)."""
-    out = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True,
-                         text=True, check=False)
-    return out.stdout.strip() if out.returncode == 0 else None
+def test_the_interpreter_found_is_of_the_asked_version():
+    python = interpreter_for(f"{sys.version_info[0]}.{sys.version_info[1]}")
+    done = subprocess.run([python, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == str(tuple(sys.version_info[:2]))
 
 
 def _paths(manifest) -> dict[str, Path]:
@@ -74,14 +73,14 @@ def test_every_entry_of_every_shipped_manifest_renders_and_compiles(tmp_path):
                 elif file.suffix == ".sh":
                     shell.append(str(file))
     assert rendered == sum(len(load_manifest(p).launch) for p in manifest_paths())
+    assert by_python, "no rendered Python scripts"
     for version, files in by_python.items():
-        python, used = interpreter_for(version)
-        if used != version:
-            warnings.warn(f"Python {version} is not installed under {PYENV}; compiled with {used}", stacklevel=1)
-        done = subprocess.run([python, "-c", "import py_compile, sys\nfor f in sys.argv[1:]: "
-                               "py_compile.compile(f, doraise=True, cfile=f + 'c')", *files],
+        python = interpreter_for(version)
+        done = subprocess.run([python, "-c", "import py_compile, sys\nassert '%d.%d' % sys.version_info[:2] == "
+                               "sys.argv[1], sys.version\nfor f in sys.argv[2:]: "
+                               "py_compile.compile(f, doraise=True, cfile=f + 'c')", version, *files],
                               capture_output=True, text=True)
-        assert done.returncode == 0, f"Python {used} (for {version}):\n{done.stderr}"
+        assert done.returncode == 0, f"Python {version} ({python}):\n{done.stderr}"
     for script in shell:
         done = subprocess.run(["sh", "-n", script], capture_output=True, text=True)
         assert done.returncode == 0, (script, done.stderr)
