@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 .PHONY: setup system-deps demo test lint
 
 setup:
-	bash scripts/bootstrap.sh
+	MODELRIG_VENV=$(VENV) bash scripts/bootstrap.sh
 
 system-deps:
 	bash scripts/system-deps.sh

@@ -67,6 +67,8 @@ class EnvBuildPlan:
     #: Set when tokenizers is built from a git ref (needs cargo and rustc).
     needs_rust: bool
     warnings: list[str] = field(default_factory=list)
+    #: The PyTorch variant index the first install takes torch from; None when torch comes from the normal indexes.
+    torch_index_url: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -107,13 +109,14 @@ def plan_env_build(
             raise ValueError("the conda backend needs the conda executable")
         create = create_conda_command(conda=conda, path=path, python=env.python, channels=list(config.conda.channels))
     packages = package_requirements(env)
-    installs = install_commands(env, packages, installer=installer, uv=uv, python=python,
-                                indexes=indexes_for(env, config.pip, offline=offline),
+    indexes = indexes_for(env, config.pip, offline=offline)
+    installs = install_commands(env, packages, installer=installer, uv=uv, python=python, indexes=indexes,
                                 constraints=path / CONSTRAINTS_NAME)
     needs_rust = bool(env.tokenizers and env.tokenizers.get("source") == "git")
+    torch_index = indexes.torch_index_url if env.torch.requirements else None
     return EnvBuildPlan(key=key, path=path, spec=spec, backend=backend, installer=installer, python=python,
                         constraints=list(env.torch.requirements), commands=[create, *installs],
-                        needs_rust=needs_rust)
+                        needs_rust=needs_rust, torch_index_url=torch_index)
 
 
 def resolve_installer(requested: Literal["auto", "uv", "pip"]) -> tuple[Installer, str | None]:
@@ -217,9 +220,21 @@ def _run_build(plan: EnvBuildPlan, env: EnvPlan, *, data: DataRoot, log: Path) -
     where = f"uv's cache {proc_env['UV_CACHE_DIR']}" if plan.installer == "uv" else "the find-links folders"
     what = f"{plan.installer} install" + (f" (offline: only packages in {where}; run once online or point "
                                           "UV_CACHE_DIR at a warm cache)" if offline else "")
-    for cmd in installs:
-        _run(cmd, env={**proc_env, "VIRTUAL_ENV": str(plan.path)}, log=log, what=what)
+    for index, cmd in enumerate(installs):
+        first_torch = index == 0 and plan.torch_index_url and not offline
+        hint = torch_index_hint(plan.torch_index_url, config_file=data.config_file) if first_torch else ""
+        _run(cmd, env={**proc_env, "VIRTUAL_ENV": str(plan.path)}, log=log, what=what, hint=hint,
+             fields={"torch_index_url": plan.torch_index_url} if hint else None)
     return smoke_check(plan.python, env_vars=env.env_vars)
+
+
+def torch_index_hint(torch_index_url: str, *, config_file: Path | str = "<data root>/config.yaml") -> str:
+    """What to change when the PyTorch index cannot be reached (a mirror-only network, e.g. in China): the host
+    config settings that take torch from a mirror or a local wheel folder instead."""
+    return (f"torch comes from the PyTorch index {torch_index_url}; if it is unreachable here, set in the host "
+            f"config ({config_file}) `pip.use_torch_index: false` with `pip.index_url: <a PyPI mirror "
+            "that has torch>` or `pip.find_links: [<a folder of torch wheels>]`, or `pip.torch_index_base: "
+            "<a mirror of download.pytorch.org/whl>`")
 
 
 def _cache_vars(data: DataRoot) -> dict[str, str]:
@@ -227,7 +242,8 @@ def _cache_vars(data: DataRoot) -> dict[str, str]:
             "PIP_CACHE_DIR": os.environ.get("PIP_CACHE_DIR") or str(data.cache / "pip")}
 
 
-def _run(cmd: list[str], *, env: dict[str, str], log: Path, what: str) -> None:
+def _run(cmd: list[str], *, env: dict[str, str], log: Path, what: str, hint: str = "",
+         fields: dict[str, Any] | None = None) -> None:
     with open(log, "a", encoding="utf-8") as out:
         out.write("$ " + " ".join(cmd) + "\n")
         out.flush()
@@ -237,7 +253,8 @@ def _run(cmd: list[str], *, env: dict[str, str], log: Path, what: str) -> None:
             raise EnvBuildError(f"cannot {what}: {cmd[0]}: {exc.strerror}") from None
     if proc.returncode != 0:
         reason = failure_reason(log.read_text(encoding="utf-8", errors="replace"))
-        raise EnvBuildError(f"{what} failed (exit {proc.returncode}): {reason} (log: {log})")
+        raise EnvBuildError(f"{what} failed (exit {proc.returncode}): {reason}" + (f"; {hint}" if hint else "")
+                            + f" (log: {log})", log=str(log), **(fields or {}))
 
 
 _DECORATION = re.compile(r"^[\s×╰─▶│|:]+")

@@ -19,9 +19,15 @@ def resolved_spec(env: EnvPlan, *, backend: Backend, python_version: str) -> dic
     """Everything that decides an env's contents: the plan's env, the backend and the exact interpreter version.
 
     `python_version` is the interpreter's full version ("3.11.7"): a patch upgrade of the base interpreter gives
-    a new env rather than silently reusing one built against another interpreter.
+    a new env rather than silently reusing one built against another interpreter. Where torch is downloaded from
+    (the PyTorch variant index, a mirror, a local wheel folder) is left out: the same version, variant and
+    requirements are the same build, so `modelrig demo` (local wheels when pip's configuration has them) and a
+    later `modelrig up` of the same model on the same host share one env, and adding a mirror to the host config
+    rebuilds nothing.
     """
-    return {"backend": backend, "python_version": python_version, "plan": asdict(env)}
+    plan = asdict(env)
+    plan["torch"].pop("index_url", None)
+    return {"backend": backend, "python_version": python_version, "plan": plan}
 
 
 def env_key(spec: dict[str, Any]) -> str:
