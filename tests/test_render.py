@@ -140,7 +140,7 @@ def test_start_script_sets_offline_hub_and_the_plan_env(tmp_path):
     assert "ENV_PREFIX=/envs/abc" in start
     assert "export HF_HUB_OFFLINE=1" in start
     assert "export OMP_NUM_THREADS=4" in start
-    assert f'HF_HOME="${{HF_HOME:-{tmp_path}/cache/hf}}"' in start
+    assert f"CACHE_DIR={tmp_path}/cache\n" in start and 'HF_HOME="${HF_HOME:-$CACHE_DIR/hf}"' in start
     assert "-m streamlit run app.py" in start and "--server.port \"$MODELRIG_PORT\"" in start
     assert stat.S_IMODE((tmp_path / "chat" / "start.sh").stat().st_mode) == 0o755
     assert result.details["entries"]["chat"]["port"] == 6006

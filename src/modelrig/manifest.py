@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from typing_extensions import TypedDict
 
 from modelrig.errors import ManifestError
 from modelrig.yamlpos import Loc, YamlSyntaxError, line_for, load_with_lines
@@ -17,6 +20,16 @@ FULL_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _SLUG = r"^[a-z0-9][a-z0-9._-]*$"
 _REPO = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
 _SIZE = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+#: An upstream demo repository: a GitHub `owner/name`, or a git URL / absolute path in a shell-inert alphabet.
+_UPSTREAM_REPO = (r"^([A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
+                  r"|(https|http|ssh|git|file)://[A-Za-z0-9._~:/@%+=-]+"
+                  r"|git@[A-Za-z0-9.-]+:[A-Za-z0-9._~/-]+"
+                  r"|/[A-Za-z0-9._~/@+-]+)$")
+_GIT_REF = r"^[A-Za-z0-9][A-Za-z0-9._/-]*$"
+_SCRIPT = r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$"
+_HOSTNAME = re.compile(r"^(?=.{1,253}\.?$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
 
 Precision = Literal["fp32", "bf16", "fp16", "int8", "int4"]
 Platform = Literal["cuda", "mps", "cpu"]
@@ -76,6 +89,39 @@ def _check_requirement(value: str) -> str:
 RequirementStr = Annotated[str, AfterValidator(_check_requirement)]
 
 
+def _check_one_line(value: str) -> str:
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in value):
+        raise ValueError("must be one line of text: control characters (newline, tab, NUL, ...) are not allowed")
+    return value
+
+
+#: Text shown on one line (titles, names, revisions): no newline, NUL or other control character.
+OneLine = Annotated[str, AfterValidator(_check_one_line)]
+
+
+def is_bind_address(value: str) -> bool:
+    """True for an IP address (IPv6 optionally in brackets) or a DNS hostname: what a server can listen on."""
+    host = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return host == value and bool(_HOSTNAME.match(value))
+
+
+def _check_bind(value: str) -> str:
+    if not is_bind_address(value):
+        raise ValueError("expected an IP address or a hostname to listen on, such as 127.0.0.1, 0.0.0.0, :: or "
+                         "gpu-box.local")
+    return value
+
+
+#: A listen address: an IP address or a hostname.
+BindAddress = Annotated[str, AfterValidator(_check_bind)]
+#: An environment variable name as a shell `export` takes it.
+EnvName = Annotated[str, Field(pattern=_ENV_NAME)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -83,16 +129,16 @@ class _Strict(BaseModel):
 class License(_Strict):
     """The model's license; `gated` repos need a token (never written anywhere by modelrig)."""
 
-    name: str
+    name: OneLine
     gated: bool = False
-    url: str | None = None
+    url: OneLine | None = None
 
 
 class HubRef(_Strict):
     """A repository on the Hugging Face Hub or ModelScope at a revision."""
 
     repo: Annotated[str, Field(pattern=_REPO)]
-    revision: Annotated[str, Field(min_length=1)]
+    revision: Annotated[OneLine, Field(min_length=1)]
     #: The revision is a moving ref (branch or tag) that `modelrig lock` pins to a commit.
     to_pin: bool = False
     repo_type: Literal["model", "dataset"] = "model"
@@ -236,7 +282,7 @@ class PlatformExtras(_Strict):
     """Packages and environment variables added on one kind of host."""
 
     packages: list[RequirementStr] = []
-    env: dict[str, str] = {}
+    env: dict[EnvName, str] = {}
 
 
 class EnvSpec(_Strict):
@@ -249,7 +295,7 @@ class EnvSpec(_Strict):
     packages: list[RequirementStr] = []
     tokenizers: TokenizersSpec | None = None
     platform: dict[Platform, PlatformExtras] = {}
-    env: dict[str, str] = {}
+    env: dict[EnvName, str] = {}
 
     @field_validator("torch")
     @classmethod
@@ -271,12 +317,22 @@ class Resources(_Strict):
 class UpstreamRepo(_Strict):
     """The model's own demo script from its repository at a pinned commit (or a local mirror)."""
 
-    repo: str
-    ref: str
+    repo: Annotated[str, Field(pattern=_UPSTREAM_REPO)]
+    ref: Annotated[str, Field(pattern=_GIT_REF)]
     to_pin: bool = False
-    script: str
-    args: list[str] = []
+    script: Annotated[str, Field(pattern=_SCRIPT)]
+    args: list[OneLine] = []
     requirements: list[RequirementStr] = []
+
+
+class LaunchOptions(TypedDict, total=False):
+    """Kind-specific entry options (see launch/README.md); any key is allowed, the ones below are checked."""
+
+    __pydantic_config__ = ConfigDict(extra="allow")  # type: ignore[misc]
+    #: Listen address of this entry.
+    bind: BindAddress
+    served_model_name: OneLine
+    health_path: OneLine
 
 
 class LaunchEntry(_Strict):
@@ -284,14 +340,14 @@ class LaunchEntry(_Strict):
 
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]*$")]
     kind: LaunchKind
-    adapter: str | None = None
+    adapter: OneLine | None = None
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
     #: Which weight source or step output to serve; defaults to the model's output.
-    weights: str | None = None
+    weights: OneLine | None = None
     #: Restrict this entry to some kinds of host.
     platforms: list[Platform] | None = None
     upstream: UpstreamRepo | None = None
-    options: dict[str, Any] = {}
+    options: LaunchOptions = {}
 
     @model_validator(mode="after")
     def _check(self) -> LaunchEntry:
@@ -319,15 +375,15 @@ class Manifest(_Strict):
     """A model: where its weights come from, what is done to them, what env runs them, how its demos start."""
 
     id: Annotated[str, Field(pattern=_SLUG)]
-    title: str
+    title: OneLine
     description: str = ""
     license: License
-    architecture: str | None = None
+    architecture: OneLine | None = None
     trust_remote_code: bool = False
     weights: Annotated[dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], WeightSource], Field(min_length=1)]
     convert: list[ConvertStep] = []
     #: Which weight source or step output is the model; defaults to the last step's output or the first source.
-    output: str | None = None
+    output: OneLine | None = None
     env: EnvSpec
     resources: Resources
     launch: list[LaunchEntry] = []
@@ -467,6 +523,12 @@ _PATTERN_MESSAGES = {
     r"^3\.\d{1,2}$": "expected a Python version such as '3.10'",
     r"^[a-z][a-z0-9_]*$": "expected a lowercase name: a-z, 0-9, '_', starting with a letter",
     r"^[a-z][a-z0-9_-]*$": "expected a lowercase name: a-z, 0-9, '_', '-', starting with a letter",
+    _ENV_NAME: "expected an environment variable name: letters, digits, '_', not starting with a digit",
+    _UPSTREAM_REPO: "expected a repository 'owner/name' (letters, digits, '.', '_', '-') or a git URL or absolute "
+                    "path without spaces or shell characters",
+    _GIT_REF: "expected a git commit, tag or branch (letters, digits, '.', '_', '/', '-'; not starting with '-')",
+    _SCRIPT: "expected a script path inside the repository (letters, digits, '.', '_', '/', '-'; not starting "
+             "with '-')",
 }
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import plistlib
+import re
 import secrets as _secrets
 import shlex
 import time
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,7 +18,7 @@ import jinja2
 
 from modelrig.config import HostConfig
 from modelrig.errors import LaunchError
-from modelrig.manifest import CUDA_ONLY_KINDS, LaunchEntry, Manifest
+from modelrig.manifest import ADAPTERS, CUDA_ONLY_KINDS, LaunchEntry, Manifest, is_bind_address
 from modelrig.plan import Plan
 from modelrig.resources import launch_dir
 from modelrig.result import StageResult
@@ -44,12 +48,20 @@ UI_AUTH_KINDS = frozenset({"gradio_chat", "gradio_vision_chat", "streamlit_chat"
 
 SECRETS_FILE = "secrets.env"
 ENTRY_FILE = "entry.json"
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach."""
-    return host in _LOOPBACK or host.startswith("127.")
+    """True for addresses only this machine can reach: `localhost` or a loopback IP address (127.0.0.0/8, ::1,
+    brackets allowed). A hostname that merely starts with "127." is not loopback."""
+    host = host.strip()
+    if host.lower() == "localhost":
+        return True
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def unit_name(model_id: str, entry: str) -> str:
@@ -63,7 +75,8 @@ def launchd_label(model_id: str, entry: str) -> str:
 
 
 def _py(value: Any) -> str:
-    """A Python literal for a JSON-like value (paths become strings)."""
+    """A Python literal for a JSON-like value (paths become strings); `repr` escapes quotes, backslashes and every
+    unprintable character, so the literal is one token on one line whatever the text."""
     if isinstance(value, Path):
         value = str(value)
     if isinstance(value, Mapping):
@@ -75,16 +88,116 @@ def _py(value: Any) -> str:
     raise LaunchError(f"cannot put {type(value).__name__} {value!r} into a launch script")
 
 
+def _sh(value: Any) -> str:
+    """One POSIX shell word that expands to exactly `value` (nothing in it is evaluated)."""
+    text = str(value)
+    if "\0" in text:
+        raise LaunchError(f"cannot put {text!r} into a shell script: it contains a NUL byte")
+    return shlex.quote(text)
+
+
+_SH_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_WORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SYSTEMD_PLAIN = re.compile(r"^[A-Za-z0-9_./:@+=,-]+$")
+
+
+def _sh_name(value: Any) -> str:
+    """An environment variable name, checked: anything else would be shell code after `export`."""
+    text = str(value)
+    if not _SH_NAME.match(text):
+        raise LaunchError(f"{text!r} is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
+    return text
+
+
+def _word(value: Any) -> str:
+    """A value the schema restricts to letters, digits, '.', '_', '-' (ids, entry names, kinds), checked again."""
+    text = str(value)
+    if not _WORD.match(text):
+        raise LaunchError(f"{text!r} is not a plain name (letters, digits, '.', '_', '-')")
+    return text
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c == " " or c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _comment(value: Any) -> str:
+    """Text for a `#` comment: unprintable characters (newlines, NUL, line separators) shown as escapes, so the
+    comment stays one line."""
+    return _printable(str(value))
+
+
+def _no_controls(text: str, what: str) -> str:
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text):
+        raise LaunchError(f"cannot put {text!r} into a {what}: it contains control characters")
+    return text
+
+
+def _systemd(value: Any) -> str:
+    """One systemd command-line word (ExecStart=): quoted when needed, `\\` and `"` escaped, `%` specifiers and `$`
+    variable references doubled so they stay literal."""
+    text = _no_controls(str(value), "systemd unit")
+    text = text.replace("%", "%%")
+    if _SYSTEMD_PLAIN.match(text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "$$") + '"'
+
+
+def _systemd_path(value: Any) -> str:
+    """A path for a systemd setting that takes one path (WorkingDirectory=): `%` doubled, no control characters;
+    the setting takes the rest of the line verbatim."""
+    text = _no_controls(str(value), "systemd unit")
+    if not text.startswith("/"):
+        raise LaunchError(f"{text!r}: systemd needs an absolute path")
+    return text.replace("%", "%%")
+
+
+def _systemd_text(value: Any) -> str:
+    """Free text for a one-line systemd setting (Description=): `%` doubled, unprintable characters escaped."""
+    return _printable(str(value)).replace("%", "%%")
+
+
+#: Filters every template hole goes through, by target language: `py` (Python literal), `sh` (shell word),
+#: `sh_name` (checked variable name), `word` (checked plain name), `comment` (one-line comment text), `systemd`
+#: (ExecStart= word), `systemd_path` (WorkingDirectory=), `systemd_text` (Description=).
+FILTERS = {"py": _py, "sh": _sh, "sh_name": _sh_name, "word": _word, "comment": _comment, "systemd": _systemd,
+           "systemd_path": _systemd_path, "systemd_text": _systemd_text}
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(launch_dir())),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
-        autoescape=lambda name: bool(name and name.endswith(".plist.j2")),
+        autoescape=False,
     )
-    env.filters["py"] = _py
-    env.filters["sh"] = lambda value: shlex.quote(str(value))
+    env.filters.update(FILTERS)
     return env
+
+
+#: Written into every plist; launchd files cannot hold secrets.
+_PLIST_NOTE = "<!-- Rendered by modelrig. Secrets stay in secrets.env (mode 0600), never in this file. -->\n"
+
+
+def launchd_plist(label: str, entry_dir: Path | str, log_path: Path | str) -> str:
+    """The launchd job of an entry, written by plistlib (every string XML-escaped; text XML cannot hold, such as
+    control characters, is refused)."""
+    job = {
+        "Label": label,
+        "ProgramArguments": ["/bin/sh", f"{entry_dir}/start.sh"],
+        "WorkingDirectory": str(entry_dir),
+        "RunAtLoad": True,
+        "KeepAlive": {"SuccessfulExit": False},
+        "ThrottleInterval": 5,
+        "StandardOutPath": str(log_path),
+        "StandardErrorPath": str(log_path),
+    }
+    try:
+        text = plistlib.dumps(job, sort_keys=False).decode("utf-8")
+    except ValueError as exc:
+        raise LaunchError(f"cannot write the launchd plist of {label}: {exc}") from None
+    head, sep, rest = text.partition("<plist")
+    return head + _PLIST_NOTE + sep + rest
 
 
 def served_weights(manifest: Manifest, entry: LaunchEntry) -> str:
@@ -138,7 +251,14 @@ def render_entry(manifest: Manifest, entry: LaunchEntry, plan: Plan, paths: Mapp
             raise LaunchError(f"{manifest.id}/{entry.name}: vLLM would run remote code from unpinned revisions "
                               f"({', '.join(unpinned)}); run `modelrig lock` first")
     bind = bind or entry.options.get("bind") or config.serve.bind
+    if not isinstance(bind, str) or not is_bind_address(bind):
+        raise LaunchError(f"{manifest.id}/{entry.name}: cannot listen on {bind!r}: expected an IP address or a "
+                          "hostname")
+    if entry.adapter is not None and entry.adapter not in ADAPTERS:
+        raise LaunchError(f"{manifest.id}/{entry.name}: unknown adapter {entry.adapter!r}")
     secrets = dict(secrets or {})
+    for name in secrets:
+        _sh_name(name)
     if not is_loopback(bind):
         if kind == "upstream_script":
             raise LaunchError(f"{manifest.id}/{entry.name}: upstream demos have no authentication; keep them on "
@@ -192,12 +312,11 @@ def render_entry(manifest: Manifest, entry: LaunchEntry, plan: Plan, paths: Mapp
     files["start.sh"] = env.get_template("services/start.sh.j2").render(
         **service, env_prefix=str(env_prefix), bind=bind, port=port, device=plan.device,
         cache_dir=str(cache_dir) if cache_dir else "", env_vars=sorted(plan.env.env_vars.items()),
-        exec_line=exec_line)
+        exec_line=exec_line, auth_var=_auth_var(kind), loopback_only=kind == "upstream_script")
     unit = unit_name(manifest.id, entry.name)
     label = launchd_label(manifest.id, entry.name)
     files[unit] = env.get_template("services/systemd.service.j2").render(**service, wanted_by="default.target")
-    files[f"{label}.plist"] = env.get_template("services/launchd.plist.j2").render(
-        **service, label=label, log_path=str(log_path or entry_dir / f"{entry.name}.log"))
+    files[f"{label}.plist"] = launchd_plist(label, entry_dir, log_path or entry_dir / f"{entry.name}.log")
     if secrets:
         files[SECRETS_FILE] = "".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(secrets.items()))
     health: dict[str, Any] = {"type": "none"}
@@ -229,6 +348,11 @@ def _vllm_args(options: Mapping[str, Any]) -> list[str]:
     if options.get("enforce_eager"):
         args.append("--enforce-eager")
     return args + [str(a) for a in options.get("extra_args", [])]
+
+
+def _auth_var(kind: str) -> str | None:
+    """The secret a listener of this kind must have off loopback (None: no listener, or no auth of its own)."""
+    return "MODELRIG_API_KEY" if kind in API_KEY_KINDS else "MODELRIG_UI_AUTH" if kind in UI_AUTH_KINDS else None
 
 
 def _url_host(host: str) -> str:
@@ -303,12 +427,13 @@ def _mode(name: str) -> int:
 def render(manifest: Manifest, plan: Plan, out_dir: Path, *, paths: Mapping[str, Path | str], python: Path | str,
            config: HostConfig | None = None, entries: list[str] | None = None, bind: str | None = None,
            secrets: Mapping[str, str] | None = None, revisions: Mapping[str, str] | None = None,
-           cache_dir: Path | None = None, log_dir: Path | None = None) -> StageResult:
+           cache_dir: Path | None = None, log_dir: Path | None = None, check: bool = False) -> StageResult:
     """Render the plan's launch entries (or `entries`) into `out_dir/<entry>/`; idempotent.
 
     Files whose content is unchanged are not rewritten, so `changed` is True only when something was written
-    or removed. `secrets.env` is written with mode 0600; see `entry_secrets` for where secrets come from.
-    Returns a `StageResult` whose details map each entry to its folder and written files.
+    or removed; a file edited by hand is put back. `secrets.env` is written with mode 0600; see `entry_secrets`
+    for where secrets come from. With `check`, nothing is written: the result says what would be, and why
+    (`reasons`). Returns a `StageResult` whose details map each entry to its folder and written files.
     """
     started = time.perf_counter()
     config = config or HostConfig()
@@ -320,6 +445,7 @@ def render(manifest: Manifest, plan: Plan, out_dir: Path, *, paths: Mapping[str,
         raise LaunchError(f"{manifest.id}: no launch entry {', '.join(map(repr, unknown))} (entries: "
                           f"{', '.join(by_name) or 'none'})")
     report: dict[str, Any] = {}
+    reasons: list[str] = []
     changed = False
     for name in names:
         entry = by_name[name]
@@ -330,21 +456,14 @@ def render(manifest: Manifest, plan: Plan, out_dir: Path, *, paths: Mapping[str,
                              bind=entry_bind, secrets=values, revisions=revisions, cache_dir=cache_dir,
                              log_path=(log_dir / f"{name}.log") if log_dir else None)
         key = digest(files)
-        written: list[str] = []
-        removed: list[str] = []
         previous = read_stamp(entry_dir) or {}
-        if previous.get("key") != key or not all((entry_dir / rel).is_file() for rel in files):
-            for rel, text in files.items():
-                target = entry_dir / rel
-                mode = _mode(rel)
-                current = target.read_text(encoding="utf-8") if target.is_file() else None
-                if current != text or (target.stat().st_mode & 0o777) != mode:
-                    atomic_write_text(target, text, mode=mode)
-                    written.append(rel)
-            for rel in previous.get("files", []):
-                if rel not in files and (entry_dir / rel).is_file():
-                    (entry_dir / rel).unlink()
-                    removed.append(rel)
+        written, removed, why = _differences(entry_dir, files, previous, key)
+        reasons.extend(f"{name}: {reason}" for reason in why)
+        if not check and (written or removed or previous.get("key") != key):
+            for rel in written:
+                atomic_write_text(entry_dir / rel, files[rel], mode=_mode(rel))
+            for rel in removed:
+                (entry_dir / rel).unlink()
             write_stamp(entry_dir, {"key": key, "files": sorted(files)})
         changed = changed or bool(written or removed)
         report[name] = {"dir": str(entry_dir), "written": sorted(written), "removed": removed,
@@ -353,4 +472,30 @@ def render(manifest: Manifest, plan: Plan, out_dir: Path, *, paths: Mapping[str,
     summary = (f"rendered {sum(bool(r['written'] or r['removed']) for r in report.values())} of {len(report)} "
                f"launch entries into {out_dir}")
     return StageResult(stage="render", changed=changed, summary=summary, model=manifest.id,
-                       seconds=time.perf_counter() - started, details={"entries": report, "out": str(out_dir)})
+                       seconds=time.perf_counter() - started, details={"entries": report, "out": str(out_dir)},
+                       reasons=reasons, check=check)
+
+
+def _differences(entry_dir: Path, files: Mapping[str, str], previous: Mapping[str, Any],
+                 key: str) -> tuple[list[str], list[str], list[str]]:
+    """(files to write, files to remove, why) for one entry: compared with what is on disk, not only the stamp,
+    so a file edited by hand is found."""
+    written: list[str] = []
+    why: list[str] = []
+    inputs_changed = bool(previous) and previous.get("key") != key
+    for rel, text in files.items():
+        target = entry_dir / rel
+        if not target.is_file():
+            written.append(rel)
+            why.append(f"{rel} is missing" if previous else f"{rel} not rendered yet")
+        elif target.read_text(encoding="utf-8", errors="replace") != text:
+            written.append(rel)
+            cause = "the manifest, plan, paths or host config changed" if inputs_changed \
+                else "edited since it was rendered"
+            why.append(f"{rel} differs from its rendering: {cause}")
+        elif (target.stat().st_mode & 0o777) != _mode(rel):
+            written.append(rel)
+            why.append(f"{rel} has mode {target.stat().st_mode & 0o777:o}, not {_mode(rel):o}")
+    removed = [rel for rel in previous.get("files", []) if rel not in files and (entry_dir / rel).is_file()]
+    why.extend(f"{rel} is no longer rendered" for rel in removed)
+    return sorted(written), removed, why
