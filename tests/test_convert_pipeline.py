@@ -38,11 +38,12 @@ def test_demo_manifest_converts_meta_base_and_ziya_delta_into_the_target(weights
     assert code == 0, err
     result = json.loads(out)
     assert result["changed"] is True
-    assert [s["details"]["kind"] for s in result["details"]["steps"]] == ["llama-meta", "delta", "safetensors"]
+    assert [s["details"]["kind"] for s in result["details"]["steps"]] == ["llama-meta+delta+safetensors"]
     final = data_root / "models" / "demo-tiny-ziya" / "final"
     assert result["details"]["output"] == str(final)
-    for name in ("base_hf", "merged", "final"):
-        assert (data_root / "models" / "demo-tiny-ziya" / name / ".modelrig-stamp.json").is_file()
+    assert (final / ".modelrig-stamp.json").is_file()
+    assert not (data_root / "models" / "demo-tiny-ziya" / "base_hf").exists()
+    assert not (data_root / "models" / "demo-tiny-ziya" / "merged").exists()
     got, want = _tensors(final), _tensors(weights["target"])
     assert all(torch.equal(got[k], v) for k, v in want.items())
     assert json.loads((final / "config.json").read_text())["vocab_size"] == 448
@@ -50,7 +51,7 @@ def test_demo_manifest_converts_meta_base_and_ziya_delta_into_the_target(weights
     code, out, _ = cli("convert", "demo-tiny-ziya", "--input", f"base={weights['meta']}",
                        "--input", f"delta={weights['delta']}")
     assert code == 0
-    assert "unchanged" in out and "base_hf unchanged, merged unchanged, final unchanged" in out
+    assert "final unchanged (fused: llama_meta_to_hf -> apply_delta -> to_safetensors)" in out
 
 
 def test_fetched_store_folders_are_found_without_overrides(weights, data_root, cli):

@@ -10,6 +10,7 @@ of target and difference.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +20,16 @@ import torch
 
 from modelrig.convert.io import (
     CHUNK_ELEMENTS,
-    BufferRing,
     LazyTensor,
     ModelReader,
     OutputTensor,
+    RowSource,
     copy_extra_files,
     dtype_name,
     row_chunks,
     write_safetensors_shards,
 )
+from modelrig.convert.product import Product, write_product
 from modelrig.convert.step import run_step
 from modelrig.errors import ConversionError
 from modelrig.manifest import DeltaConvention
@@ -131,11 +133,24 @@ def _same_shape(name: str, b: LazyTensor, d: LazyTensor, convention: str) -> Non
                               f"{list(d.shape)} under convention {convention}; wrong base model size?")
 
 
-def similarity(base: LazyTensor, delta: LazyTensor, rows: int) -> tuple[float, float]:
-    """(cosine, ||delta|| / ||base||) over the first `rows` rows, computed in float32 chunks."""
+#: The convention check reads at most this many rows of the embedding, in blocks spread evenly over it.
+CHECK_ROWS = 2048
+_CHECK_BLOCK = 64
+
+
+def _sample_blocks(rows: int) -> list[tuple[int, int]]:
+    if rows <= CHECK_ROWS:
+        return [(0, rows)]
+    blocks = CHECK_ROWS // _CHECK_BLOCK
+    starts = [(rows - _CHECK_BLOCK) * k // (blocks - 1) for k in range(blocks)]
+    return [(s, s + _CHECK_BLOCK) for s in starts]
+
+
+def similarity(base: RowSource, delta: RowSource, rows: int) -> tuple[float, float]:
+    """(cosine, ||delta|| / ||base||) over the first `rows` rows (a sample of `CHECK_ROWS` rows spread evenly
+    over them when there are more), computed in float32."""
     dot = bb = dd = 0.0
-    row = base.numel // base.shape[0]
-    for start, stop in row_chunks(rows, row):
+    for start, stop in _sample_blocks(rows):
         b = base.load_rows(start, stop).float()
         d = delta.load_rows(start, stop).float()
         dot += float((b * d).sum())
@@ -152,7 +167,7 @@ def check_convention(base: dict[str, LazyTensor], delta: dict[str, LazyTensor], 
     A difference is small and weakly correlated with the base; a fine-tuned full weight is close to it.
     """
     name = next((n for n in sorted(delta) if n.endswith("embed_tokens.weight") and n in base), None)
-    if name is None or not base[name].contiguous or not delta[name].contiguous:
+    if name is None or not getattr(base[name], "contiguous", True) or not getattr(delta[name], "contiguous", True):
         return
     rows = min(base[name].shape[0], delta[name].shape[0])
     cosine, ratio = similarity(base[name], delta[name], rows)
@@ -167,36 +182,48 @@ def check_convention(base: dict[str, LazyTensor], delta: dict[str, LazyTensor], 
                               "--convention add, zero-pad-add or slice-add")
 
 
-def _output_dtype(rule: MergeRule, b: LazyTensor | None, d: LazyTensor) -> torch.dtype:
+def _output_dtype(rule: MergeRule, b: RowSource | None, d: RowSource) -> torch.dtype:
     if rule.kind == "copy-delta":
         return d.dtype
     return b.dtype if b is not None else d.dtype
 
 
-def _merge_producer(b: LazyTensor, d: LazyTensor, rows: int, dtype: torch.dtype,
-                    ring: BufferRing | None = None, scratch: torch.Tensor | None = None):
-    """Yield `dtype(fp32(delta) + fp32(base))` (first `rows` rows; later rows from delta) in row chunks.
+@dataclass
+class MergedTensor:
+    """One output tensor of a merge, computed by rows: `dtype(fp32(delta) + fp32(base))` over the first
+    `rule.rows` rows (later rows from the delta), or the delta's rows as they are (`copy-delta`).
 
-    Equal half-precision inputs are added in place in reused buffers (`ring` for the delta rows that are yielded,
-    `scratch` for the base rows): PyTorch adds two halves in float32 and rounds once, so the bits are the same.
+    Equal half-precision inputs are added in place (the delta rows in the caller's buffer, the base rows in
+    `scratch`): PyTorch adds two halves in float32 and rounds once, so the bits are the same.
     """
-    def produce() -> Iterator[torch.Tensor]:
-        if not d.shape:
-            yield (d.load().float() + b.load().float()).to(dtype)
-            return
-        row = d.numel // d.shape[0] if d.shape[0] else 0
-        same = d.dtype == b.dtype == dtype and dtype in (torch.float16, torch.bfloat16)
-        for start, stop in row_chunks(d.shape[0], row):
-            if same:
-                chunk = d.load_rows(start, stop, into=ring.take() if ring else None)
-            else:
-                chunk = d.load_rows(start, stop).float()
-            if start < rows:
-                upto = min(stop, rows)
-                base_rows = b.load_rows(start, upto, into=scratch if same else None)
-                chunk[: upto - start] += base_rows if same else base_rows.float()
-            yield chunk.to(dtype)
-    return produce
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    rule: MergeRule
+    base: RowSource | None
+    delta: RowSource
+    scratch: torch.Tensor
+
+    @property
+    def row_align(self) -> int:
+        """Rows in the units both sides prefer."""
+        return math.lcm(self.delta.row_align, self.base.row_align if self.base is not None else 1)
+
+    def load_rows(self, start: int, stop: int, *, into: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows `start:stop` of the merged tensor."""
+        d, b = self.delta, self.base
+        if self.rule.kind == "copy-delta" or b is None:
+            return d.load_rows(start, stop, into=into).to(self.dtype)
+        if not self.shape:
+            return (d.load_rows(0, 1).float() + b.load_rows(0, 1).float()).to(self.dtype)
+        same = d.dtype == b.dtype == self.dtype and self.dtype in (torch.float16, torch.bfloat16)
+        chunk = d.load_rows(start, stop, into=into) if same else d.load_rows(start, stop).float()
+        if start < self.rule.rows:
+            upto = min(stop, self.rule.rows)
+            base_rows = b.load_rows(start, upto, into=self.scratch if same else None)
+            chunk[: upto - start] += base_rows if same else base_rows.float()
+        return chunk.to(self.dtype)
 
 
 def _difference_producer(b: LazyTensor, t: LazyTensor, rows: int, dtype: torch.dtype):
@@ -226,21 +253,36 @@ def _copy_producer(t: LazyTensor, dtype: torch.dtype):
     return produce
 
 
-def merge_tensors(base: dict[str, LazyTensor], delta: dict[str, LazyTensor], convention: str) -> list[OutputTensor]:
-    """The planned output tensors of applying `delta` to `base` (data produced lazily, chunk by chunk)."""
-    out: list[OutputTensor] = []
-    chunk_bytes = CHUNK_ELEMENTS * 2 + (64 << 10)
-    ring, scratch = BufferRing(chunk_bytes), torch.empty(chunk_bytes, dtype=torch.uint8)
+def merge_tensors(base: dict[str, RowSource], delta: dict[str, RowSource], convention: str) -> list[MergedTensor]:
+    """The tensors of applying `delta` to `base` (names and shapes checked now; data computed when read)."""
+    scratch = torch.empty(CHUNK_ELEMENTS * 8 + (64 << 10), dtype=torch.uint8)
+    out: list[MergedTensor] = []
     for rule in plan_merge(base, delta, convention):
         d = delta[rule.name]
         b = base.get(rule.name)
-        dtype = _output_dtype(rule, b, d)
-        if rule.kind == "copy-delta":
-            out.append(OutputTensor(rule.name, d.shape, dtype, _copy_producer(d, dtype)))
-        else:
-            assert b is not None
-            out.append(OutputTensor(rule.name, d.shape, dtype, _merge_producer(b, d, rule.rows, dtype, ring, scratch)))
+        out.append(MergedTensor(rule.name, tuple(d.shape), _output_dtype(rule, b, d), rule,
+                                None if rule.kind == "copy-delta" else b, d, scratch))
     return out
+
+
+def merged_product(base: Product, delta: Product, *, convention: str, check: bool = True) -> Product:
+    """The product of applying `delta` to `base`: merged tensors, and the delta's config (its `torch_dtype`
+    set to the merged dtype) and tokenizer files.
+
+    With `check`, the embedding is first checked to look like what the convention expects (full weights for
+    `replace`, a difference otherwise).
+    """
+    b, d = base.by_name(), delta.by_name()
+    tensors = merge_tensors(b, d, convention)
+    if check:
+        check_convention(b, d, convention)
+
+    def write_extras(dest: Path) -> list[str]:
+        names = delta.write_extras(dest)
+        _set_config_dtype(dest, tensors)
+        return names
+
+    return Product(list(tensors), write_extras)
 
 
 def apply_delta(*, base: Path, delta: Path, out: Path, convention: str, max_shard_size: int | str = "5GB",
@@ -254,34 +296,25 @@ def apply_delta(*, base: Path, delta: Path, out: Path, convention: str, max_shar
     base, delta, out = Path(base), Path(delta), Path(out)
     params = {"convention": convention, "max_shard_size": str(max_shard_size), "check": check}
 
-    def plan() -> tuple[ModelReader, ModelReader, list[OutputTensor]]:
-        b = ModelReader.open(base, allow_unsafe_pickle=allow_unsafe_pickle)
-        d = ModelReader.open(delta, allow_unsafe_pickle=allow_unsafe_pickle)
-        return b, d, merge_tensors(b.tensors, d.tensors, convention)
-
-    state: dict[str, object] = {}
+    state: dict[str, Product] = {}
 
     def needed() -> int:
-        b, d, tensors = plan()
-        state.update(b=b, d=d, tensors=tensors)
-        return sum(t.nbytes for t in tensors)
+        state["product"] = merged_product(Product.from_disk(base, allow_unsafe_pickle=allow_unsafe_pickle),
+                                          Product.from_disk(delta, allow_unsafe_pickle=allow_unsafe_pickle),
+                                          convention=convention, check=check)
+        return state["product"].nbytes
 
     def body(tmp: Path) -> dict[str, object]:
-        b, d, tensors = state["b"], state["d"], state["tensors"]
-        assert isinstance(b, ModelReader) and isinstance(d, ModelReader) and isinstance(tensors, list)
-        if check:
-            check_convention(b.tensors, d.tensors, convention)
-        files = write_safetensors_shards(tensors, tmp, max_shard_size=max_shard_size, desc="merge")
-        extra = copy_extra_files(delta, tmp)
-        _set_config_dtype(tmp, tensors)
-        return {"files": files, "copied": extra, "tensors": len(tensors),
-                "summary": f"delta ({convention}): {len(tensors)} tensors -> {out}"}
+        product = state["product"]
+        files, extra = write_product(product, tmp, max_shard_size=max_shard_size, desc="merge")
+        return {"files": files, "copied": extra, "tensors": len(product.tensors),
+                "summary": f"delta ({convention}): {len(product.tensors)} tensors -> {out}"}
 
     return run_step("delta", out=out, params=params, sources={"base": base, "delta": delta}, needed_bytes=needed,
                     body=body, cache=cache, model=model)
 
 
-def _set_config_dtype(tmp: Path, tensors: list[OutputTensor]) -> None:
+def _set_config_dtype(tmp: Path, tensors: list[MergedTensor]) -> None:
     cfg = tmp / "config.json"
     if not cfg.is_file():
         return

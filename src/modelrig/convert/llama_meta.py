@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,12 +13,12 @@ import torch
 from modelrig.convert.io import (
     CHUNK_ELEMENTS,
     LazyTensor,
-    OutputTensor,
     dtype_name,
+    into_buffer,
     open_checkpoint_file,
-    row_chunks,
-    write_safetensors_shards,
+    row_numel,
 )
+from modelrig.convert.product import Product, write_product
 from modelrig.convert.step import run_step
 from modelrig.errors import ConversionError
 from modelrig.result import StageResult
@@ -213,9 +213,75 @@ def _expected_shape(layout: MetaLayout, hf_name: str) -> tuple[int, ...]:
     return (d,)
 
 
-def plan_conversion(layout: MetaLayout, shards: list[dict[str, LazyTensor]]) -> list[OutputTensor]:
-    """The HF tensors, each concatenated from its shard slices (and rotary-permuted for q/k) when produced."""
-    out: list[OutputTensor] = []
+@dataclass
+class MetaTensor:
+    """One HF tensor assembled from Meta's tensor-parallel shard slices, read by rows (never whole).
+
+    Rows of column-parallel weights (`cat_dim` 0) come shard after shard, each read straight into the caller's
+    buffer; q/k rows are permuted head by head (a head never spans two shards, so permuting each shard's heads
+    equals permuting the concatenation); row-parallel weights and the embedding (`cat_dim` 1) are concatenated
+    along columns; replicated tensors (`cat_dim` None) come from the first shard.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    parts: list[LazyTensor]
+    cat_dim: int | None
+    rotary_heads: int
+    scratch: torch.Tensor
+
+    @property
+    def row_align(self) -> int:
+        """One rotary head's rows for q/k (so chunks hold whole heads), else 1."""
+        return self.shape[0] // self.rotary_heads if self.rotary_heads else 1
+
+    def load_rows(self, start: int, stop: int, *, into: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows `start:stop` of the HF tensor."""
+        if self.cat_dim is None:
+            return self.parts[0].load_rows(start, stop, into=into)
+        if not all(p.contiguous for p in self.parts):
+            whole = torch.cat([p.load() for p in self.parts], dim=self.cat_dim)
+            whole = permute_rotary(whole, self.rotary_heads) if self.rotary_heads else whole
+            return whole[start:stop].contiguous()
+        width = row_numel(self.shape)
+        out = into_buffer(into, (stop - start) * width * self.dtype.itemsize).view(self.dtype)
+        out = out.view(stop - start, *self.shape[1:])
+        if self.cat_dim == 1:
+            col = 0
+            for p in self.parts:
+                out[:, col:col + p.shape[1]] = p.load_rows(start, stop, into=self.scratch)
+                col += p.shape[1]
+            return out
+        align = self.row_align
+        lo, hi = start - start % align, min(self.shape[0], stop + (-stop) % align)
+        first = 0
+        for p in self.parts:
+            a, b = max(lo, first), min(hi, first + p.shape[0])
+            if a < b and not self.rotary_heads:
+                p.load_rows(a - first, b - first, into=_bytes(out[a - start:b - start]))
+            elif a < b:
+                block = p.load_rows(a - first, b - first, into=self.scratch)
+                heads = (b - a) // align
+                halves = block.view(heads, align // 2, 2, width).transpose(1, 2)
+                if a >= start and b <= stop:
+                    out[a - start:b - start].view(heads, 2, align // 2, width).copy_(halves)
+                else:
+                    rows = halves.reshape(b - a, width)
+                    keep_a, keep_b = max(a, start), min(b, stop)
+                    out[keep_a - start:keep_b - start] = rows[keep_a - a:keep_b - a]
+            first += p.shape[0]
+        return out
+
+
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1).view(torch.uint8)
+
+
+def plan_conversion(layout: MetaLayout, shards: list[dict[str, LazyTensor]]) -> list[MetaTensor]:
+    """The HF tensors of a Meta checkpoint, checked against `params.json` (shapes) and read when asked."""
+    out: list[MetaTensor] = []
+    scratch = torch.empty(CHUNK_ELEMENTS * 8 + (64 << 10), dtype=torch.uint8)
     for meta, hf, cat_dim, rotary in tensor_map(layout):
         parts = []
         for k, shard in enumerate(shards):
@@ -239,44 +305,39 @@ def plan_conversion(layout: MetaLayout, shards: list[dict[str, LazyTensor]]) -> 
             raise ConversionError(f"{layout.shards[0].parent}: {meta} assembles to {list(got)}, expected "
                                   f"{list(shape)}{hint}")
         heads = layout.n_heads if rotary == "q" else layout.n_kv_heads if rotary == "k" else 0
-        out.append(OutputTensor(hf, shape, parts[0].dtype, _assemble(parts, cat_dim, heads)))
+        out.append(MetaTensor(hf, shape, parts[0].dtype, parts, cat_dim, heads, scratch))
     return out
 
 
-def _assemble(parts: list[LazyTensor], cat_dim: int | None, rotary_heads: int):
-    """A producer of one HF tensor from its shard slices, in row chunks (never the whole tensor at once).
+def meta_product(input_dir: Path, *, size: str | None = None, llama_version: str = "1") -> Product:
+    """The HF tensors, config, generation config and tokenizer files of a Meta checkpoint (nothing read yet
+    beyond the shards' pickles)."""
+    layout = read_layout(Path(input_dir), size=size)
+    tensors = plan_conversion(layout, [open_checkpoint_file(p) for p in layout.shards])
+    dtype = tensors[0].dtype
 
-    Rows of column-parallel weights come shard after shard; q/k rows are permuted head by head (a head never
-    spans two shards, so permuting each shard's heads equals permuting the concatenation); row-parallel
-    weights and the embedding are concatenated along columns one block of rows at a time.
-    """
-    def produce() -> Iterator[torch.Tensor]:
-        if cat_dim is None:
-            yield parts[0].load().clone()
-            return
-        if not all(p.contiguous for p in parts):
-            t = torch.cat([p.load() for p in parts], dim=cat_dim)
-            yield permute_rotary(t, rotary_heads).contiguous() if rotary_heads else t
-            return
-        if cat_dim == 1:
-            rows, width = parts[0].shape[0], sum(p.shape[1] for p in parts)
-            for start, stop in row_chunks(rows, width):
-                yield torch.cat([p.load_rows(start, stop) for p in parts], dim=1)
-            return
-        heads_per_part = rotary_heads // len(parts) if rotary_heads else 0
-        for p in parts:
-            rows, width = p.shape
-            if not heads_per_part:
-                for start, stop in row_chunks(rows, width):
-                    yield p.load_rows(start, stop)
-                continue
-            head_rows = rows // heads_per_part
-            per_chunk = max(1, CHUNK_ELEMENTS // (head_rows * width))
-            for h in range(0, heads_per_part, per_chunk):
-                n = min(per_chunk, heads_per_part - h)
-                block = p.load_rows(h * head_rows, (h + n) * head_rows)
-                yield permute_rotary(block, n).contiguous()
-    return produce
+    def write_extras(dest: Path) -> list[str]:
+        config = llama_config_dict(
+            vocab_size=layout.vocab_size, hidden_size=layout.dim, intermediate_size=layout.intermediate_size,
+            num_layers=layout.n_layers, num_heads=layout.n_heads, num_kv_heads=layout.n_kv_heads,
+            rms_norm_eps=float(layout.params.get("norm_eps", 1e-6)),
+            max_position_embeddings=CONTEXT_LENGTH.get(llama_version, 2048), dtype=dtype_name(dtype),
+            rope_theta=float(layout.params.get("rope_theta", 10000.0)))
+        (dest / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (dest / "generation_config.json").write_text(
+            json.dumps({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}, indent=2, sort_keys=True) + "\n")
+        before = set(p.name for p in dest.iterdir())
+        write_llama_tokenizer(dest, layout.tokenizer.read_bytes())
+        return ["config.json", "generation_config.json", *sorted(p.name for p in dest.iterdir()
+                                                                 if p.name not in before)]
+
+    return Product(list(tensors), write_extras)
+
+
+def meta_sources(input_dir: Path, *, size: str | None = None) -> dict[str, Path]:
+    """The files a Meta conversion reads, by role (for the step's stamp)."""
+    layout = read_layout(Path(input_dir), size=size)
+    return {"checkpoint": Path(input_dir), "tokenizer": layout.tokenizer}
 
 
 def convert_llama_meta(*, input_dir: Path, out: Path, size: str | None = None, llama_version: str = "1",
@@ -287,33 +348,25 @@ def convert_llama_meta(*, input_dir: Path, out: Path, size: str | None = None, l
     Shards are read lazily (plain reads of the zip records), one output tensor in memory at a time.
     """
     input_dir, out = Path(input_dir), Path(out)
-    layout = read_layout(input_dir, size=size)
+    sources = meta_sources(input_dir, size=size)
     params = {"size": size, "llama_version": llama_version, "max_shard_size": str(max_shard_size)}
-    state: dict[str, Any] = {}
+    state: dict[str, Product] = {}
 
     def needed() -> int:
-        shards = [open_checkpoint_file(p) for p in layout.shards]
-        state["tensors"] = plan_conversion(layout, shards)
-        return sum(t.nbytes for t in state["tensors"])
+        state["product"] = meta_product(input_dir, size=size, llama_version=llama_version)
+        return state["product"].nbytes
 
     def body(tmp: Path) -> dict[str, Any]:
-        tensors: list[OutputTensor] = state["tensors"]
-        files = write_safetensors_shards(tensors, tmp, max_shard_size=max_shard_size, desc="llama-meta")
-        dtype = tensors[0].dtype
-        config = llama_config_dict(
-            vocab_size=layout.vocab_size, hidden_size=layout.dim, intermediate_size=layout.intermediate_size,
-            num_layers=layout.n_layers, num_heads=layout.n_heads, num_kv_heads=layout.n_kv_heads,
-            rms_norm_eps=float(layout.params.get("norm_eps", 1e-6)),
-            max_position_embeddings=CONTEXT_LENGTH.get(llama_version, 2048), dtype=dtype_name(dtype),
-            rope_theta=float(layout.params.get("rope_theta", 10000.0)))
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        (tmp / "generation_config.json").write_text(
-            json.dumps({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}, indent=2, sort_keys=True) + "\n")
-        write_llama_tokenizer(tmp, layout.tokenizer.read_bytes())
-        return {"files": files, "dtype": dtype_name(dtype), "shards_in": len(layout.shards),
-                "summary": f"llama-meta: {len(layout.shards)} shard(s), {len(tensors)} tensors "
-                           f"({dtype_name(dtype)}) -> {out}"}
+        product = state["product"]
+        files, _ = write_product(product, tmp, max_shard_size=max_shard_size, desc="llama-meta")
+        dtype, shards = dtype_name(product.tensors[0].dtype), len(_shard_files(input_dir))
+        return {"files": files, "dtype": dtype, "shards_in": shards,
+                "summary": f"llama-meta: {shards} shard(s), {len(product.tensors)} tensors ({dtype}) -> {out}"}
 
-    sources = {"checkpoint": input_dir, "tokenizer": layout.tokenizer}
     return run_step("llama-meta", out=out, params=params, sources=sources, needed_bytes=needed, body=body,
                     cache=cache, model=model)
+
+
+def _shard_files(input_dir: Path) -> list[Path]:
+    """The `consolidated.NN.pth` files of a Meta checkpoint folder."""
+    return sorted(Path(input_dir).glob("consolidated.*.pth"))

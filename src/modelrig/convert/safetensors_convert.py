@@ -7,15 +7,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from modelrig.convert.io import (
-    LazyTensor,
-    ModelReader,
-    OutputTensor,
-    copy_extra_files,
-    verify_safetensors_output,
-    whole,
-    write_safetensors_shards,
-)
+from modelrig.convert.io import LazyTensor, ModelReader, copy_extra_files
+from modelrig.convert.product import Product, write_product
 from modelrig.convert.step import run_step
 from modelrig.result import StageResult
 
@@ -47,38 +40,45 @@ def dedupe_aliases(tensors: dict[str, LazyTensor]) -> tuple[dict[str, LazyTensor
     return dict(sorted(kept.items())), dict(sorted(removed.items()))
 
 
+def safetensors_product(source: Path | Product, *, allow_unsafe_pickle: bool = False) -> Product:
+    """The tensors a `to_safetensors` step writes: a folder's or file's tensors with tied aliases kept once (the
+    dropped names recorded in the metadata), or a previous step's product as it is (it has no aliases)."""
+    if isinstance(source, Product):
+        return source
+    source = Path(source)
+    reader = ModelReader.open(source, allow_unsafe_pickle=allow_unsafe_pickle)
+    kept, removed = dedupe_aliases(reader.tensors)
+    return Product(list(kept.values()), lambda dest: copy_extra_files(source, dest), metadata=removed)
+
+
 def convert_to_safetensors(*, source: Path, out: Path, max_shard_size: int | str = "5GB",
                            allow_unsafe_pickle: bool = False, cache: Path | None = None,
                            model: str | None = None) -> StageResult:
     """Convert a `.bin` model (file or folder, sharded or not) to safetensors shards next to its other files.
 
     Pickles are opened with torch's `weights_only=True` unpickler; one needing arbitrary globals is refused
-    unless `allow_unsafe_pickle` (which prints a warning). Every written tensor is reloaded with safetensors
-    and compared with its source before the output is committed.
+    unless `allow_unsafe_pickle` (which prints a warning). The lazy reader is checked against torch's own
+    unpickler on every tensor's first and last bytes; each written shard is reopened with safetensors' reader
+    (header, names, shapes, dtypes) and its data is known by the sha256 of the bytes written.
     """
     source, out = Path(source), Path(out)
     params = {"max_shard_size": str(max_shard_size), "allow_unsafe_pickle": allow_unsafe_pickle}
     if allow_unsafe_pickle:
         print(f"modelrig: warning: --allow-unsafe-pickle: {source} will be fully unpickled; a malicious file can "
               "run any code as this user", file=sys.stderr)
-    state: dict[str, Any] = {}
+    state: dict[str, Product] = {}
 
     def needed() -> int:
-        reader = ModelReader.open(source, allow_unsafe_pickle=allow_unsafe_pickle)
-        kept, removed = dedupe_aliases(reader.tensors)
-        state.update(kept=kept, removed=removed)
-        return sum(t.nbytes for t in kept.values())
+        state["product"] = safetensors_product(source, allow_unsafe_pickle=allow_unsafe_pickle)
+        return state["product"].nbytes
 
     def body(tmp: Path) -> dict[str, Any]:
-        kept: dict[str, LazyTensor] = state["kept"]
-        removed: dict[str, str] = state["removed"]
-        tensors = [OutputTensor(n, t.shape, t.dtype, whole(t.load)) for n, t in kept.items()]
-        files = write_safetensors_shards(tensors, tmp, max_shard_size=max_shard_size, metadata=removed,
-                                         desc="safetensors")
-        verify_safetensors_output(tmp, {n: t.load for n, t in kept.items()})
-        copied = copy_extra_files(source, tmp) if source.is_dir() else []
-        return {"files": files, "copied": copied, "tensors": len(tensors), "aliases_dropped": removed,
-                "summary": f"safetensors: {len(tensors)} tensors ({len(removed)} tied aliases dropped) -> {out}"}
+        product = state["product"]
+        files, copied = write_product(product, tmp, max_shard_size=max_shard_size, desc="safetensors")
+        removed = product.metadata
+        return {"files": files, "copied": copied, "tensors": len(product.tensors), "aliases_dropped": removed,
+                "summary": f"safetensors: {len(product.tensors)} tensors ({len(removed)} tied aliases dropped) "
+                           f"-> {out}"}
 
     return run_step("safetensors", out=out, params=params, sources={"source": source}, needed_bytes=needed,
                     body=body, cache=cache, model=model)
