@@ -200,6 +200,8 @@ class WeightSource(_Strict):
 class _Step(_Strict):
     #: Name of what this step produces; later steps and `output` refer to it. Defaults to the step kind.
     output: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")] | None = None
+    #: Write this step's output to disk even when the next step could read it directly (a fused chain).
+    keep: bool = False
 
     @property
     def output_name(self) -> str:

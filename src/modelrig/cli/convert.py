@@ -41,6 +41,9 @@ def _parser(verb: str) -> argparse.ArgumentParser:
         p.add_argument("--local", action="append", default=[], metavar="NAME=PATH",
                        help="path of user-supplied weights named by a manifest's local: var (repeatable)")
         p.add_argument("--tf-python", help="python of a conversion env with tensorflow-cpu and transformers<5")
+        p.add_argument("--keep-intermediates", action="store_true",
+                       help="write every step's output to its own folder instead of fusing steps that feed each "
+                            "other into one pass (as `keep: true` on every step)")
     elif verb == "llama-meta":
         p.add_argument("--input", required=True, type=Path, help="folder with params.json and consolidated.NN.pth")
         p.add_argument("--size", choices=("7B", "13B", "30B", "33B", "65B"),
@@ -88,7 +91,8 @@ def _run_model(args: argparse.Namespace, ctx: Context, model: str) -> StageResul
 
     manifest = load_model(model)
     inputs, local = parse_pairs(args.input, "--input"), parse_pairs(args.local, "--local")
-    return run_pipeline(manifest, ctx, inputs=inputs, local=local, tf_python=args.tf_python)
+    return run_pipeline(manifest, ctx, inputs=inputs, local=local, tf_python=args.tf_python,
+                        keep_intermediates=args.keep_intermediates)
 
 
 def _run_step(verb: str, args: argparse.Namespace, ctx: Context) -> StageResult:

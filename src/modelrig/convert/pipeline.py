@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from modelrig.config import Context, local_weights_dir
+from modelrig.convert.chain import chain_summary, group_steps, run_chain
 from modelrig.convert.delta import apply_delta
 from modelrig.convert.llama_meta import convert_llama_meta
 from modelrig.convert.safetensors_convert import convert_to_safetensors
@@ -47,9 +48,12 @@ def source_dir(name: str, source: WeightSource, ctx: Context, *, local: Mapping[
 
 
 def run_pipeline(manifest: Manifest, ctx: Context, *, inputs: Mapping[str, str] | None = None,
-                 local: Mapping[str, str] | None = None, tf_python: str | None = None) -> StageResult:
+                 local: Mapping[str, str] | None = None, tf_python: str | None = None,
+                 keep_intermediates: bool = False) -> StageResult:
     """Run every conversion step of `manifest` in order; each is skipped when its stamped output is current.
 
+    Consecutive steps that feed each other run as one fused pass (`chain.group_steps`) unless a step says
+    `keep: true` or `keep_intermediates` is set, which writes every step's output as its own folder.
     `inputs` (NAME=DIR) overrides where a weight source or an earlier output is read from.
     """
     inputs = dict(inputs or {})
@@ -74,11 +78,16 @@ def run_pipeline(manifest: Manifest, ctx: Context, *, inputs: Mapping[str, str] 
         raise ConversionError(f"{manifest.id}: step input {key!r} is neither a weight source nor an earlier output")
 
     results: list[StageResult] = []
+    done: list[str] = []
     previous: str | None = None
+    groups = group_steps(manifest, keep_intermediates=keep_intermediates, overridden=frozenset(inputs))
     with timed() as clock:
-        for step in manifest.convert:
+        for group in groups:
+            step = group[-1]
             out = ctx.data.output_dir(manifest.id, step.output_name)
-            if isinstance(step, LlamaMetaToHf):
+            if len(group) > 1:
+                result = run_chain(group, out=out, where=where, cache=cache, model=manifest.id)
+            elif isinstance(step, LlamaMetaToHf):
                 result = convert_llama_meta(input_dir=where(step.input), out=out, size=step.size, cache=cache,
                                             model=manifest.id)
             elif isinstance(step, ApplyDelta):
@@ -104,10 +113,10 @@ def run_pipeline(manifest: Manifest, ctx: Context, *, inputs: Mapping[str, str] 
             produced[step.output_name] = out
             previous = step.output_name
             results.append(result)
+            done.append(chain_summary(group, result))
     changed = any(r.changed for r in results)
-    done = [f"{s.output_name} {'built' if r.changed else 'unchanged'}" for s, r in zip(manifest.convert, results,
-                                                                                          strict=True)]
-    summary = f"{len(results)} step(s): " + ", ".join(done) if results else "no conversion steps"
+    summary = f"{len(manifest.convert)} step(s): " + ", ".join(done) if results else "no conversion steps"
     return StageResult(stage="convert", changed=changed, model=manifest.id, seconds=clock["seconds"],
                        summary=summary, details={"steps": [r.to_dict() for r in results],
                                                  "output": str(produced.get(manifest.output_name, ""))})
+
