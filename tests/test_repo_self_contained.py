@@ -226,3 +226,29 @@ def test_facts_tests_pass_from_a_copy_with_nothing_beside_it(tmp_path):
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     passed = re.search(r"(\d+) passed", summary)
     assert passed and int(passed.group(1)) >= 100 and not re.search(r"skipped|deselected|error", summary), summary
+
+
+def test_ci_runs_make_test_in_a_clone_alone_in_an_empty_folder(tmp_path):
+    """.ci/run with a stand-in `make` that records where and how it was called."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout: .ci/run clones the committed tree")
+    record = tmp_path / "record"
+    stub = tmp_path / "bin" / "make"
+    stub.parent.mkdir()
+    stub.write_text('#!/bin/sh\n{ echo "args=$*"; echo "cwd=$PWD"; echo "beside=$(ls -A ..)"; '
+                    'echo "head=$(git rev-parse HEAD)"; echo "venv=$VENV"; echo "bin_dir=[$MODELRIG_BIN_DIR]"; '
+                    f'}} > {record}\nexit "${{STUB_EXIT:-0}}"\n')
+    stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{stub.parent}{os.pathsep}{os.environ['PATH']}",
+           "MODELRIG_CI_HOME": str(tmp_path / "ci")}
+    done = subprocess.run([str(REPO / ".ci" / "run")], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    seen = dict(line.split("=", 1) for line in record.read_text().splitlines())
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert seen == {"args": "test", "cwd": str(tmp_path / "ci" / "clone" / "modelrig"), "beside": "modelrig",
+                    "head": head, "venv": str(tmp_path / "ci" / "venv"), "bin_dir": "[]"}
+    assert not (tmp_path / "ci" / "clone").exists()  # the clone is removed afterwards
+    failed = subprocess.run([str(REPO / ".ci" / "run")], env={**env, "STUB_EXIT": "3"}, capture_output=True,
+                            text=True, timeout=300)
+    assert failed.returncode == 3
