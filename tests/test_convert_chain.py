@@ -1,0 +1,141 @@
+"""Fused conversion chains: Meta -> HF -> delta merge -> safetensors in one pass, byte-identical to step by step."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modelrig import tiny
+from modelrig.catalog import resolve_model
+from modelrig.convert.chain import group_steps
+from modelrig.manifest import load_manifest
+from modelrig.stamp import STAMP_NAME, sha256_file
+from tests.test_convert_interrupt import _killed
+
+MODEL = "demo-tiny-ziya"
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chain-weights")
+    meta = tiny.write_llama_meta(root / "llama-meta")
+    base = tiny.write_llama_hf(root / "base-hf")
+    tiny.write_ziya_delta(base, root / "ziya-delta")
+    return {"meta": meta, "delta": root / "ziya-delta"}
+
+
+def _files(directory: Path) -> dict[str, str]:
+    return {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != STAMP_NAME}
+
+
+def _manifest_variant(tmp_path: Path, name: str, edit) -> Path:
+    data = yaml.safe_load(resolve_model(MODEL).read_text())
+    data["id"] = name
+    edit(data)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _args(weights, model: str | Path = MODEL) -> list[str]:
+    return ["convert", str(model), "--input", f"base={weights['meta']}", "--input", f"delta={weights['delta']}"]
+
+
+def test_fused_chain_writes_the_step_by_step_files_byte_for_byte_and_no_intermediates(weights, data_root, cli,
+                                                                                      tmp_path):
+    models = data_root / "models" / MODEL
+    code, out, err = cli(*_args(weights), "--json")
+    assert code == 0, err
+    fused = _files(models / "final")
+    assert sorted(p.name for p in models.iterdir()) == ["final"]  # base_hf and merged were never written
+    assert any(n.endswith(".safetensors") for n in fused) and "config.json" in fused
+    stamp = json.loads((models / "final" / STAMP_NAME).read_text())
+    assert stamp["kind"] == "llama-meta+delta+safetensors"
+    assert [(s["kind"], s["output"]) for s in stamp["params"]["steps"]] == [
+        ("llama-meta", "base_hf"), ("delta", "merged"), ("safetensors", "final")]
+    assert stamp["params"]["steps"][1]["convention"] == "replace"
+    assert stamp["params"]["steps"][2]["max_shard_size"] == "500MB"
+    assert set(stamp["inputs"]) == {"base_hf.checkpoint", "base_hf.tokenizer", "merged.delta"}
+    shutil.copytree(models / "final", tmp_path / "fused")
+
+    code, out, err = cli(*_args(weights), "--keep-intermediates", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert [s["details"]["kind"] for s in result["details"]["steps"]] == ["llama-meta", "delta", "safetensors"]
+    assert sorted(p.name for p in models.iterdir()) == ["base_hf", "final", "merged"]
+    assert _files(models / "final") == fused
+
+
+def test_rerun_of_a_fused_chain_is_unchanged(weights, data_root, cli):
+    assert cli(*_args(weights))[0] == 0
+    code, out, err = cli(*_args(weights), "--json")
+    assert code == 0, err
+    assert json.loads(out)["changed"] is False
+
+
+def test_keep_on_a_step_writes_that_output_and_fuses_the_rest(weights, data_root, cli, tmp_path):
+    def keep_base(data):
+        data["convert"][0]["llama_meta_to_hf"]["keep"] = True
+
+    path = _manifest_variant(tmp_path, "kept-tiny-ziya", keep_base)
+    code, out, err = cli(*_args(weights, path), "--json")
+    assert code == 0, err
+    kinds = [s["details"]["kind"] for s in json.loads(out)["details"]["steps"]]
+    assert kinds == ["llama-meta", "delta+safetensors"]
+    models = data_root / "models" / "kept-tiny-ziya"
+    assert sorted(p.name for p in models.iterdir()) == ["base_hf", "final"]
+
+    assert cli(*_args(weights), "--keep-intermediates")[0] == 0
+    assert _files(models / "final") == _files(data_root / "models" / MODEL / "final")
+
+
+def test_an_output_something_else_reads_is_not_fused_away(tmp_path):
+    def serve_merged(data):
+        data["launch"][1]["weights"] = "merged"
+
+    manifest = load_manifest(_manifest_variant(tmp_path, "served-tiny-ziya", serve_merged))
+    groups = [[s.output_name for s in g] for g in group_steps(manifest)]
+    assert groups == [["base_hf", "merged"], ["final"]]
+    assert [[s.output_name for s in g] for g in group_steps(manifest, keep_intermediates=True)] == [
+        ["base_hf"], ["merged"], ["final"]]
+    plain = load_manifest(resolve_model(MODEL))
+    assert [[s.output_name for s in g] for g in group_steps(plain)] == [["base_hf", "merged", "final"]]
+    assert [[s.output_name for s in g] for g in group_steps(plain, overridden=frozenset({"base_hf"}))] == [
+        ["base_hf"], ["merged", "final"]]
+
+
+def test_a_prefix_chain_meta_to_merge_matches_step_by_step(weights, data_root, cli, tmp_path):
+    def no_safetensors(data):
+        data["convert"] = data["convert"][:2]
+
+    path = _manifest_variant(tmp_path, "prefix-tiny-ziya", no_safetensors)
+    assert cli(*_args(weights, path))[0] == 0
+    models = data_root / "models" / "prefix-tiny-ziya"
+    assert sorted(p.name for p in models.iterdir()) == ["merged"]
+    fused = _files(models / "merged")
+    assert cli(*_args(weights, path), "--keep-intermediates")[0] == 0
+    assert _files(models / "merged") == fused
+
+
+@pytest.mark.parametrize("point", ["bytes:0.05", "bytes:0.6", "stamp", "rename"])
+def test_killed_fused_chain_leaves_nothing_finished_looking_and_reruns_to_the_same_bytes(weights, data_root, cli,
+                                                                                          point):
+    models = data_root / "models" / MODEL
+    assert cli(*_args(weights))[0] == 0
+    expected = _files(models / "final")
+    total = sum(p.stat().st_size for p in (models / "final").glob("*.safetensors"))
+    shutil.rmtree(models)
+    if point.startswith("bytes:"):
+        point = f"bytes:{int(float(point.split(':')[1]) * total)}"
+    assert _killed(point, _args(weights)) == -9
+    assert not (models / "final").exists()
+    assert not (models / "base_hf").exists() and not (models / "merged").exists()
+    assert [p for p in models.iterdir() if p.name.startswith(".modelrig-tmp-")]
+    code, _, err = cli(*_args(weights))
+    assert code == 0, err
+    assert _files(models / "final") == expected
+    assert not [p for p in models.iterdir() if p.name.startswith(".modelrig-tmp-")]
