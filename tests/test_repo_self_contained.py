@@ -252,3 +252,20 @@ def test_ci_runs_make_test_in_a_clone_alone_in_an_empty_folder(tmp_path):
     failed = subprocess.run([str(REPO / ".ci" / "run")], env={**env, "STUB_EXIT": "3"}, capture_output=True,
                             text=True, timeout=300)
     assert failed.returncode == 3
+
+
+def test_readme_says_which_host_files_are_derived_and_which_are_composed_by_hand():
+    import json
+
+    text = " ".join((REPO / "README.md").read_text().split())
+    derived = re.search(r"Seven are derived from real command outputs.*?: (.*?)\. Five", text)
+    hand = re.search(r"Five are composed by hand.*?: (.*?)\. The real outputs", text)
+    assert derived and hand
+
+    def names(listing: str) -> set[str]:
+        return set(re.findall(r"`([^`]+)`", listing))
+
+    files = {p.stem: json.loads(p.read_text()) for p in fixture_files(FIXTURES / "hosts", "*.json")}
+    assert names(derived.group(1)) == {name for name, data in files.items() if "derived_from" in data}
+    assert names(hand.group(1)) == {name for name, data in files.items() if "derived_from" not in data}
+    assert all("by hand" in files[name]["comment"] for name in names(hand.group(1)))
