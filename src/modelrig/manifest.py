@@ -266,8 +266,8 @@ class TokenizersSpec(_Strict):
 
     source: Literal["wheel", "git"] = "wheel"
     version: str | None = None
-    repo: str | None = None
-    ref: str | None = None
+    repo: OneLine | None = None
+    ref: OneLine | None = None
 
     @model_validator(mode="after")
     def _check(self) -> TokenizersSpec:
