@@ -15,8 +15,10 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from modelrig.config import HostConfig
+from modelrig.convert.fusion import group_steps
 from modelrig.errors import HostCannotRunError
 from modelrig.facts import Gpu, HostFacts
+from modelrig.humansize import format_size
 from modelrig.manifest import EnvSpec, Manifest, Resources
 from modelrig.plan import EnvPlan, Plan, TorchBuild
 
@@ -529,17 +531,24 @@ class DiskPlan:
     download_bytes: int
     convert_bytes: int
     needed_bytes: int
+    #: What writing the outputs of fused steps too (`keep: true`, --keep-intermediates) would add.
+    intermediate_bytes: int = 0
 
 
 def _sixteen_bit_gb(manifest: Manifest) -> float:
     return _sixteen_bit(manifest.resources) or manifest.resources.params_b * 2
 
 
-def _own_sizes(manifest: Manifest) -> tuple[float, float]:
-    """(download GB, conversion output GB) of one manifest, without its model dependencies."""
+def _own_sizes(manifest: Manifest) -> tuple[float, float, float]:
+    """(download GB, conversion output GB, fused-away intermediates GB) of one manifest, without its model
+    dependencies. Steps that run fused (`convert.fusion.group_steps`) write only their last step's output."""
     download = sum(s.size_gb or 0.0 for s in manifest.weights.values() if s.hubs)
-    converted = sum(_STEP_SIZE_FACTOR.get(step.kind, 1.0) * _sixteen_bit_gb(manifest) for step in manifest.convert)
-    return download, converted
+    converted = intermediates = 0.0
+    for group in group_steps(manifest):
+        sizes = [_STEP_SIZE_FACTOR.get(step.kind, 1.0) * _sixteen_bit_gb(manifest) for step in group]
+        converted += sizes[-1]
+        intermediates += sum(sizes[:-1])
+    return download, converted, intermediates
 
 
 def plan_disk(
@@ -547,23 +556,24 @@ def plan_disk(
 ) -> DiskPlan:
     """Download and disk needs of a model and of the `model:` dependencies not yet built.
 
-    Downloads come from each hub source's `size_gb`; each conversion step writes about the model's 16-bit size
-    (twice that for tf_to_pt). `resources.disk_gb`, when given, replaces the computed total of the model itself.
-    10% plus 2 GB is added for caches and temporary files.
+    Downloads come from each hub source's `size_gb`; each conversion pass writes about the model's 16-bit size
+    (twice that for tf_to_pt), a fused chain of steps only its final output. `resources.disk_gb`, when given,
+    replaces the computed total of the model itself. 10% plus 2 GB is added for caches and temporary files.
     """
     manifests = manifests or {}
-    download, converted = _own_sizes(manifest)
+    download, converted, intermediates = _own_sizes(manifest)
     own_total = manifest.resources.disk_gb or (download + converted)
     for dep in _dependencies(manifest, manifests):
         if dep.id in built:
             continue
-        dep_download, dep_converted = _own_sizes(dep)
+        dep_download, dep_converted, dep_intermediates = _own_sizes(dep)
         download += dep_download
         converted += dep_converted
+        intermediates += dep_intermediates
         own_total += dep.resources.disk_gb or (dep_download + dep_converted)
     needed = own_total * (1 + DISK_HEADROOM) + DISK_RESERVE_GB
     return DiskPlan(download_bytes=int(download * GB), convert_bytes=int(converted * GB),
-                    needed_bytes=int(needed * GB))
+                    needed_bytes=int(needed * GB), intermediate_bytes=int(intermediates * GB))
 
 
 def _dependencies(manifest: Manifest, manifests: Mapping[str, Manifest]) -> list[Manifest]:
@@ -622,9 +632,18 @@ def _fetch_steps(manifest: Manifest, *, prefix: str = "") -> list[dict[str, str]
 
 def _convert_steps(manifest: Manifest) -> list[dict[str, str]]:
     steps = []
+    fused = {id(step): group for group in group_steps(manifest) if len(group) > 1 for step in group}
     for step in manifest.convert:
         inputs = ", ".join(step.inputs) or "previous output"
         extra = f" ({step.convention} convention)" if step.kind == "apply_delta" else ""  # type: ignore[union-attr]
+        group = fused.get(id(step))
+        if group is not None and step is group[-1]:
+            size = sum(_STEP_SIZE_FACTOR.get(s.kind, 1.0) * _sixteen_bit_gb(manifest) for s in group[:-1])
+            kept = ", ".join(s.output_name for s in group[:-1])
+            extra += (f"; fused with the steps before it into one pass: {kept} not written (`keep: true` or "
+                      f"--keep-intermediates writes {kept}: {size:.0f} GB more disk)")
+        elif group is not None:
+            extra += "; read directly by the next step, not written"
         steps.append({"stage": "convert", "model": manifest.id,
                       "description": f"{step.kind}: {inputs} -> {step.output_name}{extra}"})
     return steps
@@ -658,14 +677,14 @@ def make_plan(
     disk = plan_disk(manifest, manifests=manifests, built=built)
     if disk.needed_bytes > facts.disk_free_bytes:
         refusals.append(
-            f"needs {disk.needed_bytes / GB:.0f} GB of disk under {facts.data_root} (downloads "
-            f"{disk.download_bytes / GB:.0f} GB, conversions {disk.convert_bytes / GB:.0f} GB, +10% and 2 GB); "
-            f"only {facts.disk_free_bytes / GB:.0f} GB free: free space or use a data root on a bigger disk")
+            f"needs {format_size(disk.needed_bytes)} of disk under {facts.data_root} (downloads "
+            f"{format_size(disk.download_bytes)}, conversions {format_size(disk.convert_bytes)}, +10% and 2 GB); "
+            f"only {format_size(facts.disk_free_bytes)} free: free space or use a data root on a bigger disk")
     convert_ram = max((m.resources.convert_ram_gb or 0.0 for m in [manifest, *deps]
                        if m.convert and m.id not in built), default=0.0)
     if convert_ram and convert_ram * GB > facts.ram_bytes:
-        refusals.append(f"the conversions need {convert_ram:g} GB of RAM; this host has {facts.ram_bytes / GB:.0f} GB: "
-                        "convert on a bigger host and copy the output, or add RAM")
+        refusals.append(f"the conversions need {convert_ram:g} GB of RAM; this host has "
+                        f"{format_size(facts.ram_bytes)}: convert on a bigger host and copy the output, or add RAM")
     env = _env_plan(manifest, platform, torch)
     launch = [e for e in manifest.launch if platform in e.allowed_platforms]
     skipped = [e.name for e in manifest.launch if e not in launch]

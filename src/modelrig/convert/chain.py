@@ -8,7 +8,7 @@ intermediate folders are never written, and the final files are byte for byte th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,63 +18,11 @@ from modelrig.convert.llama_meta import meta_product, meta_sources
 from modelrig.convert.product import Product, write_product
 from modelrig.convert.safetensors_convert import safetensors_product
 from modelrig.convert.step import run_step
-from modelrig.manifest import ApplyDelta, ConvertStep, LlamaMetaToHf, Manifest, ToSafetensors
+from modelrig.manifest import ApplyDelta, ConvertStep, LlamaMetaToHf, ToSafetensors
 from modelrig.result import StageResult
 
-#: Step kinds whose product a following step can read without it being written.
-FEEDS = (LlamaMetaToHf, ApplyDelta)
-#: Step kinds that can read the previous step's product.
-READS = (ApplyDelta, ToSafetensors)
-#: The name of each step kind in stamps and results (as the single-step commands call it).
-STAMP_KIND = {"llama_meta_to_hf": "llama-meta", "apply_delta": "delta", "to_safetensors": "safetensors"}
 #: Shard size of the steps that take none from the manifest.
 DEFAULT_SHARD = "5GB"
-
-
-def _reads(step: ConvertStep, name: str, previous: str | None) -> bool:
-    if isinstance(step, ToSafetensors) and step.input is None:
-        return previous == name
-    return name in step.inputs
-
-
-def _references(manifest: Manifest, name: str) -> int:
-    """How many things besides the steps read the output `name` (the model's output, launch entries)."""
-    count = int(manifest.output_name == name)
-    count += sum(1 for entry in manifest.launch if entry.weights == name)
-    return count
-
-
-def group_steps(manifest: Manifest, *, keep_intermediates: bool = False,
-                overridden: frozenset[str] = frozenset()) -> list[list[ConvertStep]]:
-    """The manifest's steps grouped into runs executed as one pass each (a run of one is a plain step).
-
-    Step i joins step i+1 when i is a `llama_meta_to_hf` or `apply_delta` step, i+1 an `apply_delta` or
-    `to_safetensors` step reading i's output, nothing else reads that output (no other step, not the model's
-    output, no launch entry), i is not marked `keep: true`, `keep_intermediates` is off and the output is not
-    given on the command line (`--input NAME=DIR`, in `overridden`).
-    """
-    steps = list(manifest.convert)
-    groups: list[list[ConvertStep]] = []
-    for i, step in enumerate(steps):
-        if groups and _joins(manifest, steps, i, keep_intermediates=keep_intermediates, overridden=overridden):
-            groups[-1].append(step)
-        else:
-            groups.append([step])
-    return groups
-
-
-def _joins(manifest: Manifest, steps: list[ConvertStep], i: int, *, keep_intermediates: bool,
-           overridden: frozenset[str]) -> bool:
-    prev, step = steps[i - 1], steps[i]
-    name = prev.output_name
-    if keep_intermediates or getattr(prev, "keep", False) or name in overridden:
-        return False
-    if not isinstance(prev, FEEDS) or not isinstance(step, READS) or not _reads(step, name, name):
-        return False
-    if isinstance(step, ApplyDelta) and step.base != name:
-        return False
-    readers = sum(1 for j in range(i, len(steps)) if _reads(steps[j], name, steps[j - 1].output_name))
-    return readers == 1 and _references(manifest, name) == 0
 
 
 @dataclass
@@ -157,7 +105,3 @@ def chain_summary(steps: list[ConvertStep], result: StageResult) -> str:
         return f"{steps[0].output_name} {state}"
     return f"{steps[-1].output_name} {state} (fused: {' -> '.join(s.kind for s in steps)})"
 
-
-def overridden_names(inputs: Mapping[str, str]) -> frozenset[str]:
-    """Output names given on the command line."""
-    return frozenset(inputs)

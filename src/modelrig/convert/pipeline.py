@@ -6,8 +6,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from modelrig.config import Context, local_weights_dir
-from modelrig.convert.chain import chain_summary, group_steps, run_chain
+from modelrig.convert.chain import chain_summary, run_chain
 from modelrig.convert.delta import apply_delta
+from modelrig.convert.fusion import group_steps
 from modelrig.convert.llama_meta import convert_llama_meta
 from modelrig.convert.safetensors_convert import convert_to_safetensors
 from modelrig.convert.tf import convert_h5, convert_tf1

@@ -1,0 +1,42 @@
+"""The planner's disk figure follows fused conversions: downloads + final output + headroom; intermediates priced."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from modelrig.catalog import load_model
+from modelrig.cli.plan import dependency_manifests
+from modelrig.facts import HostFacts
+from modelrig.planner import DISK_HEADROOM, DISK_RESERVE_GB, make_plan, plan_disk
+
+HOSTS = Path(__file__).parent / "fixtures" / "hosts"
+GB = 1e9
+
+
+def _a100() -> HostFacts:
+    return HostFacts.from_dict(json.loads((HOSTS / "a100-40gb.json").read_text(encoding="utf-8")))
+
+
+def test_ziya_blip2_on_the_recorded_a100_needs_beyond_downloads_only_the_final_output_and_headroom(cli):
+    manifest = load_model("ziya-blip2-14b-visual-v1")
+    plan = make_plan(manifest, _a100(), manifests=dependency_manifests(manifest))
+    final_output = 26 * GB  # the merged Ziya-LLaMA-13B in fp16: the only conversion output written
+    headroom = (plan.download_bytes + final_output) * DISK_HEADROOM + DISK_RESERVE_GB * GB
+    assert plan.fits
+    assert plan.disk_needed_bytes - plan.download_bytes <= final_output + headroom + 1
+
+    code, out, err = cli("plan", "ziya-blip2-14b-visual-v1", "--facts", HOSTS / "a100-40gb.json")
+    assert code == 0, err
+    assert "disk needed 64.2 GB" in out
+    assert "base_hf, merged not written" in out and "52 GB more disk" in out
+
+
+def test_keeping_intermediates_is_priced_and_a_kept_step_counts_in_full():
+    manifest = load_model("ziya-llama-13b-v1")
+    fused = plan_disk(manifest)
+    assert fused.convert_bytes == int(26 * GB) and fused.intermediate_bytes == int(52 * GB)
+    steps = [s.model_copy(update={"keep": True}) if s.output_name == "base_hf" else s for s in manifest.convert]
+    kept = plan_disk(manifest.model_copy(update={"convert": steps}))
+    assert kept.convert_bytes == int(52 * GB) and kept.intermediate_bytes == int(26 * GB)
+    assert kept.needed_bytes - fused.needed_bytes == int(26 * GB * (1 + DISK_HEADROOM))
