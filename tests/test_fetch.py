@@ -277,7 +277,7 @@ def test_host_config_preference_and_endpoints_are_used(cli: Cli, hub: str, tmp_p
 def test_disk_preflight_refuses_before_downloading(cli: Cli, hub: str, tmp_path: Path, data_root: Path) -> None:
     code, _, err = cli("fetch", tiny_manifest(tmp_path, revision="v1.0"), *endpoints(hub), "--headroom", "1PB")
     assert code == 4
-    assert "free, the download needs 393.6 KiB plus" in err and "headroom" in err
+    assert "free, the download needs 403 kB plus" in err and "headroom" in err
     store = data_root / "store" / "huggingface" / "org--tiny"
     assert not store.exists() or not any(p.suffix == ".safetensors" for p in store.rglob("*"))
 
@@ -286,8 +286,8 @@ def test_dry_run_lists_files_total_and_disk_check_without_downloading(cli: Cli, 
                                                                       data_root: Path) -> None:
     code, out, err = cli("fetch", tiny_manifest(tmp_path, revision="v1.0"), *endpoints(hub), "--dry-run")
     assert code == 0, err
-    assert "model.safetensors  390.6 KiB" in out
-    assert "dry run: 3 files, 393.6 KiB in all, 393.6 KiB to download;" in out and "enough with" in out
+    assert "model.safetensors  400 kB" in out
+    assert "dry run: 3 files, 403 kB in all, 403 kB to download;" in out and "enough with" in out
     assert not (data_root / "store").exists()
     code, out, _ = cli("fetch", tiny_manifest(tmp_path, revision="v1.0"), *endpoints(hub), "--dry-run",
                        "--headroom", "1PB", "--json")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -24,18 +25,41 @@ from typing import Any
 from modelrig.catalog import load_model
 from modelrig.config import Context, HostConfig
 from modelrig.errors import LaunchError
+from modelrig.netcheck import LOOPBACK_HINT, loopback_up
 from modelrig.result import StageResult
 
 DEMO_MODEL = "demo-tiny-ziya"
 HUB_DIR = "demo-hub"
 PROMPT = "Hello! What can you do?"
-REAL_MODEL_HINT = """\
-To run a real model instead (the same pipeline, real weights, a GPU or a Mac):
-  modelrig list                                   # the models modelrig knows
-  modelrig plan ziya-llama-13b-v1.1               # what this host would do: torch build, precision, disk
-  modelrig up ziya-llama-13b-v1.1 --local llama_13b_meta_dir=/path/to/LLaMA/13B
-  modelrig down ziya-llama-13b-v1.1
-Mirrors (e.g. hub.hf_endpoint: https://hf-mirror.com, pip.index_url) go in <data root>/config.yaml."""
+REAL_MODEL = "ziya-llama-13b-v1.1"
+
+
+def advice(config_file: Path | str = "<data root>/config.yaml", *, on_path: bool | None = None) -> str:
+    """What to run after the demo: indented lines are commands that run as printed on this host (the real model's
+    `doctor`/`plan` may answer that this host cannot run it, with what to change: exit 1 / 3); the real `up`
+    needs the user's weights, so it is shown inline as a template.
+
+    `on_path=False` adds how to get the `modelrig` command (None: looked up on PATH).
+    """
+    if on_path is None:
+        on_path = shutil.which("modelrig") is not None
+    lines = []
+    if not on_path:
+        lines += ["`modelrig` is not on this shell's PATH yet: open a new login shell after `make setup` (it links "
+                  "~/.local/bin/modelrig), or `export PATH=\"$HOME/.local/bin:$PATH\"`, or install it with "
+                  "`uv tool install .` (see README.md)", ""]
+    lines += [
+        "Next:",
+        f"  modelrig up {DEMO_MODEL}               # the same pipeline again: every stage says unchanged",
+        f"  modelrig down {DEMO_MODEL}             # stop the demo's chat and API",
+        "  modelrig list                             # the models modelrig knows",
+        f"  modelrig doctor {REAL_MODEL}   # this host: Python, disk, hubs and mirrors, GPUs; can it run it",
+        f"  modelrig plan {REAL_MODEL}     # torch build, precision, disk; exit 3 says what would fit",
+        f"Where the plan fits (a GPU or a Mac), with Meta's LLaMA-13B weights in DIR: `modelrig up {REAL_MODEL} "
+        f"--local llama_13b_meta_dir=DIR`, then `modelrig down {REAL_MODEL}`.",
+        f"Mirrors (e.g. hub.hf_endpoint: https://hf-mirror.com, pip.index_url) go in {config_file}.",
+    ]
+    return "\n".join(lines)
 
 
 @dataclass
@@ -127,6 +151,9 @@ def run_demo(ctx: Context, *, offline: bool | None = None, on_stage: Callable[[S
 
     started = time.perf_counter()
     emit = on_stage or (lambda result: None)
+    if not loopback_up():
+        raise LaunchError(f"the demo serves its tiny hub and demos on 127.0.0.1, but {LOOPBACK_HINT}",
+                          code="loopback_down")
     if offline is None:
         offline = not index_reachable(ctx.config.pip.index_url)
     hub_root = ctx.data.root / HUB_DIR

@@ -469,8 +469,9 @@ def render(manifest: Manifest, plan: Plan, out_dir: Path, *, paths: Mapping[str,
         report[name] = {"dir": str(entry_dir), "written": sorted(written), "removed": removed,
                         "kind": entry.kind, "port": entry.port or DEFAULT_PORTS.get(entry.kind), "bind": entry_bind,
                         "secrets": str(entry_dir / SECRETS_FILE) if values else None}
-    summary = (f"rendered {sum(bool(r['written'] or r['removed']) for r in report.values())} of {len(report)} "
-               f"launch entries into {out_dir}")
+    rendered = sum(bool(r["written"] or r["removed"]) for r in report.values())
+    summary = (f"rendered {rendered} of {len(report)} launch entries into {out_dir}" if rendered
+               else f"{len(report)} launch entries unchanged in {out_dir}")
     return StageResult(stage="render", changed=changed, summary=summary, model=manifest.id,
                        seconds=time.perf_counter() - started, details={"entries": report, "out": str(out_dir)},
                        reasons=reasons, check=check)

@@ -11,10 +11,9 @@ from modelrig.catalog import load_model
 from modelrig.config import Context
 from modelrig.errors import HostCannotRunError, UsageError
 from modelrig.facts import HostFacts
+from modelrig.humansize import format_size
 from modelrig.manifest import Manifest
 from modelrig.plan import Plan
-
-GB = 1e9
 
 
 def register(sub: Any) -> None:
@@ -73,11 +72,25 @@ def _plan(args: argparse.Namespace, ctx: Context) -> int:
     plan = make_plan(manifest, facts, ctx.config, manifests=deps, built=built)
     if ctx.as_json:
         print(json.dumps(plan.to_dict(), indent=2))
-    elif not ctx.quiet or not plan.fits:
+    elif ctx.quiet:
+        print(verdict(plan))
+    else:
         print(summary(plan))
     if not plan.fits:
         raise HostCannotRunError(f"{plan.model} cannot run on this host: {plan.refusal}")
     return 0
+
+
+def verdict(plan: Plan) -> str:
+    """The plan's result in one line (`modelrig -q plan`): whether it fits, and the torch build, precision and
+    sizes it chose; the reason it does not fit follows as the error line."""
+    if not plan.fits:
+        return f"{plan.model}: does not fit this host"
+    torch = plan.env.torch
+    precision = f"{plan.quantization} ({plan.dtype})" if plan.quantization else plan.dtype
+    return (f"{plan.model}: fits, {plan.platform}, torch {torch.version or '-'} [{torch.variant}], {precision}, "
+            f"download {format_size(plan.download_bytes)}, disk {format_size(plan.disk_needed_bytes)} of "
+            f"{format_size(plan.disk_free_bytes)} free")
 
 
 def summary(plan: Plan) -> str:
@@ -94,8 +107,8 @@ def summary(plan: Plan) -> str:
         f"torch     {torch.version or '-'} [{torch.variant}]" + (f" from {torch.index_url}" if torch.index_url else ""),
         f"python    {plan.env.python}, {len(plan.env.packages)} packages",
         f"precision {precision}{spread}: needs {plan.memory_needed_gb:g} GB of {plan.memory_available_gb:g} GB",
-        f"download  {plan.download_bytes / GB:.1f} GB; disk needed {plan.disk_needed_bytes / GB:.1f} GB of "
-        f"{plan.disk_free_bytes / GB:.1f} GB free",
+        f"download  {format_size(plan.download_bytes)}; disk needed {format_size(plan.disk_needed_bytes)} of "
+        f"{format_size(plan.disk_free_bytes)} free",
         f"launch    {', '.join(plan.launch) or '-'}",
         "steps",
     ]

@@ -147,7 +147,7 @@ def _down(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _demo(args: argparse.Namespace, ctx: Context) -> int:
-    from modelrig.demo import DEMO_MODEL, PROMPT, REAL_MODEL_HINT, run_demo
+    from modelrig.demo import DEMO_MODEL, PROMPT, advice, run_demo
 
     report = run_demo(ctx, offline=args.offline, installer=args.installer, on_stage=_printer(ctx))
     if ctx.as_json:
@@ -157,5 +157,5 @@ def _demo(args: argparse.Namespace, ctx: Context) -> int:
     print("\n".join(_summary(DEMO_MODEL, changed, report.seconds, report.urls)))
     print(f"\nasked {report.urls.get('api')}/chat/completions: {PROMPT!r}")
     print(f"answer: {report.answer!r}  (random tiny weights: the words are noise, the plumbing is real)")
-    print(f"\nstop it: modelrig down {DEMO_MODEL}\n\n{REAL_MODEL_HINT}")
+    print(f"\nstop it: modelrig down {DEMO_MODEL}\n\n{advice(ctx.data.config_file)}")
     return 0

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelrig.errors import UsageError
+from modelrig.humansize import format_size
 from modelrig.manifest import HubRef, WeightSource
 from modelrig.stamp import digest
 
@@ -103,9 +104,5 @@ def parse_size(text: str) -> int:
 
 
 def human(n: float) -> str:
-    """Bytes as a short human string."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+    """Bytes as a short human string (`modelrig.humansize.format_size`, the one convention of human output)."""
+    return format_size(n)

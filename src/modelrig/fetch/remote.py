@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -100,9 +101,24 @@ def _resolve_hf(ref: HubRef, *, endpoint: str, token: str | None) -> tuple[str, 
     return commit, kind, files
 
 
+@contextlib.contextmanager
+def quiet_loggers(*names: str, level: int = logging.ERROR) -> Iterator[None]:
+    """Raise these loggers to `level` for the duration (the ModelScope client logs a timestamped warning per
+    retry; when a hub is probed and the other one is the fallback, one line from modelrig says it all)."""
+    loggers = [logging.getLogger(name) for name in names]
+    before = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        for logger, old in zip(loggers, before, strict=True):
+            logger.setLevel(old)
+
+
 def _resolve_ms(ref: HubRef, *, endpoint: str, token: str | None) -> tuple[str, str, list[RemoteFile]]:
     api = ms_api(endpoint, token)
-    with ms_errors(ref, endpoint, api):
+    with ms_errors(ref, endpoint, api), quiet_loggers("modelscope_hub", "modelscope_hub.legacy_api"):
         raw = api.legacy.list_repo_files(ref.repo, "model", revision=ref.revision, recursive=True)
         kind = "commit"
         if not ref.pinned:

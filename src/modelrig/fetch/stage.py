@@ -26,6 +26,7 @@ from modelrig.fetch.plan import (
 )
 from modelrig.fetch.remote import Endpoints, HubUnreachable, endpoints_for, resolve_source
 from modelrig.manifest import Manifest, WeightSource
+from modelrig.netcheck import unreachable_hint
 from modelrig.result import StageResult, timed
 from modelrig.stamp import sha256_file, write_json
 
@@ -140,8 +141,9 @@ def _plan_with_fallback(name: str, source: WeightSource, store: Path, endpoints:
                             f"{order[index + 1][0]}")
             continue
         return plan
-    raise HubUnreachableError(f"{name}: no hub reachable: " + "; ".join(failures) + " (a mirror: --hf-endpoint / "
-                              "hub.hf_endpoint in the host config, or HF_ENDPOINT / MODELSCOPE_ENDPOINT)",
+    hint = unreachable_hint(endpoints.huggingface if order[0][0] == "huggingface" else endpoints.modelscope,
+                            " ".join(failures))
+    raise HubUnreachableError(f"{name}: no hub reachable: " + "; ".join(failures) + f"; {hint}",
                               source=name, hubs=[hub for hub, _ in order])
 
 
@@ -150,8 +152,10 @@ def _locked_download(plan: SourcePlan, endpoints: Endpoints, *, verify: bool) ->
         try:
             return download(plan, endpoints=endpoints, verify=verify)
         except HubUnreachable as exc:
+            endpoint = endpoints.huggingface if plan.hub == "huggingface" else endpoints.modelscope
             raise HubUnreachableError(f"{plan.name}: {plan.hub}: {exc}; files finished so far are kept, run again "
-                                      "to continue", source=plan.name, hubs=[plan.hub]) from None
+                                      f"to continue; {unreachable_hint(endpoint, str(exc))}", source=plan.name,
+                                      hubs=[plan.hub]) from None
 
 
 def _plan_from_stamp(name: str, stamp: dict[str, Any], store: Path) -> SourcePlan:
