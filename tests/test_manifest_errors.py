@@ -48,7 +48,7 @@ CASES = [
      "16: resources.params_b: Input should be a valid number, unable to parse string as a number (got 'lots')"),
     ("remote_code_on_a_branch_without_to_pin", "trust_remote_code: false", "trust_remote_code: true",
      "7: weights.model.huggingface.revision: trust_remote_code needs a full 40-hex commit, got 'main' "
-     "(or mark it `to_pin: true` so `modelrig lock` pins it before code runs)"),
+     "(or mark it `to_pin: true`: `modelrig fetch` resolves it to a commit before code runs)"),
     ("bad_repo_id", "repo: org/m", "repo: org m",
      "7: weights.model.huggingface.repo: expected a repo id 'owner/name' (letters, digits, '.', '_', '-') "
      "(got 'org m')"),

@@ -379,7 +379,7 @@ def test_plan_json_is_the_documented_shape(cli):
     code, out, err = cli("plan", "bluelm-7b-chat", "--facts", HOSTS / "a100-80gb.json", "--json")
     assert code == 0, err
     data = json.loads(out)
-    assert list(data) == ["model", "platform", "device", "dtype", "quantization", "memory_needed_gb",
+    assert list(data) == ["ok", "model", "platform", "device", "dtype", "quantization", "memory_needed_gb",
                           "memory_available_gb", "env", "download_bytes", "disk_needed_bytes", "disk_free_bytes",
                           "steps", "launch", "fits", "refusal", "warnings", "gpus", "dependencies"]
     assert data["env"]["torch"] == {"version": "2.14.1", "variant": "cu126",

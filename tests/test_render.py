@@ -50,7 +50,7 @@ def _paths(manifest) -> dict[str, Path]:
 
 
 def _revisions(manifest) -> dict[str, str]:
-    """What `modelrig lock` records for sources marked to_pin."""
+    """What `modelrig fetch` records for sources marked to_pin."""
     return {n: "0123456789abcdef0123456789abcdef01234567" for n in manifest.weights}
 
 

@@ -200,7 +200,7 @@ def test_cli_render_launch_status_stop(cli, tmp_path, upstream_repo, monkeypatch
         code, out, err = cli("launch", "tiny-cli", "--supervisor", "process", "--json")
         assert code == 0, err
         launched = json.loads(out)
-        assert launched["changed"] and launched["results"][0]["details"]["url"] == f"http://127.0.0.1:{port}/"
+        assert launched["changed"] and launched["details"]["results"][0]["details"]["url"] == f"http://127.0.0.1:{port}/"
         code, out, _ = cli("status", "--supervisor", "process", "--json")
         rows = json.loads(out)["entries"]
         assert [(r["model"], r["entry"], r["healthy"]) for r in rows] == [("tiny-cli", "web", True)]

@@ -139,7 +139,8 @@ class HubRef(_Strict):
 
     repo: Annotated[str, Field(pattern=_REPO)]
     revision: Annotated[OneLine, Field(min_length=1)]
-    #: The revision is a moving ref (branch or tag) that `modelrig lock` pins to a commit.
+    #: The revision is a moving ref (branch or tag): `modelrig fetch` resolves it to a commit, records it in the
+    #: store's stamp and names it to pin in the manifest.
     to_pin: bool = False
     repo_type: Literal["model", "dataset"] = "model"
 
@@ -465,7 +466,7 @@ def semantic_problems(manifest: Manifest) -> list[tuple[Loc, str]]:
                     problems.append(
                         (("weights", name, hub, "revision"),
                          f"trust_remote_code needs a full 40-hex commit, got {ref.revision!r} "
-                         "(or mark it `to_pin: true` so `modelrig lock` pins it before code runs)")
+                         "(or mark it `to_pin: true`: `modelrig fetch` resolves it to a commit before code runs)")
                     )
     for index, entry in enumerate(manifest.launch):
         if entry.upstream and not FULL_COMMIT.match(entry.upstream.ref) and not entry.upstream.to_pin:

@@ -617,7 +617,7 @@ def _fetch_steps(manifest: Manifest, *, prefix: str = "") -> list[dict[str, str]
     for name, source in manifest.weights.items():
         if source.hubs:
             hub, ref = source.hubs[0]
-            pin = "" if ref.pinned else " (a moving ref: `modelrig lock` pins it)"
+            pin = "" if ref.pinned else " (a moving ref: fetch resolves it to a commit and names it to pin)"
             size = f", {source.size_gb:g} GB" if source.size_gb else ""
             others = [h for h, _ in source.hubs[1:]]
             alt = f"; also on {', '.join(others)}" if others else ""

@@ -249,7 +249,8 @@ def render_entry(manifest: Manifest, entry: LaunchEntry, plan: Plan, paths: Mapp
         unpinned = _hub_sources_pinned(manifest, revisions or {})
         if unpinned:
             raise LaunchError(f"{manifest.id}/{entry.name}: vLLM would run remote code from unpinned revisions "
-                              f"({', '.join(unpinned)}); run `modelrig lock` first")
+                              f"({', '.join(unpinned)}); run `modelrig fetch {manifest.id}` first (it records the "
+                              "commit each revision resolves to), or pin 40-hex commits in the manifest")
     bind = bind or entry.options.get("bind") or config.serve.bind
     if not isinstance(bind, str) or not is_bind_address(bind):
         raise LaunchError(f"{manifest.id}/{entry.name}: cannot listen on {bind!r}: expected an IP address or a "

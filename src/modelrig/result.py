@@ -45,6 +45,15 @@ class StageResult:
         return f"{self.stage:<8} {state:<9} {self.summary} ({self.seconds:.1f}s)"
 
 
+def combine(stage: str, model: str | None, results: list[StageResult], *, summary: str | None = None) -> StageResult:
+    """One result for a stage run over several entries: changed when any changed; each in `details.results`."""
+    return StageResult(stage=stage, model=model, changed=any(r.changed for r in results),
+                       check=any(r.check for r in results), seconds=sum(r.seconds for r in results),
+                       reasons=[reason for r in results for reason in r.reasons],
+                       summary=summary or "; ".join(r.summary for r in results),
+                       details={"results": [r.to_dict() for r in results]})
+
+
 @contextmanager
 def timed() -> Iterator[dict[str, float]]:
     """Measure a block: `with timed() as t: ...; t['seconds']`."""

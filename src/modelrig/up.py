@@ -63,7 +63,9 @@ class UpReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the `--json` output of `modelrig up`)."""
-        return {"model": self.model, "changed": self.changed, "seconds": round(self.seconds, 3),
+        return {"ok": True, "stage": "up", "model": self.model, "changed": self.changed,
+                "check": any(r.check for r in self.results), "seconds": round(self.seconds, 3),
+                "reasons": [f"{r.stage}: {why}" for r in self.results for why in r.reasons],
                 "urls": dict(self.urls), "stages": [r.to_dict() for r in self.results]}
 
 
@@ -102,7 +104,8 @@ def plan_model(manifest: Manifest, ctx: Context, *, facts: HostFacts | None = No
         if env_only and plan.env.torch.version:
             return dataclasses.replace(plan, warnings=[*plan.warnings, f"the model itself cannot run on this "
                                                        f"host: {plan.refusal}"])
-        raise HostCannotRunError(f"{plan.model} cannot run on this host: {plan.refusal}")
+        raise HostCannotRunError(f"{plan.model} cannot run on this host: {plan.refusal}", model=plan.model,
+                                 refusal=plan.refusal, plan=plan.to_dict())
     return plan
 
 
@@ -248,6 +251,89 @@ def up(manifest: Manifest, ctx: Context, *, options: UpOptions | None = None,
         entries[name]["pid"] = e.get("pid")
     write_json(state_file(ctx, manifest.id), {**state, "plan_key": plan_key, "urls": {**state["urls"], **urls}})
     return UpReport(model=manifest.id, results=results, urls=urls, seconds=time.perf_counter() - begun)
+
+
+def check_up(manifest: Manifest, ctx: Context, *, options: UpOptions | None = None,
+             on_stage: Callable[[StageResult], None] | None = None) -> UpReport:
+    """What `up` would do, stage by stage, touching nothing: each result has `check=True` and its reasons.
+
+    Nothing is built, downloaded, converted, written or started; the data root is left byte-identical.
+    """
+    from modelrig.convert.pipeline import check_pipeline
+    from modelrig.envs.build import check_env
+    from modelrig.fetch import FetchOptions, fetch_model
+    from modelrig.launch import check as check_entry
+    from modelrig.render import render
+
+    options = options or UpOptions()
+    emit = on_stage or (lambda result: None)
+    begun = time.perf_counter()
+    results: list[StageResult] = []
+
+    def done(result: StageResult) -> StageResult:
+        result.check = True
+        results.append(result)
+        emit(result)
+        return result
+
+    previous = read_state(ctx, manifest.id)
+    plan = plan_model(manifest, ctx, facts=options.facts)
+    plan_key = digest({k: v for k, v in plan.to_dict().items() if k in PLAN_KEY_FIELDS})
+    plan_changed = previous.get("plan_key") != plan_key
+    done(StageResult(stage="plan", changed=plan_changed, model=manifest.id,
+                     summary=f"{plan.platform}: torch {plan.env.torch.version} [{plan.env.torch.variant}]",
+                     reasons=(["no earlier `up` of this model" if not previous else "the plan changed"]
+                              if plan_changed else []), details={"plan": plan.to_dict(), "key": plan_key}))
+    env = done(check_env(plan.env, data=ctx.data, config=ctx.config, backend=options.backend,  # type: ignore[arg-type]
+                         python=options.python, installer=options.installer,  # type: ignore[arg-type]
+                         offline=options.offline, model=manifest.id))
+    for dep_id in plan.dependencies:
+        dep = dependency_manifests(manifest)[dep_id]
+        if read_stamp(ctx.data.output_dir(dep.id, dep.output_name)) is None:
+            done(StageResult(stage="fetch", changed=True, model=manifest.id, summary=f"[{dep.id}] would be built",
+                             reasons=[f"{dep.id}: its output {dep.output_name} is not built yet"]))
+    fetch_options = FetchOptions(hub=options.hub, store=options.store, hf_endpoint=options.hf_endpoint,
+                                 modelscope_endpoint=options.modelscope_endpoint, local=dict(options.local),
+                                 check=True)
+    fetch_options.log = lambda line: None
+    fetched = done(fetch_model(manifest, ctx, options=fetch_options))
+    if manifest.convert:
+        done(check_pipeline(manifest, ctx, local=options.local, upstream_changed=fetched.changed))
+    paths = weight_paths(manifest, ctx, fetched)
+    rendered = done(render(manifest, plan, ctx.data.launch / manifest.id, paths=paths,
+                           python=Path(env.details["python"]), config=ctx.config, entries=options.entries,
+                           cache_dir=ctx.data.cache, log_dir=ctx.data.run / manifest.id, check=True))
+    launch_reasons: list[str] = []
+    for name, entry in rendered.details["entries"].items():
+        folder = Path(entry["dir"])
+        if not (folder / "entry.json").is_file():
+            launch_reasons.append(f"{name}: not rendered yet")
+            continue
+        launch_reasons.extend(check_entry(folder, supervisor=ctx.config.serve.supervisor,
+                                          run_dir=ctx.data.run / manifest.id).reasons)
+    underneath = [r.stage for r in results if r.changed and r.stage in ("env", "fetch", "convert", "render")]
+    if underneath and not launch_reasons:
+        launch_reasons.append(f"restart: {', '.join(underneath)} would change under the running services")
+    done(StageResult(stage="launch", changed=bool(launch_reasons), model=manifest.id, reasons=launch_reasons,
+                     summary="services would be (re)started" if launch_reasons else "services running, healthy"))
+    return UpReport(model=manifest.id, results=results, urls=dict(previous.get("urls", {})),
+                    seconds=time.perf_counter() - begun)
+
+
+def check_down(model_id: str, ctx: Context) -> StageResult:
+    """What `down` would stop, touching nothing."""
+    from modelrig.launch import status
+
+    state = read_state(ctx, model_id)
+    running = []
+    for name, entry in state.get("entries", {}).items():
+        if (Path(entry["dir"]) / "entry.json").is_file() and status(
+                Path(entry["dir"]), supervisor=state.get("supervisor", "auto"),
+                run_dir=Path(state.get("run_dir") or ctx.data.run / model_id))["running"]:
+            running.append(name)
+    return StageResult(stage="down", changed=bool(running), check=True, model=model_id,
+                       reasons=[f"{name}: running" for name in running],
+                       summary=f"would stop {', '.join(running)}" if running else "nothing is running")
 
 
 def read_state(ctx: Context, model_id: str) -> dict[str, Any]:

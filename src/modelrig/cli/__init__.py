@@ -16,7 +16,8 @@ from modelrig.config import Context, DataRoot, default_data_root, load_host_conf
 from modelrig.errors import DiskFullError, ManifestError, ModelrigError, UsageError
 
 #: Modules under `modelrig.cli` that each add their verbs with a `register(subparsers)` function.
-COMMAND_MODULES: tuple[str, ...] = ("manifests", "plan", "facts", "fetch", "hub", "up", "render", "launch", "convert")
+COMMAND_MODULES: tuple[str, ...] = ("manifests", "plan", "facts", "fetch", "hub", "up", "render", "launch", "convert",
+                                      "doctor")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
     """Give a verb the standard `--json` switch (a stable, documented machine-readable result)."""
     parser.add_argument("--json", action="store_true", help="print a machine-readable JSON result")
+
+
+def add_check_flag(parser: argparse.ArgumentParser) -> None:
+    """Give a stage verb the standard `--check` switch: say whether it would change anything, and why, touching
+    nothing (no download, no build, no write, no start)."""
+    parser.add_argument("--check", action="store_true",
+                        help="only report whether this would change anything and why; touch nothing")
 
 
 def parse_pairs(items: Sequence[str], flag: str) -> dict[str, str]:

@@ -41,6 +41,8 @@ def _parser(verb: str) -> argparse.ArgumentParser:
         p.add_argument("--local", action="append", default=[], metavar="NAME=PATH",
                        help="path of user-supplied weights named by a manifest's local: var (repeatable)")
         p.add_argument("--tf-python", help="python of a conversion env with tensorflow-cpu and transformers<5")
+        p.add_argument("--check", action="store_true",
+                       help="only report which steps would run and why; convert and write nothing")
         p.add_argument("--keep-intermediates", action="store_true",
                        help="write every step's output to its own folder instead of fusing steps that feed each "
                             "other into one pass (as `keep: true` on every step)")
@@ -87,10 +89,12 @@ def _parser(verb: str) -> argparse.ArgumentParser:
 
 def _run_model(args: argparse.Namespace, ctx: Context, model: str) -> StageResult:
     from modelrig.catalog import load_model
-    from modelrig.convert.pipeline import run_pipeline
+    from modelrig.convert.pipeline import check_pipeline, run_pipeline
 
     manifest = load_model(model)
     inputs, local = parse_pairs(args.input, "--input"), parse_pairs(args.local, "--local")
+    if args.check:
+        return check_pipeline(manifest, ctx, inputs=inputs, local=local)
     return run_pipeline(manifest, ctx, inputs=inputs, local=local, tf_python=args.tf_python,
                         keep_intermediates=args.keep_intermediates)
 

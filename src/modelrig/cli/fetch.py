@@ -14,7 +14,7 @@ from modelrig.fetch import DEFAULT_HEADROOM, FetchOptions, fetch_model, human, p
 
 def register(sub: Any) -> None:
     """Add `fetch`."""
-    from modelrig.cli import add_json_flag
+    from modelrig.cli import add_check_flag, add_json_flag
 
     p = sub.add_parser("fetch", help="download a model's weights (pinned, verified, resumable)")
     p.add_argument("model", help="model id or path to a manifest YAML file")
@@ -32,6 +32,7 @@ def register(sub: Any) -> None:
     p.add_argument("--headroom", default=None, metavar="SIZE",
                    help=f"free disk to keep beyond the download (default {human(DEFAULT_HEADROOM)})")
     add_json_flag(p)
+    add_check_flag(p)
     p.set_defaults(func=_fetch)
 
 
@@ -41,7 +42,8 @@ def _fetch(args: argparse.Namespace, ctx: Context) -> int:
     quiet_log = (lambda line: None) if ctx.quiet else None
     options = FetchOptions(hub=args.hub, store=args.store, dry_run=args.dry_run, verify=args.verify,
                            hf_endpoint=args.hf_endpoint, modelscope_endpoint=args.modelscope_endpoint, local=local,
-                           headroom=parse_size(args.headroom) if args.headroom else DEFAULT_HEADROOM)
+                           headroom=parse_size(args.headroom) if args.headroom else DEFAULT_HEADROOM,
+                           check=args.check)
     if quiet_log is not None:
         options.log = quiet_log
     result = fetch_model(manifest, ctx, options=options)

@@ -10,11 +10,12 @@ from typing import Any
 from modelrig.config import Context
 from modelrig.errors import LaunchError
 from modelrig.render import ENTRY_FILE
+from modelrig.result import StageResult, combine
 
 
 def register(sub: Any) -> None:
     """Add the launch verbs."""
-    from modelrig.cli import add_json_flag
+    from modelrig.cli import add_check_flag, add_json_flag
 
     supervisors = ("auto", "process", "systemd", "launchd")
     p = sub.add_parser("launch", help="start a model's rendered demos and wait until they answer")
@@ -26,6 +27,7 @@ def register(sub: Any) -> None:
     p.add_argument("--no-wait", action="store_true", help="return without waiting for the health check")
     p.add_argument("--launch-dir", type=Path, help="rendered entries folder (default: <data root>/launch/<model>)")
     add_json_flag(p)
+    add_check_flag(p)
     p.set_defaults(func=_launch)
 
     p = sub.add_parser("stop", help="stop a model's running demos")
@@ -34,6 +36,7 @@ def register(sub: Any) -> None:
     p.add_argument("--supervisor", choices=supervisors)
     p.add_argument("--launch-dir", type=Path)
     add_json_flag(p)
+    add_check_flag(p)
     p.set_defaults(func=_stop)
 
     p = sub.add_parser("status", help="which rendered demos run and answer their health checks")
@@ -62,28 +65,47 @@ def _supervisor(args: argparse.Namespace, ctx: Context) -> str:
 
 
 def _launch(args: argparse.Namespace, ctx: Context) -> int:
-    from modelrig.launch import start
+    from modelrig.launch import check, start
 
-    results = [start(d, supervisor=_supervisor(args, ctx), run_dir=ctx.data.run / args.model,
-                     timeout=args.timeout, wait=not args.no_wait)
+    run_dir = ctx.data.run / args.model
+    if args.check:
+        try:
+            folders = entry_dirs(ctx, args.model, args.entry, args.launch_dir)
+        except LaunchError as exc:
+            result = StageResult(stage="launch", changed=True, check=True, model=args.model, reasons=[str(exc)],
+                                 summary="nothing rendered yet")
+            _print(ctx, "launch", args.model, [result])
+            return 0
+        _print(ctx, "launch", args.model, [check(d, supervisor=_supervisor(args, ctx), run_dir=run_dir)
+                                           for d in folders])
+        return 0
+    results = [start(d, supervisor=_supervisor(args, ctx), run_dir=run_dir, timeout=args.timeout,
+                     wait=not args.no_wait)
                for d in entry_dirs(ctx, args.model, args.entry, args.launch_dir)]
-    _print(ctx, results)
+    _print(ctx, "launch", args.model, results)
     return 0
 
 
 def _stop(args: argparse.Namespace, ctx: Context) -> int:
-    from modelrig.launch import stop
+    from modelrig.launch import status, stop
 
-    results = [stop(d, supervisor=_supervisor(args, ctx), run_dir=ctx.data.run / args.model)
-               for d in entry_dirs(ctx, args.model, args.entry, args.launch_dir)]
-    _print(ctx, results)
+    folders = entry_dirs(ctx, args.model, args.entry, args.launch_dir)
+    run_dir = ctx.data.run / args.model
+    if args.check:
+        rows = [status(d, supervisor=_supervisor(args, ctx), run_dir=run_dir) for d in folders]
+        results = [StageResult(stage="stop", changed=bool(row["running"]), check=True, model=args.model,
+                               summary=f"{row['entry']} {'would be stopped' if row['running'] else 'is not running'}",
+                               reasons=[f"{row['entry']}: running (pid {row['pid']})"] if row["running"] else [])
+                   for row in rows]
+    else:
+        results = [stop(d, supervisor=_supervisor(args, ctx), run_dir=run_dir) for d in folders]
+    _print(ctx, "stop", args.model, results)
     return 0
 
 
-def _print(ctx: Context, results: list[Any]) -> None:
+def _print(ctx: Context, stage: str, model: str, results: list[StageResult]) -> None:
     if ctx.as_json:
-        print(json.dumps({"changed": any(r.changed for r in results), "results": [r.to_dict() for r in results]},
-                         indent=2, default=str))
+        print(combine(stage, model, results).to_json())
     elif not ctx.quiet:
         for result in results:
             print(result.line())

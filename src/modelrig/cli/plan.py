@@ -70,14 +70,18 @@ def _plan(args: argparse.Namespace, ctx: Context) -> int:
     deps = dependency_manifests(manifest)
     built = {d.id for d in deps.values() if ctx.data.output_dir(d.id, d.output_name).is_dir()}
     plan = make_plan(manifest, facts, ctx.config, manifests=deps, built=built)
+    if not plan.fits and ctx.as_json:
+        raise HostCannotRunError(f"{plan.model} cannot run on this host: {plan.refusal}", model=plan.model,
+                                 refusal=plan.refusal, plan=plan.to_dict())
     if ctx.as_json:
-        print(json.dumps(plan.to_dict(), indent=2))
+        print(json.dumps({"ok": True, **plan.to_dict()}, indent=2))
     elif ctx.quiet:
         print(verdict(plan))
     else:
         print(summary(plan))
     if not plan.fits:
-        raise HostCannotRunError(f"{plan.model} cannot run on this host: {plan.refusal}")
+        raise HostCannotRunError(f"{plan.model} cannot run on this host: {plan.refusal}", model=plan.model,
+                                 refusal=plan.refusal)
     return 0
 
 

@@ -14,7 +14,7 @@ from modelrig.manifest import Manifest
 
 def register(sub: Any) -> None:
     """Add the `render` verb."""
-    from modelrig.cli import add_json_flag
+    from modelrig.cli import add_check_flag, add_json_flag
 
     p = sub.add_parser("render", help="render the model's launch scripts and service units from launch/ templates")
     p.add_argument("model", help="model id or path to a manifest YAML file")
@@ -29,6 +29,7 @@ def register(sub: Any) -> None:
                    "addresses get an API key / UI password in the entry's 0600 secrets.env")
     p.add_argument("--facts", type=Path, help="host facts JSON instead of this host's")
     add_json_flag(p)
+    add_check_flag(p)
     p.set_defaults(func=_render)
 
 
@@ -71,9 +72,11 @@ def _render(args: argparse.Namespace, ctx: Context) -> int:
     paths = {**default_weight_paths(manifest, ctx), **{n: Path(v).expanduser().absolute() for n, v in given.items()}}
     result = render(manifest, plan, args.out or ctx.data.launch / manifest.id, paths=paths, python=python,
                     config=ctx.config, entries=args.entries, bind=args.bind, cache_dir=ctx.data.cache,
-                    log_dir=ctx.data.run / manifest.id)
+                    log_dir=ctx.data.run / manifest.id, check=args.check)
     if ctx.as_json:
         print(result.to_json())
+    elif args.check:
+        print(result.line())
     elif not ctx.quiet:
         print(result.line())
         for name, entry in result.details["entries"].items():

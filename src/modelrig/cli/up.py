@@ -18,13 +18,14 @@ from modelrig.result import StageResult
 
 def register(sub: Any) -> None:
     """Add the env/up/down/demo verbs."""
-    from modelrig.cli import add_json_flag
+    from modelrig.cli import add_check_flag, add_json_flag
 
     p = sub.add_parser("env", help="create the model's isolated environment (venv or conda) from its plan")
     p.add_argument("model", help="model id or path to a manifest YAML file")
     _env_options(p)
     p.add_argument("--dry-run", action="store_true", help="print the env key, folder and commands; build nothing")
     add_json_flag(p)
+    add_check_flag(p)
     p.set_defaults(func=_env)
 
     p = sub.add_parser("up", help="run the whole pipeline on this host: plan, env, fetch, convert, render, launch")
@@ -40,11 +41,13 @@ def register(sub: Any) -> None:
                    help="launch only this entry (repeatable; default: every entry for this host)")
     _env_options(p)
     add_json_flag(p)
+    add_check_flag(p)
     p.set_defaults(func=_up)
 
     p = sub.add_parser("down", help="stop what `modelrig up MODEL` started")
     p.add_argument("model", help="model id")
     add_json_flag(p)
+    add_check_flag(p)
     p.set_defaults(func=_down)
 
     p = sub.add_parser("demo", help="the offline demo: tiny models on a local hub, merged, served, asked one "
@@ -78,7 +81,7 @@ def _facts(args: argparse.Namespace) -> HostFacts | None:
 
 def _env(args: argparse.Namespace, ctx: Context) -> int:
     from modelrig.envs import build_env
-    from modelrig.envs.build import prepare_env_build
+    from modelrig.envs.build import check_env, prepare_env_build
     from modelrig.up import plan_model
 
     manifest = load_model(args.model)
@@ -97,8 +100,9 @@ def _env(args: argparse.Namespace, ctx: Context) -> int:
             for warning in build.warnings:
                 print(f"modelrig: warning: {warning}", file=sys.stderr)
         return 0
-    result = build_env(plan.env, data=ctx.data, config=ctx.config, backend=args.backend, python=args.python,
-                       installer=args.installer, offline=args.offline, model=manifest.id)
+    result = (check_env if args.check else build_env)(
+        plan.env, data=ctx.data, config=ctx.config, backend=args.backend, python=args.python,
+        installer=args.installer, offline=args.offline, model=manifest.id)
     for warning in result.details.get("warnings", []):
         print(f"modelrig: warning: {warning}", file=sys.stderr)
     print(result.to_json() if ctx.as_json else result.line())
@@ -123,25 +127,27 @@ def _summary(model: str, changed: bool, seconds: float, urls: dict[str, str]) ->
 
 
 def _up(args: argparse.Namespace, ctx: Context) -> int:
-    from modelrig.up import UpOptions, up
+    from modelrig.up import UpOptions, check_up, up
 
     manifest = load_model(args.model)
     options = UpOptions(store=args.store, hub=args.hub, hf_endpoint=args.hf_endpoint,
                         modelscope_endpoint=args.modelscope_endpoint, local=parse_pairs(args.local, '--local'),
                         backend=args.backend, python=args.python, installer=args.installer, offline=args.offline,
                         entries=args.entries, facts=_facts(args))
-    report = up(manifest, ctx, options=options, on_stage=_printer(ctx))
+    report = (check_up if args.check else up)(manifest, ctx, options=options, on_stage=_printer(ctx))
     if ctx.as_json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
+    elif args.check:
+        print(f"{report.model}: " + ("would change" if report.changed else "up to date, nothing would change"))
     else:
         print("\n".join(_summary(report.model, report.changed, report.seconds, report.urls)))
     return 0
 
 
 def _down(args: argparse.Namespace, ctx: Context) -> int:
-    from modelrig.up import down
+    from modelrig.up import check_down, down
 
-    result = down(args.model, ctx)
+    result = check_down(args.model, ctx) if args.check else down(args.model, ctx)
     print(result.to_json() if ctx.as_json else result.line())
     return 0
 

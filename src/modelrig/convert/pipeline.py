@@ -121,3 +121,23 @@ def run_pipeline(manifest: Manifest, ctx: Context, *, inputs: Mapping[str, str] 
                        summary=summary, details={"steps": [r.to_dict() for r in results],
                                                  "output": str(produced.get(manifest.output_name, ""))})
 
+
+def check_pipeline(manifest: Manifest, ctx: Context, *, inputs: Mapping[str, str] | None = None,
+                   local: Mapping[str, str] | None = None, upstream_changed: bool = False) -> StageResult:
+    """What `run_pipeline` would do, running and writing nothing: per step, whether it would be rebuilt and why
+    (not built yet, an input digest or a parameter changed, an output missing or edited). `upstream_changed`
+    says the fetch before it would change the inputs."""
+    from modelrig.convert.step import check_only
+
+    reasons: list[str] = []
+    with timed() as clock, check_only():
+        try:
+            result = run_pipeline(manifest, ctx, inputs=inputs, local=local)
+            reasons = [why for step in result.details["steps"] for why in step["reasons"]]
+        except (ConversionError, UsageError, OSError) as exc:
+            reasons = [f"would run: {str(exc).splitlines()[0]}"]
+    if upstream_changed and not reasons:
+        reasons = ["the fetched inputs would change"]
+    summary = f"{len(manifest.convert)} step(s): " + ("would run" if reasons else "unchanged")
+    return StageResult(stage="convert", changed=bool(reasons), check=True, model=manifest.id, reasons=reasons,
+                       summary=summary, seconds=clock["seconds"])

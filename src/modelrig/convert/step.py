@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -56,9 +58,9 @@ def stamped_digests(directory: Path) -> dict[str, str]:
     return out
 
 
-def file_digests(files: Iterable[Path], *, cache: Path | None = None) -> dict[str, str]:
+def file_digests(files: Iterable[Path], *, cache: Path | None = None, persist: bool = True) -> dict[str, str]:
     """sha256 of each file: from an upstream stage's stamp, from the digest cache keyed by (path, size, mtime,
-    inode) when given, else computed."""
+    inode) when given, else computed. With `persist=False` the cache is read but never written (check mode)."""
     files = list(files)
     upstream: dict[str, str] = {}
     for directory in sorted({f.parent for f in files}):
@@ -85,23 +87,78 @@ def file_digests(files: Iterable[Path], *, cache: Path | None = None) -> dict[st
         out[str(f)] = sha256_file(f)
         known[ident] = {"fp": fp, "sha256": out[str(f)]}
         changed = True
-    if cache is not None and changed:
+    if cache is not None and changed and persist:
         atomic_write_text(cache, json.dumps(known, sort_keys=True))
     return out
 
 
 def step_key(kind: str, params: dict[str, Any], sources: dict[str, Path], *,
-             cache: Path | None = None) -> tuple[str, dict[str, dict[str, str]]]:
+             cache: Path | None = None, persist: bool = True) -> tuple[str, dict[str, dict[str, str]]]:
     """The idempotency key of a step: its kind, parameters and the content digests of its inputs."""
     inputs: dict[str, dict[str, str]] = {}
     for role, source in sorted(sources.items()):
         source = Path(source)
         files = input_files(source)
-        digests = file_digests(files, cache=cache)
+        digests = file_digests(files, cache=cache, persist=persist)
         base = source if source.is_dir() else source.parent
         inputs[role] = {str(Path(p).relative_to(base)): d for p, d in digests.items()}
     key = digest({"kind": kind, "version": FORMAT_VERSION, "params": params, "inputs": inputs})
     return key, inputs
+
+
+def damaged_outputs(out: Path, stamp: dict[str, Any]) -> list[str]:
+    """Output files of a finished step that are missing or were modified after its stamp was written."""
+    stamp_time = (out / STAMP_NAME).stat().st_mtime_ns
+    found = []
+    for name in stamp.get("outputs") or {}:
+        try:
+            st = (out / name).stat()
+        except OSError:
+            found.append(f"output {name} is missing")
+            continue
+        if st.st_mtime_ns > stamp_time:
+            found.append(f"output {name} was modified after it was built")
+    return found
+
+
+def step_differences(kind: str, *, out: Path, params: dict[str, Any], sources: dict[str, Path],
+                     cache: Path | None = None) -> list[str]:
+    """Why `run_step` would rebuild `out` (empty when it would not); reads only, writes nothing."""
+    stamp = read_stamp(out)
+    if stamp is None:
+        return [f"{out.name}: not built yet"]
+    if any(not Path(s).exists() for s in sources.values()):
+        missing = ", ".join(f"{role} ({s})" for role, s in sources.items() if not Path(s).exists())
+        return [f"{out.name}: input {missing} not there yet"]
+    key, inputs = step_key(kind, params, sources, cache=cache, persist=False)
+    why = []
+    if stamp.get("key") != key:
+        if stamp.get("params") != params:
+            why.append(f"{out.name}: parameters changed")
+        old = stamp.get("inputs") or {}
+        for role in sorted(set(old) | set(inputs)):
+            before, now = old.get(role, {}), inputs.get(role, {})
+            changed = sorted(name for name in set(before) | set(now) if before.get(name) != now.get(name))
+            if changed:
+                why.append(f"{out.name}: input {role} changed ({', '.join(changed[:3])}"
+                           + (f" and {len(changed) - 3} more" if len(changed) > 3 else "") + ")")
+        if not why:
+            why.append(f"{out.name}: built by another modelrig conversion format")
+    why.extend(f"{out.name}: {problem}" for problem in damaged_outputs(out, stamp))
+    return why
+
+
+_CHECK_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("modelrig_convert_check_only", default=False)
+
+
+@contextlib.contextmanager
+def check_only() -> Iterator[None]:
+    """Within this block `run_step` only reports what it would do (`step_differences`), running nothing."""
+    token = _CHECK_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _CHECK_ONLY.reset(token)
 
 
 def run_step(kind: str, *, out: Path, params: dict[str, Any], sources: dict[str, Path],
@@ -115,11 +172,16 @@ def run_step(kind: str, *, out: Path, params: dict[str, Any], sources: dict[str,
     into place. `body` returns details (must include `files`: name -> sha256 of what it wrote).
     """
     out = Path(out)
+    if _CHECK_ONLY.get():
+        reasons = step_differences(kind, out=out, params=params, sources=sources, cache=cache)
+        return StageResult(stage="convert", changed=bool(reasons), check=True, model=model, reasons=reasons,
+                           summary=f"{kind}: {out} " + ("would be built" if reasons else "unchanged"),
+                           details={"kind": kind, "out": str(out)})
     with timed() as t, ThreadPoolExecutor(max_workers=1) as pool:
         stamp = read_stamp(out)
         if stamp is not None and not force:
             key, inputs = step_key(kind, params, sources, cache=cache)
-            if stamp.get("key") == key:
+            if stamp.get("key") == key and not damaged_outputs(out, stamp):
                 return StageResult(stage="convert", changed=False, model=model, seconds=t["seconds"],
                                    summary=f"{kind}: {out} unchanged",
                                    details={"kind": kind, "out": str(out), "files": stamp.get("outputs", {})})

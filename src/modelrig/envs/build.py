@@ -165,6 +165,45 @@ def env_is_complete(plan: EnvBuildPlan) -> dict[str, Any] | None:
     return None
 
 
+def check_env(
+    env: EnvPlan,
+    *,
+    data: DataRoot,
+    config: HostConfig,
+    backend: Backend = "venv",
+    python: str | None = None,
+    installer: Literal["auto", "uv", "pip"] = "auto",
+    offline: bool = False,
+    model: str | None = None,
+) -> StageResult:
+    """What `build_env` would do, touching nothing: `changed` when no complete env has this spec, with why."""
+    start = time.perf_counter()
+    plan = prepare_env_build(env, data=data, config=config, backend=backend, python=python, installer=installer,
+                             offline=offline)
+    stamp = env_is_complete(plan)
+    if stamp is not None:
+        result = _result(plan, stamp, changed=False, start=start, model=model)
+        result.check = True
+        return result
+    previous = read_stamp(plan.path)
+    if previous is not None:
+        reason = f"env {plan.key} is incomplete (its interpreter {plan.python} is missing)"
+    elif plan.path.exists():
+        reason = f"env {plan.key} was interrupted while building (no stamp)"
+    else:
+        others = sorted(p.name for p in data.envs.glob("*") if p.is_dir() and read_stamp(p)) \
+            if data.envs.is_dir() else []
+        reason = f"no env with this spec (key {plan.key}) yet" + (
+            f"; the spec differs from the built env(s) {', '.join(others)} (a changed pin, Python or torch build "
+            "builds a new env beside them)" if others else "")
+    return StageResult(stage="env", changed=True, check=True, model=model, reasons=[reason],
+                       summary=f"would build {plan.backend} env {plan.key} with {plan.installer}",
+                       seconds=time.perf_counter() - start,
+                       details={"key": plan.key, "path": str(plan.path), "python": str(plan.python),
+                                "backend": plan.backend, "installer": plan.installer,
+                                "warnings": list(plan.warnings)})
+
+
 def build_env(
     env: EnvPlan,
     *,

@@ -7,6 +7,7 @@ import hashlib
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +19,10 @@ from modelrig.fetch.remote import Endpoints, hf_errors, ms_api, ms_errors, token
 from modelrig.manifest import FULL_COMMIT, HubRef, WeightSource
 from modelrig.progress import bar
 from modelrig.stamp import STAMP_NAME, read_stamp, sha256_file, write_stamp
+
+# fetch checks free disk itself before downloading, and a disk that fills up later is one `disk_full` error: the
+# client's per-file warning would only repeat it, file after file
+warnings.filterwarnings("ignore", message="Not enough free disk space to download the file", category=UserWarning)
 
 LOCK_NAME = ".modelrig-fetch.lock"
 #: Files at least this large are hashed while they download rather than read again afterwards.

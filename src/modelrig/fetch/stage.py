@@ -28,7 +28,7 @@ from modelrig.fetch.remote import Endpoints, HubUnreachable, endpoints_for, reso
 from modelrig.manifest import Manifest, WeightSource
 from modelrig.netcheck import unreachable_hint
 from modelrig.result import StageResult, timed
-from modelrig.stamp import sha256_file, write_json
+from modelrig.stamp import read_stamp, sha256_file, write_json
 
 
 @dataclass
@@ -43,11 +43,18 @@ class FetchOptions:
     modelscope_endpoint: str | None = None
     local: dict[str, str] = field(default_factory=dict)
     headroom: int = DEFAULT_HEADROOM
+    #: Only say whether a fetch would download anything, and why; download and write nothing.
+    check: bool = False
     log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
 
 
 def fetch_model(manifest: Manifest, ctx: Context, *, options: FetchOptions) -> StageResult:
-    """Download every hub source of `manifest` (verified), check its local sources, and report what it did."""
+    """Download every hub source of `manifest` (verified), check its local sources, and report what it did.
+
+    With `options.check`, download and write nothing: see `check_fetch`.
+    """
+    if options.check:
+        return check_fetch(manifest, ctx, options=options)
     endpoints = endpoints_for(ctx.config, hf_endpoint=options.hf_endpoint,
                               modelscope_endpoint=options.modelscope_endpoint)
     store = (options.store or ctx.data.store).expanduser().absolute()
@@ -112,6 +119,67 @@ def fetch_model(manifest: Manifest, ctx: Context, *, options: FetchOptions) -> S
     return StageResult(stage="fetch", changed=changed, summary=summary, model=manifest.id,
                        seconds=clock["seconds"],
                        details={"sources": sources, "notes": notes, "disk": disk, "store": str(store)})
+
+
+def check_fetch(manifest: Manifest, ctx: Context, *, options: FetchOptions) -> StageResult:
+    """What `fetch_model` would do, touching nothing: which sources it would download and why.
+
+    A source pinned to a commit with its stamp in place needs no network; others are resolved on the hub
+    (read-only) to compare the commit and file list with the stamp.
+    """
+    endpoints = endpoints_for(ctx.config, hf_endpoint=options.hf_endpoint,
+                              modelscope_endpoint=options.modelscope_endpoint)
+    store = (options.store or ctx.data.store).expanduser().absolute()
+    reasons: list[str] = []
+    sources: list[dict[str, Any]] = []
+    with timed() as clock:
+        for name, source in manifest.weights.items():
+            if source.model is not None:
+                continue
+            if source.local is not None:
+                try:
+                    path = local_weights_dir(name, source.local, given=options.local, config=ctx.config)
+                except UsageError as exc:
+                    reasons.append(str(exc))
+                    continue
+                if not any(p.is_file() for p in path.rglob("*")):
+                    reasons.append(f"{name}: local weights {source.local.var}={path}: the folder is empty")
+                sources.append({"name": name, "hub": "local", "path": str(path)})
+                continue
+            done = _current_stamp(name, source, store, options)
+            if done is not None:
+                sources.append({**_source_record(name, done, store), "state": "in place"})
+                continue
+            plan = _plan_with_fallback(name, source, store, endpoints, options, prefer=ctx.config.hub.prefer)
+            why = _stamp_differences(plan)
+            reasons.extend(f"{name}: {reason}" for reason in why)
+            sources.append({"name": name, "hub": plan.hub, "repo": plan.repo, "commit": plan.commit,
+                            "path": str(plan.target), "state": "to download" if why else "in place"})
+    summary = (f"would download {sum(s.get('state') == 'to download' for s in sources)} of {len(sources)} sources"
+               if reasons else f"{len(sources)} sources in place")
+    return StageResult(stage="fetch", changed=bool(reasons), check=True, reasons=reasons, summary=summary,
+                       model=manifest.id, seconds=clock["seconds"], details={"sources": sources, "store": str(store)})
+
+
+def _stamp_differences(plan: SourcePlan) -> list[str]:
+    """Why the folder of `plan` does not hold a finished fetch of it (empty when it does)."""
+    stamp = read_stamp(plan.target)
+    if not stamp:
+        return [f"not downloaded yet ({plan.hub} {plan.repo}@{plan.commit[:12]})"]
+    why = []
+    if stamp.get("commit") != plan.commit:
+        why.append(f"{plan.repo} moved from commit {str(stamp.get('commit'))[:12]} to {plan.commit[:12]}")
+    if stamp.get("include") != list(plan.include) or stamp.get("exclude") != list(plan.exclude):
+        why.append("include/exclude patterns changed")
+    for f in plan.files:
+        local = plan.target / f.path
+        if not local.is_file():
+            why.append(f"{f.path} is missing")
+        elif local.stat().st_size != f.size:
+            why.append(f"{f.path} has {local.stat().st_size} bytes, the hub's has {f.size}")
+    if not why and plan_matches_stamp(plan) is None:
+        why.append("the stamp does not match the hub's file list")
+    return why
 
 
 def _current_stamp(name: str, source: WeightSource, store: Path, options: FetchOptions) -> dict[str, Any] | None:

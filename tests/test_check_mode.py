@@ -1,0 +1,243 @@
+"""`--check` in every stage: after a real run it says unchanged; after each kind of change it says changed, with
+the reason; the data root is byte-identical before and after a check."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modelrig.catalog import manifest_paths
+from modelrig.cli import main
+from modelrig.demo import pip_find_links
+from modelrig.hub.server import serve_in_thread
+from modelrig.hub.tiny_repos import TOKEN_FILE, make_tiny_hub
+from modelrig.manifest import load_manifest
+from modelrig.render import render
+from tests.helpers.launching import free_port, plan_for
+from tests.helpers.venvs import CACHE
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, int, int]]:
+    """Every file under `root` with its sha256, mode and mtime: a check must leave all of it as it was."""
+    return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mode,
+                                      p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _bluelm():
+    manifest = load_manifest(next(p for p in manifest_paths() if p.stem == "bluelm-7b-chat"))
+    paths = {name: f"/w/{name}" for name in manifest.weights}
+    paths.update({step.output_name: f"/w/{step.output_name}" for step in manifest.convert})
+    return manifest, paths
+
+
+def test_render_check_reports_each_kind_of_change_and_writes_nothing(tmp_path):
+    manifest, paths = _bluelm()
+    plan = plan_for(manifest)
+    out = tmp_path / "launch"
+    fresh = render(manifest, plan, out, paths=paths, python="/e/bin/python", check=True)
+    assert fresh.check and fresh.changed and not out.exists()
+    assert "chat: app.py not rendered yet" in fresh.reasons
+
+    render(manifest, plan, out, paths=paths, python="/e/bin/python")
+    before = snapshot(out)
+    same = render(manifest, plan, out, paths=paths, python="/e/bin/python", check=True)
+    assert not same.changed and same.reasons == []
+    assert snapshot(out) == before
+
+    app = out / "chat" / "app.py"
+    app.write_text(app.read_text() + "\n# edited\n")
+    edited = snapshot(out)
+    found = render(manifest, plan, out, paths=paths, python="/e/bin/python", check=True)
+    assert found.changed and found.reasons == ["chat: app.py differs from its rendering: edited since it was rendered"]
+    assert snapshot(out) == edited
+    repaired = render(manifest, plan, out, paths=paths, python="/e/bin/python")
+    assert repaired.changed and repaired.details["entries"]["chat"]["written"] == ["app.py"]
+    assert snapshot(out)["chat/app.py"][0] == before["chat/app.py"][0]
+
+    other = render(manifest, plan_for(manifest, dtype="bf16"), out, paths=paths, python="/e/bin/python", check=True)
+    assert other.changed
+    assert "chat: app.py differs from its rendering: the manifest, plan, paths or host config changed" \
+        in other.reasons
+
+    (out / "chat" / "start.sh").unlink()
+    missing = render(manifest, plan, out, paths=paths, python="/e/bin/python", check=True)
+    assert missing.reasons == ["chat: start.sh is missing"]
+
+
+def test_cli_render_check_json(cli, tmp_path):
+    out = tmp_path / "launch"
+    args = ["render", "bluelm-7b-chat", "--python", "/e/bin/python", "--out", out, "--facts",
+            Path(__file__).parent / "fixtures" / "hosts" / "a100-40gb.json",
+            *[f"--weights={name}=/w/{name}" for name in ("model",)]]
+    code, stdout, err = cli(*args, "--check", "--json")
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert result["ok"] and result["check"] and result["changed"] and result["stage"] == "render"
+    assert not out.exists()
+    assert cli(*args)[0] == 0
+    code, stdout, _ = cli(*args, "--check", "--json")
+    assert json.loads(stdout)["changed"] is False
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Every stage on a real data root: the demo pipeline (local hub, real env, conversions, a running API).
+
+MODEL = "check-tiny-ziya"
+STAGES = ["plan", "env", "fetch", "convert", "render", "launch"]
+
+
+def run(root: Path, *args: object) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["--data-root", str(root), *map(str, args)])
+    return code, out.getvalue(), err.getvalue()
+
+
+def checked(root: Path, *args: object) -> dict:
+    """`modelrig ARGS --check --json` on `root`, which must leave `root` exactly as it was."""
+    before = data_root_snapshot(root)
+    code, out, err = run(root, *args, "--check", "--json")
+    assert code == 0, err
+    assert data_root_snapshot(root) == before, "a check changed the data root"
+    result = json.loads(out)
+    assert result["ok"] is True and result["check"] is True
+    return result
+
+
+def data_root_snapshot(root: Path) -> dict[str, tuple[str, int, int]]:
+    """The data root, less what running services write themselves (their logs) and the uv cache."""
+    if not root.exists():
+        return {}
+    return {name: value for name, value in snapshot(root).items()
+            if not (name.startswith("run/") and name.endswith(".log")) and not name.startswith("cache/uv")}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory):
+    """A data root after a real `up` of a copy of the demo model (its API on a free port), and its local hub."""
+    manifests = tmp_path_factory.mktemp("manifests")
+    demo = yaml.safe_load((REPO / "model_manifests" / "demo-tiny-ziya.yaml").read_text())
+    demo["id"] = MODEL
+    demo["launch"] = [{**e, "port": free_port()} for e in demo["launch"] if e["name"] == "api"]
+    (manifests / f"{MODEL}.yaml").write_text(yaml.safe_dump(demo))
+    root = tmp_path_factory.mktemp("check-root")
+    hub = tmp_path_factory.mktemp("check-hub")
+    make_tiny_hub(hub, only=["modelrig-tiny/llama-meta", "modelrig-tiny/ziya-delta"])
+    url, stop_hub = serve_in_thread(hub, token_file=hub / TOKEN_FILE)
+    config = yaml.safe_dump({"hub": {"hf_endpoint": url, "token_file": str(hub / TOKEN_FILE)},
+                             "pip": {"find_links": pip_find_links(), "use_torch_index": False}})
+    (root / "config.yaml").write_text(config)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UV_CACHE_DIR", str(CACHE / "uv"))
+        mp.setenv("MODELRIG_MANIFESTS", str(manifests))
+        code, _, err = run(root, "up", MODEL)
+        assert code == 0, err
+        try:
+            yield root, config, manifests
+        finally:
+            run(root, "down", MODEL)
+            stop_hub()
+
+
+def test_up_check_after_a_real_run_says_every_stage_unchanged(pipeline):
+    root, _, _ = pipeline
+    report = checked(root, "up", MODEL)
+    assert [s["stage"] for s in report["stages"]] == STAGES
+    assert report["changed"] is False, report["reasons"]
+    assert all(not s["changed"] and s["reasons"] == [] for s in report["stages"])
+
+
+def test_up_check_on_a_fresh_data_root_says_what_every_stage_would_do(pipeline, tmp_path):
+    _, config, _ = pipeline
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "config.yaml").write_text(config)
+    report = checked(fresh, "up", MODEL)
+    by_stage = {s["stage"]: s for s in report["stages"]}
+    assert all(by_stage[stage]["changed"] for stage in STAGES)
+    assert by_stage["env"]["reasons"][0].startswith("no env with this spec")
+    assert any("not downloaded yet" in r for r in by_stage["fetch"]["reasons"])
+    assert by_stage["render"]["reasons"][0] == "api: app.py not rendered yet"
+    assert by_stage["launch"]["reasons"] == ["api: not rendered yet"]
+    assert sorted(p.name for p in fresh.iterdir()) == ["config.yaml"]
+
+
+def test_fetch_check_finds_a_truncated_file_and_fetch_repairs_it(pipeline):
+    root, _, _ = pipeline
+    assert checked(root, "fetch", MODEL)["changed"] is False
+    delta = root / "store" / "huggingface" / "modelrig-tiny--ziya-delta"
+    weights = next(p for p in sorted(delta.iterdir()) if p.suffix == ".bin")
+    size = weights.stat().st_size
+    with open(weights, "r+b") as f:
+        f.truncate(size - 10)
+    result = checked(root, "fetch", MODEL)
+    assert result["changed"] and result["reasons"] == [
+        f"delta: {weights.name} has {size - 10} bytes, the hub's has {size}"]
+    assert run(root, "fetch", MODEL)[0] == 0
+    assert weights.stat().st_size == size
+    assert checked(root, "fetch", MODEL)["changed"] is False
+
+
+def test_convert_check_finds_an_edited_output_and_convert_rebuilds_it(pipeline):
+    root, _, _ = pipeline
+    assert checked(root, "convert", MODEL)["changed"] is False
+    final = root / "models" / MODEL / "final"
+    shard = next(p for p in sorted(final.iterdir()) if p.suffix == ".safetensors")
+    good = shard.read_bytes()
+    time.sleep(0.01)
+    shard.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    result = checked(root, "convert", MODEL)
+    assert result["changed"] and f"final: output {shard.name} was modified after it was built" in result["reasons"]
+    assert run(root, "convert", MODEL)[0] == 0
+    assert shard.read_bytes() == good
+    assert checked(root, "convert", MODEL)["changed"] is False
+
+
+def test_env_check_says_a_changed_pin_builds_a_new_env_beside_the_old(pipeline):
+    root, _, manifests = pipeline
+    assert checked(root, "env", MODEL)["changed"] is False
+    path = manifests / f"{MODEL}.yaml"
+    original = path.read_text()
+    changed = yaml.safe_load(original)
+    changed["env"]["packages"] = [p.replace("accelerate", "accelerate==1.0.1") for p in changed["env"]["packages"]]
+    path.write_text(yaml.safe_dump(changed))
+    try:
+        result = checked(root, "env", MODEL)
+        assert result["changed"]
+        (reason,) = result["reasons"]
+        assert reason.startswith("no env with this spec") and "builds a new env beside them" in reason
+    finally:
+        path.write_text(original)
+
+
+def test_render_and_launch_checks_follow_an_edit_and_a_stopped_service(pipeline):
+    root, _, _ = pipeline
+    start_sh = root / "launch" / MODEL / "api" / "start.sh"
+    text = start_sh.read_text()
+    start_sh.write_text(text + "# edited by hand\n")
+    os.chmod(start_sh, 0o755)
+    assert checked(root, "render", MODEL)["reasons"] == [
+        "api: start.sh differs from its rendering: edited since it was rendered"]
+    assert checked(root, "up", MODEL)["changed"] is True
+    assert run(root, "render", MODEL)[0] == 0 and start_sh.read_text() == text
+
+    assert checked(root, "down", MODEL)["reasons"] == ["api: running"]
+    assert checked(root, "stop", MODEL)["changed"] is True
+    assert run(root, "stop", MODEL)[0] == 0
+    launch = checked(root, "launch", MODEL)
+    assert launch["changed"] and launch["reasons"] == ["api: service is stopped"]
+    assert checked(root, "down", MODEL)["changed"] is False
+    code, _, err = run(root, "up", MODEL)
+    assert code == 0, err
+    assert checked(root, "up", MODEL)["changed"] is False
