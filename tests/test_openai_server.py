@@ -8,6 +8,7 @@ import http.client
 import json
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import openai
@@ -28,6 +29,9 @@ from tests.helpers.venvs import CURRENT_UI
 pytestmark = pytest.mark.slow
 
 API_KEY = "sk-test-0123456789"
+TEXT_MODEL = "tiny-ziya"
+#: The `model_aliases` of the text server; /v1/models lists them after the served name.
+TEXT_ALIAS = "ziya-alias"
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,7 @@ def text_server(tmp_path_factory, env_python):
     model = tiny.write_llama_hf(root / "model", seed=1)  # seed 1 does not answer EOS at once
     manifest = tiny_manifest("tiny-ziya", [{"name": "api", "kind": "openai_api", "adapter": "ziya", "port": 8000,
                                             "options": {"queue_size": 8, "max_new_tokens": 16,
-                                                        "temperature": 0.0}}])
+                                                        "temperature": 0.0, "model_aliases": [TEXT_ALIAS]}}])
     entry = render_one(manifest, root / "launch", python=env_python, paths={"model": model}, entry="api",
                        secrets={"MODELRIG_API_KEY": API_KEY})
     port = free_port()
@@ -53,11 +57,13 @@ def text_server(tmp_path_factory, env_python):
 
 @pytest.fixture(scope="module")
 def vision_server(tmp_path_factory, env_python):
-    """A tiny LLaVA behind the `llava` adapter, without an API key (loopback only)."""
+    """A tiny LLaVA behind the `llava` adapter, without an API key (loopback only); it also answers to the model
+    name of the Mac write-up's request (a `model_aliases` entry)."""
     root = tmp_path_factory.mktemp("openai-vision")
     model = write_tiny_vlm(root / "model", kind="llava", python=env_python)
     manifest = tiny_manifest("tiny-llava", [{"name": "api", "kind": "openai_api", "adapter": "llava",
-                                             "options": {"max_new_tokens": 8, "temperature": 0.0}}],
+                                             "options": {"max_new_tokens": 8, "temperature": 0.0,
+                                                         "model_aliases": ["Qwen-VL-Chat-7B"]}}],
                              architecture="LlavaForConditionalGeneration")
     entry = render_one(manifest, root / "launch", python=env_python, paths={"model": model}, entry="api")
     port = free_port()
@@ -81,7 +87,7 @@ def raw(port: int, method: str, path: str, body: bytes | None = None, headers: d
 
 def test_models_endpoint_lists_the_served_model(text_server):
     models = client(text_server["port"]).models.list()
-    assert [m.id for m in models.data] == ["tiny-ziya"]
+    assert [m.id for m in models.data] == [TEXT_MODEL, TEXT_ALIAS]
 
 
 def test_plain_chat_answers_with_usage_and_respects_max_tokens(text_server):
@@ -112,23 +118,23 @@ def test_streaming_yields_the_same_text_as_a_plain_answer(text_server):
 def test_stop_sequence_cuts_the_answer_before_it(text_server):
     api = client(text_server["port"])
     messages = [{"role": "user", "content": "count with me"}]
-    full = api.chat.completions.create(model="m", messages=messages, max_tokens=16, temperature=0)
+    full = api.chat.completions.create(model=TEXT_MODEL, messages=messages, max_tokens=16, temperature=0)
     text = full.choices[0].message.content
     stop = text.strip()[2:5]
     assert len(stop) == 3, text
-    cut = api.chat.completions.create(model="m", messages=messages, max_tokens=16, temperature=0, stop=[stop])
+    cut = api.chat.completions.create(model=TEXT_MODEL, messages=messages, max_tokens=16, temperature=0, stop=[stop])
     assert cut.choices[0].finish_reason == "stop"
     assert cut.choices[0].message.content == text[: text.find(stop)]
-    streamed = api.chat.completions.create(model="m", messages=messages, max_tokens=16, temperature=0,
+    streamed = api.chat.completions.create(model=TEXT_MODEL, messages=messages, max_tokens=16, temperature=0,
                                            stop=stop, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == text[: text.find(stop)]
 
 
 def test_multi_turn_history_changes_the_prompt(text_server):
     api = client(text_server["port"])
-    one = api.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+    one = api.chat.completions.create(model=TEXT_MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4,
                                       temperature=0)
-    two = api.chat.completions.create(model="m", max_tokens=4, temperature=0, messages=[
+    two = api.chat.completions.create(model=TEXT_MODEL, max_tokens=4, temperature=0, messages=[
         {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello friend"},
         {"role": "user", "content": "hi"}])
     assert two.usage.prompt_tokens > one.usage.prompt_tokens
@@ -137,7 +143,7 @@ def test_multi_turn_history_changes_the_prompt(text_server):
 def test_wrong_or_missing_api_key_is_rejected(text_server):
     with pytest.raises(openai.AuthenticationError):
         client(text_server["port"], key="sk-wrong").chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+            model=TEXT_MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     status, _, body = raw(text_server["port"], "GET", "/v1/models", headers={"Authorization": ""})
     assert status == 401 and json.loads(body)["error"]["code"] == "invalid_api_key"
     status, _, body = raw(text_server["port"], "GET", "/health", headers={"Authorization": ""})
@@ -170,9 +176,185 @@ def test_bad_requests_get_openai_shaped_4xx_errors(text_server):
     assert head.startswith(b"HTTP/1.1 413"), head
 
 
+SMALL = json.dumps({"model": TEXT_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).encode()
+
+
+def _head(*lines: bytes) -> bytes:
+    """A chat completion request's head (request line, Host, Authorization and `lines`), ending in a blank line."""
+    return b"\r\n".join([b"POST /v1/chat/completions HTTP/1.1", b"Host: 127.0.0.1",
+                         b"Authorization: Bearer " + API_KEY.encode(), *lines]) + b"\r\n\r\n"
+
+
+def _exchange(port: int, data: bytes, *, timeout: float = 20) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes, read until the server closes the connection; (status, headers, body) of the first answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in header_lines)
+    return int(status_line.split()[1]), headers, body
+
+
+def _openai_error(body: bytes) -> dict:
+    error = json.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert error["message"] and error["type"]
+    return error
+
+
+@pytest.mark.parametrize("lines, status", [
+    ([b"Content-Length: -1"], 400),
+    ([b"Content-Length: -1", b"Expect: 100-continue"], 400),
+    ([b"Content-Length: 1e3"], 400),
+    ([b"Content-Length: 5", b"Content-Length: 7"], 400),
+    ([], 411),
+    ([b"Transfer-Encoding: chunked"], 411),
+    ([b"Content-Length: " + str(64 << 20).encode(), b"Expect: 100-continue"], 413),
+], ids=["negative", "negative-expect", "not-a-number", "two-lengths", "missing", "chunked", "too-large-expect"])
+def test_a_bad_content_length_is_refused_before_any_body_is_read(text_server, lines, status):
+    """The answer comes from the head alone (a body the server waited for would never come), never `100 Continue`
+    first, and the connection closes since whatever follows cannot be framed."""
+    got, headers, body = _exchange(text_server["port"], _head(*lines))
+    assert got == status, body
+    assert headers["Connection"] == "close"
+    assert headers["Content-Length"] == str(len(body))
+    _openai_error(body)
+
+
+def test_a_negative_content_length_does_not_make_the_server_read_on(text_server):
+    """Sending on after `Content-Length: -1` soon fails: the server answered and closed instead of reading to EOF."""
+    chunk, sent = b"x" * (1 << 20), 0
+    with socket.create_connection(("127.0.0.1", text_server["port"]), timeout=60) as sock:
+        sock.sendall(_head(b"Content-Length: -1"))
+        try:
+            while sent < 128 << 20:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except OSError:
+            pass
+    assert sent < 64 << 20
+    assert text_server["proc"].poll() is None
+
+
+def test_expect_100_continue_is_answered_once_the_body_is_wanted(text_server):
+    with socket.create_connection(("127.0.0.1", text_server["port"]), timeout=60) as sock:
+        sock.sendall(_head(b"Expect: 100-continue", b"Connection: close", f"Content-Length: {len(SMALL)}".encode()))
+        assert sock.recv(4096).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(SMALL)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["usage"]["completion_tokens"] == 2
+
+
+@pytest.mark.parametrize("body, param", [
+    (json.dumps({"model": TEXT_MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True,
+                 "stream_options": "x"}).encode(), "stream_options"),
+    (json.dumps({"model": TEXT_MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True,
+                 "stream_options": {"include_usage": "yes"}}).encode(), "stream_options"),
+    (b'{"model": "tiny-ziya", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", None),
+    (json.dumps({"model": TEXT_MODEL, "messages": [{"role": "user", "content": "\ud800"}]}).encode(), "messages"),
+    (json.dumps({"model": TEXT_MODEL, "messages": [{"role": "user", "content": "hi"}],
+                 "stop": ["\udfff"]}).encode(), "stop"),
+    (b'{"model": "tiny-ziya", "messages": [{"role": "user", "content": "hi"}], "max_tokens": '
+     + b"9" * 200_000 + b"}", None),
+    (json.dumps({"model": TEXT_MODEL, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": {"nested": "object"}}]}]}).encode(), "messages"),
+], ids=["stream-options-string", "include-usage-string", "nested-100000-deep", "lone-surrogate",
+        "lone-surrogate-stop", "huge-integer", "text-part-object"])
+def test_malformed_requests_get_a_400_in_openais_error_shape(text_server, body, param):
+    status, headers, data = raw(text_server["port"], "POST", "/v1/chat/completions", body,
+                                {"Content-Type": "application/json"})
+    assert status == 400, data
+    assert _openai_error(data)["param"] == param
+    assert "Connection" not in headers  # the body was read whole: the connection could go on
+    assert text_server["proc"].poll() is None
+
+
+def test_http_level_garbage_gets_json_errors_too(text_server):
+    status, headers, body = _exchange(text_server["port"], b"PUT /v1/chat/completions HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 501 and headers["Connection"] == "close"
+    assert "PUT" in _openai_error(body)["message"]
+
+
+def test_unknown_model_is_a_404_model_not_found_and_aliases_are_served(text_server):
+    api = client(text_server["port"])
+    messages = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.NotFoundError) as caught:
+        api.chat.completions.create(model="gpt-4", messages=messages, max_tokens=2)
+    assert caught.value.code == "model_not_found"
+    assert "gpt-4" in caught.value.message
+    with pytest.raises(openai.NotFoundError):
+        api.models.retrieve("gpt-4")
+    assert api.models.retrieve(TEXT_ALIAS).id == TEXT_ALIAS
+    by_name = api.chat.completions.create(model=TEXT_MODEL, messages=messages, max_tokens=4, temperature=0)
+    by_alias = api.chat.completions.create(model=TEXT_ALIAS, messages=messages, max_tokens=4, temperature=0)
+    assert by_alias.choices[0].message.content == by_name.choices[0].message.content
+    status, _, data = raw(text_server["port"], "POST", "/v1/chat/completions",
+                          json.dumps({"model": 4, "messages": messages}).encode())
+    assert status == 400 and _openai_error(data)["param"] == "model"
+
+
+def test_one_keep_alive_connection_carries_answers_and_errors_in_turn(text_server):
+    conn = http.client.HTTPConnection("127.0.0.1", text_server["port"], timeout=120)
+    sockets = []
+    for model, expected in ((TEXT_MODEL, 200), ("gpt-4", 404), (TEXT_MODEL, 200)):
+        body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        conn.request("POST", "/v1/chat/completions", body=body,
+                     headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
+        response = conn.getresponse()
+        data = response.read()
+        assert response.status == expected, data
+        assert response.getheader("Content-Length") == str(len(data))
+        assert response.getheader("Connection") is None
+        sockets.append(conn.sock)
+    conn.close()
+    assert sockets[0] is not None and sockets[0] is sockets[1] is sockets[2]
+
+
+def _health(port: int) -> dict:
+    return json.loads(raw(port, "GET", "/health")[2])
+
+
+def _wait_for(port: int, test, what: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        health = _health(port)
+        if test(health):
+            return health
+        time.sleep(0.02)
+    raise AssertionError(f"{what}: not within {timeout}s ({health})")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streaming"])
+def test_a_client_that_goes_away_cancels_its_generation(text_server, stream):
+    """A long answer (thousands of tokens; "x" leads the tiny model far from EOS) whose client closes its socket
+    stops generating: the worker is free again and the server counts the job as cancelled."""
+    port = text_server["port"]
+    before = _health(port)
+    assert before["generating"] == 0
+    body = json.dumps({"model": TEXT_MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 8000,
+                       "temperature": 0, "stream": stream}).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(_head(f"Content-Length: {len(body)}".encode()) + body)
+        _wait_for(port, lambda h: h["generating"] == 1, "the long answer started")
+        if stream:
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+    after = _wait_for(port, lambda h: h["generating"] == 0, "generation stopped after the client left")
+    assert after["cancelled"] == before["cancelled"] + 1
+    reply = client(port).chat.completions.create(model=TEXT_MODEL, messages=[{"role": "user", "content": "hi"}],
+                                                 max_tokens=2)
+    assert reply.usage.completion_tokens == 2
+
+
 def test_64_concurrent_requests_each_complete_or_get_503_with_retry_after(text_server):
     port = text_server["port"]
-    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "go"}], "max_tokens": 8}).encode()
+    body = json.dumps({"model": TEXT_MODEL, "messages": [{"role": "user", "content": "go"}],
+                       "max_tokens": 8}).encode()
 
     def one(index: int):
         stream = index % 2 == 1
@@ -215,7 +397,7 @@ def test_image_content_in_openai_and_seed_forms(vision_server):
     ]
     answers = []
     for part in forms:
-        reply = api.chat.completions.create(model="m", max_tokens=6, temperature=0, messages=[
+        reply = api.chat.completions.create(model="tiny-llava", max_tokens=6, temperature=0, messages=[
             {"role": "user", "content": [{"type": "text", "text": "what is this?"}, part]}])
         answers.append(reply.choices[0].message.content)
         assert reply.usage.completion_tokens >= 1
@@ -243,7 +425,7 @@ def test_the_seed_documents_request_shape_is_answered(vision_server):
 def test_unreadable_image_is_a_422_not_a_crash(vision_server):
     api = client(vision_server["port"], key="unused")
     with pytest.raises(openai.UnprocessableEntityError):
-        api.chat.completions.create(model="m", max_tokens=2, messages=[{"role": "user", "content": [
+        api.chat.completions.create(model="tiny-llava", max_tokens=2, messages=[{"role": "user", "content": [
             {"type": "text", "text": "x"}, {"type": "image", "image": "/nonexistent/picture.png"}]}])
     assert vision_server["proc"].poll() is None
 
@@ -255,7 +437,7 @@ def test_server_refuses_to_listen_beyond_loopback_without_a_key(tmp_path, env_py
     done = subprocess.run(["/bin/sh", str(entry / "start.sh")], capture_output=True, text=True, timeout=120,
                           env={"MODELRIG_BIND": "0.0.0.0", "PATH": "/usr/bin:/bin"})
     assert done.returncode != 0
-    assert "without an API key" in done.stderr
+    assert "refusing to listen on 0.0.0.0 without" in done.stderr  # start.sh or the server itself refuses
 
 
 def test_chat_template_adapter_renders_the_tokenizers_template_once(tmp_path, env_python):
