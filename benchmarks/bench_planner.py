@@ -7,8 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from modelrig.catalog import load_model, manifest_paths
-from modelrig.cli.plan import dependency_manifests
+from modelrig.catalog import dependency_manifests, load_model, manifest_paths
 from modelrig.facts import HostFacts
 from modelrig.manifest import load_manifest
 from modelrig.planner import TORCH_BUILDS_FILE, load_torch_table, make_plan

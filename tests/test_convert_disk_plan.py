@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from modelrig.catalog import load_model
-from modelrig.cli.plan import dependency_manifests
+from modelrig.catalog import dependency_manifests, load_model
 from modelrig.facts import HostFacts
 from modelrig.planner import DISK_HEADROOM, DISK_RESERVE_GB, make_plan, plan_disk
 

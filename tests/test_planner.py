@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from modelrig.catalog import load_model
-from modelrig.cli.plan import dependency_manifests
+from modelrig.catalog import dependency_manifests, load_model
 from modelrig.config import HostConfig, PipSettings
 from modelrig.errors import HostCannotRunError
 from modelrig.facts import Gpu, HostFacts

@@ -49,6 +49,20 @@ def load_model(name: str) -> Manifest:
     return manifest
 
 
+def dependency_manifests(manifest: Manifest) -> dict[str, Manifest]:
+    """Every manifest reachable through `model:` sources (a vision model's merged LLM, ...), by id."""
+    found: dict[str, Manifest] = {}
+    pending = [s.model for s in manifest.weights.values() if s.model]
+    while pending:
+        model_id = pending.pop()
+        if model_id is None or model_id in found:
+            continue
+        dep = load_model(model_id)
+        found[model_id] = dep
+        pending.extend(s.model for s in dep.weights.values() if s.model)
+    return found
+
+
 def validate_files(paths: list[Path]) -> tuple[list[Manifest], list[str]]:
     """Validate files, returning the good manifests and every problem line of the bad ones."""
     good: list[Manifest] = []

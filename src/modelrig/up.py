@@ -83,7 +83,7 @@ def host_facts(ctx: Context) -> HostFacts:
 
 def dependency_manifests(manifest: Manifest) -> dict[str, Manifest]:
     """Every manifest reachable through `model:` sources, by id."""
-    from modelrig.cli.plan import dependency_manifests as deps
+    from modelrig.catalog import dependency_manifests as deps
 
     return deps(manifest)
 

@@ -7,12 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from modelrig.catalog import load_model
+from modelrig.catalog import dependency_manifests, load_model
 from modelrig.config import Context
 from modelrig.errors import HostCannotRunError, UsageError
-from modelrig.facts import HostFacts
+from modelrig.facts import HostFacts, read_facts
 from modelrig.humansize import format_size
-from modelrig.manifest import Manifest
 from modelrig.plan import Plan
 
 
@@ -27,39 +26,12 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_plan)
 
 
-def read_facts(path: Path) -> HostFacts:
-    """Host facts recorded as JSON; a missing or malformed file is a usage error naming it."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, dict) and isinstance(data.get("facts"), dict):
-            data = data["facts"]
-        return HostFacts.from_dict(data)
-    except FileNotFoundError:
-        raise UsageError(f"{path}: facts file not found") from None
-    except (json.JSONDecodeError, TypeError, AttributeError) as exc:
-        raise UsageError(f"{path}: not a host facts JSON document ({exc})") from None
-
-
 def _this_host(ctx: Context) -> HostFacts:
     try:
         from modelrig.facts.collect import collect
     except ImportError:
         raise UsageError("collecting this host's facts is not available here: pass --facts FILE") from None
     return collect(ctx.data.root)
-
-
-def dependency_manifests(manifest: Manifest) -> dict[str, Manifest]:
-    """Every manifest reachable through `model:` sources, by id."""
-    found: dict[str, Manifest] = {}
-    pending = [s.model for s in manifest.weights.values() if s.model]
-    while pending:
-        model_id = pending.pop()
-        if model_id is None or model_id in found:
-            continue
-        dep = load_model(model_id)
-        found[model_id] = dep
-        pending.extend(s.model for s in dep.weights.values() if s.model)
-    return found
 
 
 def _plan(args: argparse.Namespace, ctx: Context) -> int:

@@ -35,7 +35,7 @@ def register(sub: Any) -> None:
 
 def default_weight_paths(manifest: Manifest, ctx: Context) -> dict[str, Path]:
     """Where fetch and convert put each weight source and step output on this data root."""
-    from modelrig.cli.plan import dependency_manifests
+    from modelrig.catalog import dependency_manifests
 
     paths: dict[str, Path] = {}
     for name, source in manifest.weights.items():

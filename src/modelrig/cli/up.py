@@ -74,7 +74,7 @@ def _env_options(p: argparse.ArgumentParser) -> None:
 def _facts(args: argparse.Namespace) -> HostFacts | None:
     if not getattr(args, "facts", None):
         return None
-    from modelrig.cli.plan import read_facts
+    from modelrig.facts import read_facts
 
     return read_facts(args.facts)
 

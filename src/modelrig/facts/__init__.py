@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+from modelrig.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -75,3 +79,17 @@ class HostFacts:
         values["environment"] = list(data.get("environment", []))
         values["warnings"] = list(data.get("warnings", []))
         return cls(**values)
+
+
+def read_facts(path: Path) -> HostFacts:
+    """Host facts recorded as JSON (`modelrig facts --json`, or a `{"facts": ...}` wrapper); a missing or malformed
+    file is a usage error naming it."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if isinstance(data, dict) and isinstance(data.get("facts"), dict):
+            data = data["facts"]
+        return HostFacts.from_dict(data)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: facts file not found") from None
+    except (json.JSONDecodeError, TypeError, AttributeError) as exc:
+        raise UsageError(f"{path}: not a host facts JSON document ({exc})") from None
