@@ -30,6 +30,7 @@ from modelrig.config import AUTODL_DATA_DISK, Context
 from modelrig.facts import HostFacts
 from modelrig.humansize import format_size
 from modelrig.netcheck import LOOPBACK_HINT, MIRROR_HINT, is_loopback, loopback_up
+from modelrig.plan import Plan
 
 Status = Literal["ok", "warn", "fail"]
 #: Seconds each network probe may take; all probes run at once, so the whole check takes about this long.
@@ -278,11 +279,23 @@ def system_checks(environ: Mapping[str, str], *, config_token_file: str | None,
     return checks
 
 
-def model_check(model: str, facts: HostFacts, ctx: Context, environ: Mapping[str, str]) -> tuple[list[Check], Any]:
+def verdict(plan: Plan) -> str:
+    """The plan's result in one line (`modelrig -q plan`): whether it fits, and the torch build, precision and
+    sizes it chose; the reason it does not fit follows as the error line."""
+    if not plan.fits:
+        return f"{plan.model}: does not fit this host"
+    torch = plan.env.torch
+    precision = f"{plan.quantization} ({plan.dtype})" if plan.quantization else plan.dtype
+    return (f"{plan.model}: fits, {plan.platform}, torch {torch.version or '-'} [{torch.variant}], {precision}, "
+            f"download {format_size(plan.download_bytes)}, disk {format_size(plan.disk_needed_bytes)} of "
+            f"{format_size(plan.disk_free_bytes)} free")
+
+
+def model_check(model: str, facts: HostFacts, ctx: Context,
+                environ: Mapping[str, str]) -> tuple[list[Check], Plan]:
     """Whether this host can run `model`: the planner's verdict, and a gated repo without a token; returns the
     checks and the plan (None when the manifest cannot be planned)."""
     from modelrig.catalog import dependency_manifests, load_model
-    from modelrig.cli.plan import verdict
     from modelrig.planner import make_plan
 
     manifest = load_model(model)

@@ -9,6 +9,7 @@ from typing import Any
 
 from modelrig.catalog import dependency_manifests, load_model
 from modelrig.config import Context
+from modelrig.doctor import verdict
 from modelrig.errors import HostCannotRunError, UsageError
 from modelrig.facts import HostFacts, read_facts
 from modelrig.humansize import format_size
@@ -55,18 +56,6 @@ def _plan(args: argparse.Namespace, ctx: Context) -> int:
         raise HostCannotRunError(f"{plan.model} cannot run on this host: {plan.refusal}", model=plan.model,
                                  refusal=plan.refusal)
     return 0
-
-
-def verdict(plan: Plan) -> str:
-    """The plan's result in one line (`modelrig -q plan`): whether it fits, and the torch build, precision and
-    sizes it chose; the reason it does not fit follows as the error line."""
-    if not plan.fits:
-        return f"{plan.model}: does not fit this host"
-    torch = plan.env.torch
-    precision = f"{plan.quantization} ({plan.dtype})" if plan.quantization else plan.dtype
-    return (f"{plan.model}: fits, {plan.platform}, torch {torch.version or '-'} [{torch.variant}], {precision}, "
-            f"download {format_size(plan.download_bytes)}, disk {format_size(plan.disk_needed_bytes)} of "
-            f"{format_size(plan.disk_free_bytes)} free")
 
 
 def summary(plan: Plan) -> str:
