@@ -14,8 +14,8 @@ import pytest
 from modelrig.catalog import manifest_paths
 from modelrig.envs.tools import find_python
 from modelrig.errors import EnvBuildError, LaunchError
+from modelrig.launch.render import render, render_entry
 from modelrig.manifest import load_manifest
-from modelrig.render import render, render_entry
 from tests.helpers.launching import plan_for
 
 

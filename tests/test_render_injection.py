@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from modelrig.errors import LaunchError, ManifestError
+from modelrig.launch.render import is_loopback, render
 from modelrig.manifest import Manifest, load_manifest
-from modelrig.render import is_loopback, render
 from tests.helpers.launching import plan_for
 from tests.helpers.venvs import CURRENT_UI
 

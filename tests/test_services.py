@@ -325,3 +325,19 @@ def _wait_listening(port: int) -> None:
                 return
         time.sleep(0.05)
     raise AssertionError(f"nothing listens on {port}")
+
+
+def test_the_kind_registry_covers_exactly_the_kinds_the_schema_accepts():
+    from typing import get_args
+
+    from modelrig.launch.kinds import KINDS
+    from modelrig.manifest import ADAPTER_KINDS, CUDA_ONLY_KINDS, LaunchKind
+    from modelrig.resources import launch_dir
+
+    assert set(KINDS) == set(get_args(LaunchKind))
+    assert {k.name for k in KINDS.values() if k.cuda_only} == CUDA_ONLY_KINDS
+    assert ADAPTER_KINDS <= set(KINDS)
+    for kind in KINDS.values():
+        assert (launch_dir() / kind.template).is_file(), kind.template
+        assert (kind.default_port is None) == (kind.health_path is None) or kind.name == "batch_caption"
+        assert not (kind.loopback_only and kind.auth_var), kind.name

@@ -143,7 +143,7 @@ def weight_paths(manifest: Manifest, ctx: Context, fetched: StageResult) -> dict
 def render_stage(manifest: Manifest, plan: Plan, ctx: Context, *, python: Path, paths: dict[str, Path],
                  options: UpOptions) -> StageResult:
     """Render the launch scripts for the plan's entries."""
-    from modelrig.render import render
+    from modelrig.launch.render import render
 
     return render(manifest, plan, ctx.data.launch / manifest.id, paths=paths, python=python, config=ctx.config,
                   entries=options.entries, cache_dir=ctx.data.cache, log_dir=ctx.data.run / manifest.id)
@@ -263,7 +263,7 @@ def check_up(manifest: Manifest, ctx: Context, *, options: UpOptions | None = No
     from modelrig.envs.build import check_env
     from modelrig.fetch import FetchOptions, fetch_model
     from modelrig.launch import check as check_entry
-    from modelrig.render import render
+    from modelrig.launch.render import render
 
     options = options or UpOptions()
     emit = on_stage or (lambda result: None)

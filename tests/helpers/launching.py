@@ -14,9 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from modelrig.launch.render import render
 from modelrig.manifest import Manifest
 from modelrig.plan import EnvPlan, Plan, TorchBuild
-from modelrig.render import render
 
 #: Run in a model env: load a rendered app.py as a module (its main() does not run), build its ChatAdapter, answer
 #: each message list of argv[2] (JSON; "images" are paths) and print what the adapter and the model saw, as JSON.

@@ -9,7 +9,7 @@ from typing import Any
 
 from modelrig.config import Context
 from modelrig.errors import LaunchError
-from modelrig.render import ENTRY_FILE
+from modelrig.launch.render import ENTRY_FILE
 from modelrig.result import StageResult, combine
 
 

@@ -62,7 +62,7 @@ def _env_python(plan: Any, ctx: Context) -> Path:
 
 def _render(args: argparse.Namespace, ctx: Context) -> int:
     from modelrig.cli.up import _facts
-    from modelrig.render import render
+    from modelrig.launch.render import render
     from modelrig.up import plan_model
 
     manifest = load_model(args.model)

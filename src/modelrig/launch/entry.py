@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from modelrig.errors import LaunchError
-from modelrig.render import ENTRY_FILE
+from modelrig.launch.kinds import launch_kind
+from modelrig.launch.render import ENTRY_FILE
 from modelrig.stamp import read_stamp
 
 
@@ -30,7 +31,7 @@ def entry_url(info: dict[str, Any]) -> str | None:
     host = "127.0.0.1" if info["bind"] in ("0.0.0.0", "::", "") else info["bind"]
     host = f"[{host}]" if ":" in host else host
     base = f"http://{host}:{info['port']}"
-    return f"{base}/v1" if info["kind"] in ("openai_api", "vllm_serve") else f"{base}/"
+    return base + launch_kind(info["kind"]).url_path
 
 
 def rendered_key(entry_dir: Path) -> str | None:

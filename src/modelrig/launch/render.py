@@ -18,33 +18,15 @@ import jinja2
 
 from modelrig.config import HostConfig
 from modelrig.errors import LaunchError
-from modelrig.manifest import ADAPTERS, CUDA_ONLY_KINDS, LaunchEntry, Manifest, is_bind_address
+from modelrig.launch.kinds import launch_kind
+from modelrig.manifest import ADAPTERS, LaunchEntry, Manifest, is_bind_address
 from modelrig.plan import Plan
 from modelrig.resources import launch_dir
 from modelrig.result import StageResult
 from modelrig.stamp import atomic_write_text, digest, read_stamp, write_stamp
 
-#: The file each kind's template renders to inside the entry folder.
-SCRIPT_NAMES = {
-    "gradio_chat": "app.py",
-    "gradio_vision_chat": "app.py",
-    "streamlit_chat": "app.py",
-    "openai_api": "app.py",
-    "batch_caption": "app.py",
-    "vllm_serve": "serve.sh",
-    "upstream_script": "serve.sh",
-}
-#: Ports used when an entry names none.
-DEFAULT_PORTS = {"gradio_chat": 7860, "gradio_vision_chat": 7860, "streamlit_chat": 8501, "openai_api": 8000,
-                 "vllm_serve": 8000, "upstream_script": 8000}
-#: Where each kind answers a health check (an HTTP GET that returns 2xx once the app is ready).
-HEALTH_PATHS = {"gradio_chat": "/", "gradio_vision_chat": "/", "streamlit_chat": "/_stcore/health",
-                "openai_api": "/health", "vllm_serve": "/health", "upstream_script": "/"}
 #: Generation settings every chat template starts from; an entry's `options` override them.
 GENERATION_KEYS = {"max_new_tokens": 512, "temperature": 0.7, "top_p": 0.9, "top_k": None, "repetition_penalty": 1.0}
-#: Kinds protected by an API key (the others by a UI password).
-API_KEY_KINDS = frozenset({"openai_api", "vllm_serve"})
-UI_AUTH_KINDS = frozenset({"gradio_chat", "gradio_vision_chat", "streamlit_chat"})
 
 SECRETS_FILE = "secrets.env"
 ENTRY_FILE = "entry.json"
@@ -233,9 +215,10 @@ def render_entry(manifest: Manifest, entry: LaunchEntry, plan: Plan, paths: Mapp
     weights path, remote code served by vLLM from an unpinned revision, or a non-loopback bind without auth.
     """
     kind = entry.kind
+    spec = launch_kind(kind)
     if entry.name not in [e.name for e in manifest.launch]:
         raise LaunchError(f"{manifest.id}: no launch entry named {entry.name!r}")
-    if kind in CUDA_ONLY_KINDS and plan.device != "cuda":
+    if spec.cuda_only and plan.device != "cuda":
         raise LaunchError(f"{manifest.id}/{entry.name}: {kind} runs only on CUDA hosts; the plan is for "
                           f"{plan.device} (use the openai_api entry instead)")
     if plan.platform not in entry.allowed_platforms:
@@ -261,18 +244,18 @@ def render_entry(manifest: Manifest, entry: LaunchEntry, plan: Plan, paths: Mapp
     for name in secrets:
         _sh_name(name)
     if not is_loopback(bind):
-        if kind == "upstream_script":
-            raise LaunchError(f"{manifest.id}/{entry.name}: upstream demos have no authentication; keep them on "
+        if spec.loopback_only:
+            raise LaunchError(f"{manifest.id}/{entry.name}: {kind} entries have no authentication; keep them on "
                               "127.0.0.1 (put a reverse proxy with auth in front)")
-        needed = "MODELRIG_API_KEY" if kind in API_KEY_KINDS else "MODELRIG_UI_AUTH" if kind in UI_AUTH_KINDS else None
-        if needed and not secrets.get(needed):
-            raise LaunchError(f"{manifest.id}/{entry.name}: listening on {bind} needs {needed} in the secrets")
+        if spec.auth_var and not secrets.get(spec.auth_var):
+            raise LaunchError(f"{manifest.id}/{entry.name}: listening on {bind} needs {spec.auth_var} in the "
+                              "secrets")
 
     python = Path(python)
     env_prefix = python.parent.parent
-    port = entry.port or DEFAULT_PORTS.get(kind)
+    port = entry.port or spec.default_port
     generation = {k: entry.options.get(k, v) for k, v in GENERATION_KEYS.items()}
-    script = SCRIPT_NAMES[kind]
+    script = spec.script
     context: dict[str, Any] = {
         "model_id": manifest.id,
         "entry_name": entry.name,
@@ -305,15 +288,13 @@ def render_entry(manifest: Manifest, entry: LaunchEntry, plan: Plan, paths: Mapp
         assert entry.upstream is not None
         context.update(upstream=entry.upstream, repo_url=_repo_url(entry.upstream.repo),
                        args=_upstream_args(entry, plan, str(paths[weights_name])))
-    template = f"{kind}.py.j2" if script.endswith(".py") else f"{kind}.sh.j2"
-    files[script] = env.get_template(template).render(**context)
+    files[script] = env.get_template(spec.template).render(**context)
 
-    exec_line = _exec_line(kind, script)
     service = {"model_id": manifest.id, "entry_name": entry.name, "kind": kind, "entry_dir": str(entry_dir)}
     files["start.sh"] = env.get_template("services/start.sh.j2").render(
         **service, env_prefix=str(env_prefix), bind=bind, port=port, device=plan.device,
         cache_dir=str(cache_dir) if cache_dir else "", env_vars=sorted(plan.env.env_vars.items()),
-        exec_line=exec_line, auth_var=_auth_var(kind), loopback_only=kind == "upstream_script")
+        exec_line=spec.exec_line, auth_var=spec.auth_var, loopback_only=spec.loopback_only)
     unit = unit_name(manifest.id, entry.name)
     label = launchd_label(manifest.id, entry.name)
     files[unit] = env.get_template("services/systemd.service.j2").render(**service, wanted_by="default.target")
@@ -321,9 +302,9 @@ def render_entry(manifest: Manifest, entry: LaunchEntry, plan: Plan, paths: Mapp
     if secrets:
         files[SECRETS_FILE] = "".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(secrets.items()))
     health: dict[str, Any] = {"type": "none"}
-    if kind in HEALTH_PATHS:
+    if spec.health_path is not None:
         probe_host = "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
-        path = entry.options.get("health_path", HEALTH_PATHS[kind])
+        path = entry.options.get("health_path", spec.health_path)
         health = {"type": "http", "url": f"http://{_url_host(probe_host)}:{port}{path}",
                   "timeout_s": float(entry.options.get("start_timeout_s", 900))}
     info = {
@@ -351,24 +332,8 @@ def _vllm_args(options: Mapping[str, Any]) -> list[str]:
     return args + [str(a) for a in options.get("extra_args", [])]
 
 
-def _auth_var(kind: str) -> str | None:
-    """The secret a listener of this kind must have off loopback (None: no listener, or no auth of its own)."""
-    return "MODELRIG_API_KEY" if kind in API_KEY_KINDS else "MODELRIG_UI_AUTH" if kind in UI_AUTH_KINDS else None
-
-
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-def _exec_line(kind: str, script: str) -> str:
-    if kind == "streamlit_chat":
-        return ('exec "$ENV_PREFIX/bin/python" -m streamlit run app.py --server.address "$MODELRIG_BIND" '
-                '--server.port "$MODELRIG_PORT" --server.headless true --browser.gatherUsageStats false')
-    if kind == "batch_caption":
-        return 'exec "$ENV_PREFIX/bin/python" app.py "$@"'
-    if script.endswith(".sh"):
-        return "exec /bin/sh serve.sh"
-    return 'exec "$ENV_PREFIX/bin/python" app.py --host "$MODELRIG_BIND" --port "$MODELRIG_PORT"'
 
 
 def _repo_url(repo: str) -> str:
@@ -412,10 +377,11 @@ def entry_secrets(entry: LaunchEntry, entry_dir: Path, *, bind: str,
     values = _read_secrets(entry_dir / SECRETS_FILE)
     values.update({k: v for k, v in (given or {}).items() if v})
     if not is_loopback(bind):
-        if entry.kind in API_KEY_KINDS and not values.get("MODELRIG_API_KEY"):
-            values["MODELRIG_API_KEY"] = "sk-" + _secrets.token_urlsafe(24)
-        if entry.kind in UI_AUTH_KINDS and not values.get("MODELRIG_UI_AUTH"):
-            values["MODELRIG_UI_AUTH"] = "modelrig:" + _secrets.token_urlsafe(12)
+        auth_var = launch_kind(entry.kind).auth_var
+        if auth_var == "MODELRIG_API_KEY" and not values.get(auth_var):
+            values[auth_var] = "sk-" + _secrets.token_urlsafe(24)
+        if auth_var == "MODELRIG_UI_AUTH" and not values.get(auth_var):
+            values[auth_var] = "modelrig:" + _secrets.token_urlsafe(12)
     return values
 
 
@@ -468,7 +434,7 @@ def render(manifest: Manifest, plan: Plan, out_dir: Path, *, paths: Mapping[str,
             write_stamp(entry_dir, {"key": key, "files": sorted(files)})
         changed = changed or bool(written or removed)
         report[name] = {"dir": str(entry_dir), "written": sorted(written), "removed": removed,
-                        "kind": entry.kind, "port": entry.port or DEFAULT_PORTS.get(entry.kind), "bind": entry_bind,
+                        "kind": entry.kind, "port": entry.port or launch_kind(entry.kind).default_port, "bind": entry_bind,
                         "secrets": str(entry_dir / SECRETS_FILE) if values else None}
     rendered = sum(bool(r["written"] or r["removed"]) for r in report.values())
     summary = (f"rendered {rendered} of {len(report)} launch entries into {out_dir}" if rendered
