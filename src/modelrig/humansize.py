@@ -1,4 +1,5 @@
-"""The one way byte counts are shown to people: decimal units (kB, MB, GB, TB; 1 GB = 10**9 bytes).
+"""Byte counts for people: the one way they are shown (decimal units: kB, MB, GB, TB; 1 GB = 10**9 bytes) and the
+one way sizes people write are read (`5GB`, `500MB`, `512MiB`).
 
 Decimal, because the manifests and the planner state memory and sizes in GB (`memory_gb`, `size_gb`, a model's
 parameters times bytes per parameter), disk vendors and cloud consoles sell GB, and `--json` results carry exact
@@ -30,3 +31,27 @@ def format_size(n_bytes: float | None, *, unknown: str = "unknown") -> str:
         return f"{sign}{value:.0f} B"
     text = f"{value:.1f}" if round(value, 1) < 100 else f"{value:.0f}"
     return f"{sign}{text.removesuffix('.0')} {unit}"
+
+
+_PARSE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "PB": 10**15,
+                "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40, "PIB": 1 << 50}
+
+
+def parse_size(text: int | str) -> int:
+    """`"5GB"` -> 5_000_000_000, `"512MiB"` -> 536_870_912, `"0"` -> 0; ints pass through.
+
+    Decimal units as huggingface_hub and the Hub count them (`5GB` shards), binary ones when written as such.
+    Raises ValueError for anything else (the caller names the option or field).
+    """
+    if isinstance(text, int):
+        return text
+    value = text.strip().upper().replace(" ", "")
+    number = value.rstrip("KMGTPIB")
+    unit = value[len(number):]
+    try:
+        count = float(number) * _PARSE_UNITS[unit]
+    except (KeyError, ValueError):
+        raise ValueError(f"not a size: {text!r} (expected e.g. 500MB, 5GB or 512MiB)") from None
+    if count < 0 or count != count:
+        raise ValueError(f"not a size: {text!r} (expected e.g. 500MB, 5GB or 512MiB)")
+    return int(count)

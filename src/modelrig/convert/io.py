@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
+from modelrig import humansize
 from modelrig.errors import ConversionError, DiskSpaceError
 from modelrig.progress import bar
 
@@ -453,13 +454,9 @@ class OutputTensor:
 
 
 def parse_size(value: int | str) -> int:
-    """`5GB` -> 5_000_000_000 (decimal units as huggingface_hub parses them); ints pass through."""
-    if isinstance(value, int):
-        return value
-    from huggingface_hub.serialization._base import parse_size_to_int
-
+    """`5GB` -> 5_000_000_000 (decimal units, as huggingface_hub counts shard sizes); ints pass through."""
     try:
-        return parse_size_to_int(value)
+        return humansize.parse_size(value)
     except ValueError:
         raise ConversionError(f"invalid size {value!r} (use e.g. 5GB or 500MB)") from None
 

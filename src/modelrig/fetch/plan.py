@@ -6,6 +6,7 @@ import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelrig import humansize
 from modelrig.errors import UsageError
 from modelrig.humansize import format_size
 from modelrig.manifest import HubRef, WeightSource
@@ -91,16 +92,11 @@ def needed_bytes(plan: SourcePlan) -> int:
 
 
 def parse_size(text: str) -> int:
-    """`512MiB`, `1GB`, `0` and the like as a byte count."""
-    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "PB": 10**15,
-             "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40, "PIB": 1 << 50}
-    value = text.strip().upper().replace(" ", "")
-    number = value.rstrip("KMGTPIB")
-    unit = value[len(number):]
+    """A size given on the command line (`--headroom 2GB`); a usage error naming the value otherwise."""
     try:
-        return int(float(number) * units[unit])
-    except (KeyError, ValueError):
-        raise UsageError(f"not a size: {text!r} (expected e.g. 512MiB or 2GB)") from None
+        return humansize.parse_size(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def human(n: float) -> str:
