@@ -22,10 +22,12 @@ def register(sub: Any) -> None:
     p = verbs.add_parser("serve", help="serve DIR (read-only) until interrupted; prints the URL once ready")
     p.add_argument("dir", type=Path, help="hub directory: DIR/<org>/<name>/<revision>/...")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8790, help="port (0: any free port; default 8790)")
+    p.add_argument("--port", type=int, default=8790, help="port, 0-65535 (0: any free port; default 8790)")
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host (serve other machines)")
     p.add_argument("--token-file", type=Path, help="tokens accepted for gated repos, one per line")
-    p.add_argument("--max-connections", type=int, default=32, help="requests handled at once (default 32)")
+    p.add_argument("--max-connections", type=int, default=32,
+                   help="requests handled at once, at least 1 (default 32); idle keep-alive connections hold no "
+                   "slot, and past 4 open connections per slot (at least 16) the longest-idle one is closed")
     p.add_argument("--throttle", type=int, default=0, metavar="BYTES_PER_S",
                    help="limit each file transfer to this rate (simulates a slow link; 0: unlimited)")
     p.add_argument("--access-log", action="store_true", help="log every request (and its Range) to stderr")

@@ -1,60 +1,129 @@
 """`modelrig hub serve`: a read-only, loopback-by-default HTTP server over a hub directory (Hub + ModelScope).
 
-Safety: only GET and HEAD are answered (other methods get 405); every path is resolved inside the directory
-(`..`, absolute paths, hidden metadata and symlinks leaving it are refused); at most `max_connections` requests
-are handled at once; a non-loopback bind address is refused unless `allow_remote=True`; gated repos need a
-Bearer token listed in the token file.
+Safety: only GET and HEAD are answered (other methods get 405, their body read and dropped); every path is
+resolved inside the directory and every served file inside its own repo's folder (`..`, absolute paths, hidden
+metadata and symlinks leaving it are refused); at most `max_connections` requests are handled at once, while idle
+keep-alive connections hold no slot (at most `max_open` connections stay open; past that the longest-idle one is
+closed); a non-loopback bind address is refused unless `allow_remote=True`; gated repos need a Bearer token
+listed in the token file. No request text reaches a response header unescaped: control and non-ASCII characters
+are written as backslash escapes, and a malformed `Host` header is not used for redirects.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from modelrig.errors import UsageError
 from modelrig.hub import hf_routes, ms_routes
+from modelrig.hub.layout import HubPathError, open_file
 from modelrig.hub.protocol import Request, Response, json_response
 
 DEFAULT_MAX_CONNECTIONS = 32
+#: Open connections allowed per request slot (at least MIN_OPEN): room for clients' idle keep-alive pools.
+OPEN_PER_SLOT = 4
+MIN_OPEN = 16
+#: A request body up to this size is read and dropped (keeping the connection); a larger one closes it.
+MAX_DISCARDED_BODY = 1 << 20
 _CHUNK = 1 << 20
+_HOST = re.compile(r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {
+    ord("\r"): "\\r", ord("\n"): "\\n", ord("\t"): "\\t", ord("\\"): "\\\\"}
 
 
 class HubServer(ThreadingHTTPServer):
-    """A threading HTTP server that handles at most `max_connections` connections at once."""
+    """A threading HTTP server handling at most `max_connections` requests at once.
+
+    A connection takes a request slot only while a request on it is being answered. Open connections are capped
+    at `max_open` (default: OPEN_PER_SLOT per slot, at least MIN_OPEN); when a new connection arrives at the cap,
+    the connection idle for longest (waiting for its next request) is closed to make room, and when none is idle
+    the new one waits.
+    """
 
     daemon_threads = True
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], root: Path, *, tokens: frozenset[str] = frozenset(),
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS, throttle_bps: int = 0,
-                 access_log: bool = False) -> None:
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS, max_open: int | None = None,
+                 throttle_bps: int = 0, access_log: bool = False) -> None:
         self.root = root.resolve()
         self.access_log = access_log
         self.tokens = tokens
         self.throttle_bps = throttle_bps
-        self._slots = threading.BoundedSemaphore(max_connections)
+        self.max_connections = max_connections
+        self.max_open = max_open if max_open is not None else max(OPEN_PER_SLOT * max_connections, MIN_OPEN)
+        self._requests = threading.BoundedSemaphore(max_connections)
+        self._open = threading.BoundedSemaphore(self.max_open)
+        self._lock = threading.Lock()
+        self._idle: dict[_Handler, float] = {}
+        self._closing = False
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        self._slots.acquire()
+        while not self._open.acquire(timeout=0.05):
+            if self._closing:
+                self.shutdown_request(request)
+                return
+            self._close_longest_idle()
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._slots.release()
+            self._open.release()
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._open.release()
+
+    def shutdown(self) -> None:
+        self._closing = True
+        super().shutdown()
+
+    @contextmanager
+    def request_slot(self) -> Iterator[None]:
+        """Hold one of the `max_connections` request slots (waiting for one) while a request is answered."""
+        with self._requests:
+            yield
+
+    def mark_idle(self, handler: _Handler) -> None:
+        """The handler's connection is waiting for its next request: it may be closed to make room."""
+        with self._lock:
+            self._idle[handler] = time.monotonic()
+
+    def mark_busy(self, handler: _Handler) -> bool:
+        """The handler's connection received data; False when it was already closed to make room."""
+        with self._lock:
+            if handler.evicted:
+                return False
+            self._idle.pop(handler, None)
+            return True
+
+    def forget(self, handler: _Handler) -> None:
+        with self._lock:
+            self._idle.pop(handler, None)
+
+    def _close_longest_idle(self) -> None:
+        with self._lock:
+            if not self._idle:
+                return
+            handler = min(self._idle, key=self._idle.__getitem__)
+            del self._idle[handler]
+            handler.evicted = True
+        try:
+            handler.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     @property
     def url(self) -> str:
@@ -64,21 +133,52 @@ class HubServer(ThreadingHTTPServer):
         return f"http://{shown}:{port}"
 
 
+class _IdleAwareReader:
+    """The request stream of a connection: the first data after an idle wait marks the connection busy, and a
+    connection closed to make room reads as ended."""
+
+    def __init__(self, stream: BinaryIO, handler: _Handler) -> None:
+        self._stream = stream
+        self._handler = handler
+
+    def readline(self, limit: int = -1) -> bytes:
+        line = self._stream.readline(limit)
+        return line if self._handler.server.mark_busy(self._handler) else b""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: HubServer
     protocol_version = "HTTP/1.1"
     server_version = "modelrig-hub"
     sys_version = ""
     timeout = 60
+    evicted = False
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile = _IdleAwareReader(self.rfile, self)  # type: ignore[assignment]
+
+    def handle_one_request(self) -> None:
+        self.server.mark_idle(self)
+        super().handle_one_request()
+
+    def finish(self) -> None:
+        self.server.forget(self)
+        super().finish()
 
     def do_GET(self) -> None:
-        self._answer(head=False)
+        self._dispatch(head=False)
 
     def do_HEAD(self) -> None:
-        self._answer(head=True)
+        self._dispatch(head=True)
 
     def _refuse(self) -> None:
-        self._send(json_response(405, {"error": "this hub is read-only"}, {"Allow": "GET, HEAD"}), head=False)
+        self._discard_body()
+        with self.server.request_slot():
+            self._send(json_response(405, {"error": "this hub is read-only"}, {"Allow": "GET, HEAD"}), head=False)
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse
 
@@ -91,12 +191,39 @@ class _Handler(BaseHTTPRequestHandler):
         """One access-log line per request, with the Range asked for (shows resumed downloads)."""
         self.log_message('"%s" %s range=%s', self.requestline, code, self.headers.get("Range", "-"))
 
+    def _discard_body(self) -> None:
+        """Read and drop the request body, so that the next request on a keep-alive connection starts where it
+        should; a body that cannot be skipped that way (chunked, larger than MAX_DISCARDED_BODY, a malformed
+        length, or cut short) closes the connection after the answer instead."""
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            return
+        length = (self.headers.get("Content-Length") or "").strip()
+        if not length:
+            return
+        if not length.isdigit() or int(length) > MAX_DISCARDED_BODY:
+            self.close_connection = True
+            return
+        left = int(length)
+        while left > 0:
+            block = self.rfile.read(min(left, 1 << 16))
+            if not block:
+                self.close_connection = True
+                return
+            left -= len(block)
+
+    def _dispatch(self, *, head: bool) -> None:
+        self._discard_body()
+        with self.server.request_slot():
+            self._answer(head=head)
+
     def _answer(self, *, head: bool) -> None:
         parts = urlsplit(self.path)
         segments = tuple(unquote(s) for s in parts.path.split("/") if s)
+        host = self.headers.get("Host") or ""
         req = Request(method="HEAD" if head else "GET", segments=segments,
                       query=dict(parse_qsl(parts.query, keep_blank_values=True)),
-                      host=self.headers.get("Host") or f"{self.server.url.split('//', 1)[1]}",
+                      host=host if _HOST.fullmatch(host) else self.server.url.split("//", 1)[1],
                       token=_token(self.headers.get("Authorization"), self.headers.get("Cookie")),
                       root=self.server.root)
         try:
@@ -106,42 +233,50 @@ class _Handler(BaseHTTPRequestHandler):
             response = json_response(500, {"error": f"{type(exc).__name__}: {exc}"})
         self._send(response, head=head)
 
+    def _send_headers(self, status: int, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, header_safe(value))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+
     def _send(self, response: Response, *, head: bool) -> None:
         if response.file is None:
-            self.send_response(response.status)
-            for key, value in response.headers.items():
-                self.send_header(key, _header_safe(value))
-            self.send_header("Content-Length", str(len(response.body)))
-            self.end_headers()
+            self._send_headers(response.status, {**response.headers, "Content-Length": str(len(response.body))})
             if not head:
                 self.wfile.write(response.body)
             return
-        local, size = response.file.local, local_size(response.file.local)
+        try:
+            f = open_file(response.file)
+        except (HubPathError, OSError):
+            self._send(json_response(404, {"error": f"{response.file.path} cannot be served"},
+                                     {"X-Error-Code": "EntryNotFound",
+                                      "X-Error-Message": f"{response.file.path} cannot be served"}), head=head)
+            return
+        with f:
+            self._send_file(response, f, head=head)
+
+    def _send_file(self, response: Response, f: BinaryIO, *, head: bool) -> None:
+        size = f.seek(0, 2)
         start, end = 0, size - 1
         status = 200
         wanted = self.headers.get("Range")
         if wanted:
             parsed = _parse_range(wanted, size)
             if parsed is None:
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{size}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                self._send_headers(416, {"Content-Range": f"bytes */{size}", "Content-Length": "0"})
                 return
             start, end = parsed
             status = 206
-        self.send_response(status)
-        for key, value in response.headers.items():
-            self.send_header(key, _header_safe(value))
+        headers = dict(response.headers)
         if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(max(end - start + 1, 0)))
-        self.end_headers()
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        headers.update({"Content-Type": "application/octet-stream", "Content-Length": str(max(end - start + 1, 0))})
+        self._send_headers(status, headers)
         if head or end < start:
             return
-        with open(local, "rb") as f:
-            self._stream(f, start, end - start + 1)
+        self._stream(f, start, end - start + 1)
 
     def _stream(self, f: Any, offset: int, count: int) -> None:
         rate = self.server.throttle_bps
@@ -165,14 +300,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
-def _header_safe(value: str) -> str:
-    """Header values go out as latin-1: escape anything else (file names in error messages can be any text)."""
-    return value.encode("ascii", "backslashreplace").decode("ascii")
-
-
-def local_size(path: Path) -> int:
-    """The size of the file as it is on disk (what is actually streamed)."""
-    return path.stat().st_size
+def header_safe(value: str) -> str:
+    """A header value that cannot break the response: control characters (CR, LF, NUL, ...) and backslashes
+    become backslash escapes (`\\r`, `\\x00`, `\\\\`), and non-ASCII text is escaped the same way
+    (`\\u8bf4`), since header values go out as latin-1."""
+    return value.translate(_ESCAPES).encode("ascii", "backslashreplace").decode("ascii")
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int] | None:
@@ -218,9 +350,18 @@ def read_tokens(token_file: Path | None) -> frozenset[str]:
 def make_server(root: Path, *, host: str = "127.0.0.1", port: int = 0, allow_remote: bool = False,
                 token_file: Path | None = None, max_connections: int = DEFAULT_MAX_CONNECTIONS,
                 throttle_bps: int = 0, access_log: bool = False) -> HubServer:
-    """A bound (not yet serving) hub server over `root`; refuses a non-loopback `host` unless `allow_remote`."""
+    """A bound (not yet serving) hub server over `root`; refuses a non-loopback `host` unless `allow_remote`, and
+    a port outside 0-65535, fewer than one connection or a negative throttle (named by their `hub serve` flags)."""
     if not root.is_dir():
         raise UsageError(f"{root}: not a directory")
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port {port}: a port is between 0 (any free port) and 65535", flag="--port", value=port)
+    if max_connections < 1:
+        raise UsageError(f"--max-connections {max_connections}: at least 1 request must be handled at once",
+                         flag="--max-connections", value=max_connections)
+    if throttle_bps < 0:
+        raise UsageError(f"--throttle {throttle_bps}: a rate in bytes per second is 0 (unlimited) or more",
+                         flag="--throttle", value=throttle_bps)
     if not allow_remote and not _is_loopback(host):
         raise UsageError(f"refusing to listen on {host}: not a loopback address; pass --allow-remote to serve "
                          "other machines")
@@ -232,9 +373,11 @@ def make_server(root: Path, *, host: str = "127.0.0.1", port: int = 0, allow_rem
 
 
 def serve_in_thread(root: Path, *, port: int = 0, host: str = "127.0.0.1", token_file: Path | None = None,
-                    throttle_bps: int = 0) -> tuple[str, Callable[[], None]]:
+                    throttle_bps: int = 0, max_connections: int = DEFAULT_MAX_CONNECTIONS
+                    ) -> tuple[str, Callable[[], None]]:
     """Serve `root` from a background thread; returns (base URL, stop function)."""
-    server = make_server(root, host=host, port=port, token_file=token_file, throttle_bps=throttle_bps)
+    server = make_server(root, host=host, port=port, token_file=token_file, throttle_bps=throttle_bps,
+                         max_connections=max_connections)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True,
                               name="modelrig-hub")
     thread.start()
