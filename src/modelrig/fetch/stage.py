@@ -74,8 +74,17 @@ def fetch_model(manifest: Manifest, ctx: Context, *, options: FetchOptions) -> S
             if done is not None:
                 current.append((name, done))
                 continue
-            plans.append(_plan_with_fallback(name, source, store, endpoints, options,
-                                             prefer=ctx.config.hub.prefer))
+            try:
+                plans.append(_plan_with_fallback(name, source, store, endpoints, options,
+                                                 prefer=ctx.config.hub.prefer))
+            except HubUnreachableError:
+                earlier = _fetched_moving_ref(source, store, options)
+                if earlier is None:
+                    raise
+                options.log(f"modelrig: warning: {name}: no hub reachable; using commit {earlier['commit']} of "
+                            f"{earlier['repo']}@{earlier['revision']} fetched earlier (run fetch with a hub "
+                            "reachable to move to the ref's newest commit)")
+                current.append((name, earlier))
         for plan in plans:
             if plan.ref_kind == "branch":
                 options.log(f"modelrig: warning: {plan.name}: {plan.hub} revision {plan.revision!r} of {plan.repo} "
@@ -191,6 +200,29 @@ def _current_stamp(name: str, source: WeightSource, store: Path, options: FetchO
     for hub, ref in order:
         stamp = stamp_is_current(store / hub / ref.repo.replace("/", "--"), hub=hub, ref=ref, source=source)
         if stamp is not None:
+            return stamp
+    return None
+
+
+def _fetched_moving_ref(source: WeightSource, store: Path, options: FetchOptions) -> dict[str, Any] | None:
+    """The stamp of an earlier complete fetch of this source's branch or tag (same patterns, every file in place),
+    used when no hub answers: the weights a re-run would check are already here (e.g. `modelrig up` of the demo
+    model after `modelrig demo`, whose local hub is gone)."""
+    try:
+        order = hub_order(source, requested=options.hub, prefer="auto")
+    except UsageError:
+        return None
+    for hub, ref in order:
+        target = store / hub / ref.repo.replace("/", "--")
+        stamp = read_stamp(target)
+        if not stamp or stamp.get("hub") != hub or stamp.get("repo") != ref.repo:
+            continue
+        if stamp.get("revision") != ref.revision or not stamp.get("commit"):
+            continue
+        if stamp.get("include") != list(source.include) or stamp.get("exclude") != list(source.exclude):
+            continue
+        if all((target / e["path"]).is_file() and (target / e["path"]).stat().st_size == e["size"]
+               for e in stamp.get("files", [])):
             return stamp
     return None
 
