@@ -87,3 +87,23 @@ def test_local_sources_come_from_the_local_option(weights, tmp_path, data_root, 
 def test_unknown_input_name_is_a_usage_error(weights, cli):
     code, _, err = cli("convert", "demo-tiny-ziya", "--input", f"nope={weights['delta']}")
     assert code == 2 and "no weight source or step output 'nope'" in err
+
+
+def test_weights_are_found_on_the_hub_they_were_fetched_from(data_root, tmp_path):
+    from modelrig.config import Context, DataRoot, HostConfig
+    from modelrig.fetch.locate import weight_paths
+    from modelrig.manifest import load_manifest
+
+    manifest_file = tmp_path / "two-hubs.yaml"
+    manifest_file.write_text(yaml.safe_dump({
+        "id": "two-hubs", "title": "t", "license": {"name": "test"},
+        "weights": {"model": {"huggingface": {"repo": "org/m", "revision": "main"},
+                              "modelscope": {"repo": "msorg/m", "revision": "master"}}},
+        "env": {"python": "3.11"}, "resources": {"params_b": 0.001, "memory_gb": {"fp32": 0.1}}}))
+    manifest = load_manifest(manifest_file)
+    ctx = Context(data=DataRoot(data_root), config=HostConfig())
+    assert weight_paths(manifest, ctx)["model"] == data_root / "store" / "huggingface" / "org--m"
+    fallback = data_root / "store" / "modelscope" / "msorg--m"
+    fallback.mkdir(parents=True)
+    write_stamp(fallback, {"hub": "modelscope", "repo": "msorg/m"})
+    assert weight_paths(manifest, ctx)["model"] == fallback

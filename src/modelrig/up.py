@@ -128,16 +128,12 @@ def fetch_stage(manifest: Manifest, ctx: Context, *, options: UpOptions) -> Stag
     return fetch_model(manifest, ctx, options=fetch_options)
 
 
-def weight_paths(manifest: Manifest, ctx: Context, fetched: StageResult) -> dict[str, Path]:
-    """Folders of the weight sources (as fetched), of `model:` dependencies' outputs and of the step outputs."""
-    paths: dict[str, Path] = {s["name"]: Path(s["path"]) for s in fetched.details.get("sources", [])}
-    for name, source in manifest.weights.items():
-        if source.model is not None:
-            dep = dependency_manifests(manifest)[source.model]
-            paths[name] = ctx.data.output_dir(dep.id, dep.output_name)
-    for step in manifest.convert:
-        paths[step.output_name] = ctx.data.output_dir(manifest.id, step.output_name)
-    return paths
+def weight_paths(manifest: Manifest, ctx: Context, *, options: UpOptions) -> dict[str, Path]:
+    """Folders of the weight sources (where fetch put them), of `model:` dependencies' outputs and of the step
+    outputs (`fetch.locate.weight_paths`)."""
+    from modelrig.fetch.locate import weight_paths as locate
+
+    return locate(manifest, ctx, local=options.local, store=options.store)
 
 
 def render_stage(manifest: Manifest, plan: Plan, ctx: Context, *, python: Path, paths: dict[str, Path],
@@ -232,7 +228,7 @@ def up(manifest: Manifest, ctx: Context, *, options: UpOptions | None = None,
     python = Path(env.details["python"])
     dependencies = [done(result) for result in dependency_stages(manifest, plan, ctx, options=options)]
     fetched = done(fetch_stage(manifest, ctx, options=options))
-    paths = weight_paths(manifest, ctx, fetched)
+    paths = weight_paths(manifest, ctx, options=options)
     converted = done(convert_stage(manifest, ctx, fetched=fetched, options=options)) if manifest.convert else None
     rendered = done(render_stage(manifest, plan, ctx, python=python, paths=paths, options=options))
     underneath = env.changed or fetched.changed or bool(converted and converted.changed) or \
@@ -299,7 +295,7 @@ def check_up(manifest: Manifest, ctx: Context, *, options: UpOptions | None = No
     fetched = done(fetch_model(manifest, ctx, options=fetch_options))
     if manifest.convert:
         done(check_pipeline(manifest, ctx, local=options.local, upstream_changed=fetched.changed))
-    paths = weight_paths(manifest, ctx, fetched)
+    paths = weight_paths(manifest, ctx, options=options)
     rendered = done(render(manifest, plan, ctx.data.launch / manifest.id, paths=paths,
                            python=Path(env.details["python"]), config=ctx.config, entries=options.entries,
                            cache_dir=ctx.data.cache, log_dir=ctx.data.run / manifest.id, check=True))

@@ -9,7 +9,6 @@ from typing import Any
 from modelrig.catalog import load_model
 from modelrig.cli import parse_pairs
 from modelrig.config import Context
-from modelrig.manifest import Manifest
 
 
 def register(sub: Any) -> None:
@@ -33,27 +32,6 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_render)
 
 
-def default_weight_paths(manifest: Manifest, ctx: Context) -> dict[str, Path]:
-    """Where fetch and convert put each weight source and step output on this data root."""
-    from modelrig.catalog import dependency_manifests
-
-    paths: dict[str, Path] = {}
-    for name, source in manifest.weights.items():
-        if source.model is not None:
-            dep = dependency_manifests(manifest)[source.model]
-            paths[name] = ctx.data.output_dir(dep.id, dep.output_name)
-        elif source.local is not None:
-            local = ctx.config.local.get(source.local.var) or source.local.path
-            if local:
-                paths[name] = Path(local).expanduser()
-        elif source.hubs:
-            hub, ref = source.hubs[0]
-            paths[name] = ctx.data.store_dir(hub, ref.repo)
-    for step in manifest.convert:
-        paths[step.output_name] = ctx.data.output_dir(manifest.id, step.output_name)
-    return paths
-
-
 def _env_python(plan: Any, ctx: Context) -> Path:
     from modelrig.envs.build import prepare_env_build
 
@@ -62,6 +40,7 @@ def _env_python(plan: Any, ctx: Context) -> Path:
 
 def _render(args: argparse.Namespace, ctx: Context) -> int:
     from modelrig.cli.up import _facts
+    from modelrig.fetch.locate import weight_paths
     from modelrig.launch.render import render
     from modelrig.up import plan_model
 
@@ -69,7 +48,7 @@ def _render(args: argparse.Namespace, ctx: Context) -> int:
     plan = plan_model(manifest, ctx, facts=_facts(args))
     python = args.python.expanduser().absolute() if args.python else _env_python(plan, ctx)
     given = parse_pairs(args.weights, "--weights")
-    paths = {**default_weight_paths(manifest, ctx), **{n: Path(v).expanduser().absolute() for n, v in given.items()}}
+    paths = {**weight_paths(manifest, ctx), **{n: Path(v).expanduser().absolute() for n, v in given.items()}}
     result = render(manifest, plan, args.out or ctx.data.launch / manifest.id, paths=paths, python=python,
                     config=ctx.config, entries=args.entries, bind=args.bind, cache_dir=ctx.data.cache,
                     log_dir=ctx.data.run / manifest.id, check=args.check)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from modelrig.config import Context, local_weights_dir
+from modelrig.config import Context
 from modelrig.convert.chain import chain_summary, run_chain
 from modelrig.convert.delta import apply_delta
 from modelrig.convert.fusion import group_steps
@@ -13,39 +13,17 @@ from modelrig.convert.llama_meta import convert_llama_meta
 from modelrig.convert.safetensors_convert import convert_to_safetensors
 from modelrig.convert.tf import convert_h5, convert_tf1
 from modelrig.errors import ConversionError, UsageError
+from modelrig.fetch import locate
 from modelrig.manifest import ApplyDelta, LlamaMetaToHf, Manifest, TfToPt, ToSafetensors, WeightSource
 from modelrig.result import StageResult, timed
-from modelrig.stamp import read_stamp
 
 
 def source_dir(name: str, source: WeightSource, ctx: Context, *, local: Mapping[str, str] | None = None) -> Path:
-    """The local folder of a weight source: its fetched store folder, a `local:` path, or another model's output.
-
-    A hub source is found where `modelrig fetch` puts it (`DataRoot.store_dir(hub, repo)`), on the first hub in
-    the source's preference order whose folder holds a finished fetch stamp.
-    """
-    if source.local is not None:
-        return local_weights_dir(name, source.local, given=local or {}, config=ctx.config)
-    if source.model is not None:
-        from modelrig.catalog import load_model
-
-        other = load_model(source.model)
-        path = ctx.data.output_dir(other.id, other.output_name) if other.convert else \
-            source_dir(other.output_name, other.weights[other.output_name], ctx, local=local)
-        if read_stamp(path) is None and other.convert:
-            raise ConversionError(f"{name}: {path} not built yet: run `modelrig convert {other.id}` first")
-        return path
-    hubs = source.hubs
-    prefer = ctx.config.hub.prefer
-    if prefer in ("huggingface", "modelscope") and not source.prefer:
-        hubs = sorted(hubs, key=lambda item: item[0] != prefer)
-    for hub, ref in hubs:
-        path = ctx.data.store_dir(hub, ref.repo)
-        if read_stamp(path) is not None:
-            return path
-    tried = ", ".join(str(ctx.data.store_dir(h, r.repo)) for h, r in hubs)
-    raise ConversionError(f"{name}: weights not fetched (looked in {tried}): run `modelrig fetch` first or pass "
-                          f"--input {name}=DIR")
+    """The folder of a weight source (`fetch.locate.source_dir`); a ConversionError when it is not on disk."""
+    try:
+        return locate.source_dir(name, source, ctx, local=local)
+    except locate.NotOnDisk as exc:
+        raise ConversionError(str(exc)) from None
 
 
 def run_pipeline(manifest: Manifest, ctx: Context, *, inputs: Mapping[str, str] | None = None,
