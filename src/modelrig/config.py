@@ -22,7 +22,7 @@ def default_data_root() -> Path:
     """`$MODELRIG_HOME`, else AutoDL's data disk when present, else `~/.local/share/modelrig`."""
     if env := os.environ.get("MODELRIG_HOME"):
         return Path(env).expanduser()
-    if AUTODL_DATA_DISK.is_dir():
+    if os.access(AUTODL_DATA_DISK.parent, os.X_OK) and AUTODL_DATA_DISK.is_dir():  # /root is 0700 for other users
         return AUTODL_DATA_DISK / "modelrig"
     return Path.home() / ".local" / "share" / "modelrig"
 

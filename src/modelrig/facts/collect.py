@@ -245,7 +245,8 @@ def detect_environment(*, root: Path = Path("/"), environ: Mapping[str, str] | N
     env = os.environ if environ is None else environ
     host = socket.gethostname() if hostname is None else hostname
     found: set[str] = set()
-    if (root / "root" / "autodl-tmp").is_dir() or host.startswith("autodl-container"):
+    if (os.access(root / "root", os.X_OK) and (root / "root" / "autodl-tmp").is_dir()) \
+            or host.startswith("autodl-container"):  # /root is unreadable to other users on most Linux hosts
         found.add("autodl")
     if (root / ".dockerenv").exists():
         found.add("docker")
