@@ -177,6 +177,13 @@ def test_raw_control_bytes_in_the_request_line_are_escaped(url: str) -> None:
     assert b"X-Error-Message: Invalid rev id: x\\x00y\\x1b[31m" in head
 
 
+def test_a_long_request_path_is_cut_short_in_the_error_header(url: str) -> None:
+    name = "a" * 30_000
+    status, headers, body = _get(url, f"/org/open/resolve/main/{name}")
+    assert (status, headers["x-error-code"]) == (404, "EntryNotFound")
+    assert len(headers["x-error-message"]) <= 510 and name in json.loads(body)["error"]
+
+
 @pytest.mark.parametrize("host", [b"evil.example/\x00x", b"a b@evil.example", b"127.0.0.1:99999\x7f"])
 def test_a_malformed_host_header_does_not_shape_the_redirect(url: str, host: bytes) -> None:
     answer = _raw(url, b"HEAD /org/open/resolve/main/model.safetensors HTTP/1.1\r\nHost: " + host +

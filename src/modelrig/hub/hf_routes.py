@@ -16,6 +16,8 @@ from modelrig.hub.protocol import Request, Response, json_response
 
 #: Route prefix of the "CDN" that LFS redirects point to.
 LFS_PREFIX = "_lfs"
+#: The longest error message put in a header (the body always carries it whole).
+MAX_HEADER_MESSAGE = 500
 _EPOCH = datetime(2024, 1, 1, tzinfo=timezone.utc).isoformat().replace("+00:00", ".000Z")
 
 
@@ -166,5 +168,8 @@ def _lfs_object(req: Request, repo: HubRepo, commit: str, path: str) -> Response
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    """A Hub error: the full message in the JSON body, and cut to MAX_HEADER_MESSAGE characters in the
+    `X-Error-Message` header (it echoes request text, and clients refuse oversized response heads)."""
+    shown = message if len(message) <= MAX_HEADER_MESSAGE else message[:MAX_HEADER_MESSAGE] + "..."
     return json_response(status, {"error": message},
-                         {"X-Error-Code": code, "X-Error-Message": message, **(headers or {})})
+                         {"X-Error-Code": code, "X-Error-Message": shown, **(headers or {})})

@@ -61,6 +61,8 @@ class HubServer(ThreadingHTTPServer):
         self.throttle_bps = throttle_bps
         self.max_connections = max_connections
         self.max_open = max_open if max_open is not None else max(OPEN_PER_SLOT * max_connections, MIN_OPEN)
+        if max_connections < 1 or self.max_open < 1:
+            raise ValueError(f"max_connections ({max_connections}) and max_open ({self.max_open}) must be at least 1")
         self._requests = threading.BoundedSemaphore(max_connections)
         self._open = threading.BoundedSemaphore(self.max_open)
         self._lock = threading.Lock()
@@ -69,11 +71,9 @@ class HubServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        while not self._open.acquire(timeout=0.05):
-            if self._closing:
-                self.shutdown_request(request)
-                return
-            self._close_longest_idle()
+        if not self._wait_for_open_place():
+            self.shutdown_request(request)
+            return
         try:
             super().process_request(request, client_address)
         except BaseException:
@@ -85,6 +85,16 @@ class HubServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._open.release()
+
+    def _wait_for_open_place(self) -> bool:
+        """Take a place among the `max_open` connections, closing idle ones to make room; False on shutdown."""
+        while not self._open.acquire(blocking=False):
+            if self._closing:
+                return False
+            self._close_longest_idle()
+            if self._open.acquire(timeout=0.05):
+                break
+        return True
 
     def shutdown(self) -> None:
         self._closing = True
@@ -110,6 +120,7 @@ class HubServer(ThreadingHTTPServer):
             return True
 
     def forget(self, handler: _Handler) -> None:
+        """The handler's connection is closing: it is no longer a candidate to close."""
         with self._lock:
             self._idle.pop(handler, None)
 
