@@ -342,3 +342,6 @@ def test_a_body_that_cannot_be_skipped_closes_the_connection(url: str) -> None:
     huge = _raw(url, b"PUT /api/models/org/open HTTP/1.1\r\nHost: " + host + b"\r\nContent-Length: 999999999999"
                 b"\r\n\r\nabc")
     assert huge.startswith(b"HTTP/1.1 405") and b"\r\nConnection: close\r\n" in huge
+    twice = _raw(url, b"POST /api/models/org/open HTTP/1.1\r\nHost: " + host + b"\r\nContent-Length: 3\r\n"
+                 b"Content-Length: 60\r\n\r\nabcGET /org/open/resolve/main/config.json HTTP/1.1\r\n\r\n")
+    assert twice.startswith(b"HTTP/1.1 405") and twice.count(b"HTTP/1.1 ") == 1

@@ -204,9 +204,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _discard_body(self) -> None:
         """Read and drop the request body, so that the next request on a keep-alive connection starts where it
-        should; a body that cannot be skipped that way (chunked, larger than MAX_DISCARDED_BODY, a malformed
-        length, or cut short) closes the connection after the answer instead."""
-        if self.headers.get("Transfer-Encoding"):
+        should; a body that cannot be skipped that way (chunked, larger than MAX_DISCARDED_BODY, a malformed or
+        repeated length, or cut short) closes the connection after the answer instead."""
+        if self.headers.get("Transfer-Encoding") or len(self.headers.get_all("Content-Length") or []) > 1:
             self.close_connection = True
             return
         length = (self.headers.get("Content-Length") or "").strip()
