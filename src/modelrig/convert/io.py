@@ -478,8 +478,8 @@ def ensure_free_space(directory: Path, needed: int) -> None:
         probe = probe.parent
     free = shutil.disk_usage(probe).free
     if free < needed * 1.02 + (16 << 20):
-        raise DiskSpaceError(f"{directory}: needs {needed / 1e9:.2f} GB free for the output, only "
-                             f"{free / 1e9:.2f} GB available; free space or use another --data-root")
+        raise DiskSpaceError(f"{directory}: needs {humansize.format_size(needed)} free for the output, only "
+                             f"{humansize.format_size(free)} available; free space or use another --data-root")
 
 
 def write_safetensors_shards(tensors: list[OutputTensor], out: Path, *, max_shard_size: int | str = "5GB",
