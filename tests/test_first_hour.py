@@ -300,6 +300,13 @@ def test_an_unreachable_torch_index_names_the_settings_that_avoid_it(tmp_path, m
     assert str(tmp_path / "root" / "config.yaml") in message
 
 
+def test_sizes_read_in_one_decimal_format():
+    cases = {0: "0 B", 999: "999 B", 1536: "1.5 kB", 999_960: "1 MB", 25_213_000_000: "25.2 GB", 117e9: "117 GB",
+             26.0e9: "26 GB", -2e9: "-2 GB", 3e18: "3000 PB"}
+    assert {n: format_size(n) for n in cases} == cases
+    assert format_size(None) == "unknown"
+
+
 def test_quiet_plan_prints_its_one_line_result(cli):
     code, out, _ = cli("-q", "plan", DEMO_MODEL)
     assert code == 0

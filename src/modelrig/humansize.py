@@ -24,7 +24,7 @@ def format_size(n_bytes: float | None, *, unknown: str = "unknown") -> str:
     sign = "-" if value < 0 else ""
     value = abs(value)
     for unit in _UNITS:
-        if value < 1000 or unit == _UNITS[-1]:
+        if round(value, 1) < 1000 or unit == _UNITS[-1]:  # 999.96 kB reads "1 MB", not "1000 kB"
             break
         value /= 1000
     if unit == "B":
