@@ -241,3 +241,23 @@ def test_render_and_launch_checks_follow_an_edit_and_a_stopped_service(pipeline)
     code, _, err = run(root, "up", MODEL)
     assert code == 0, err
     assert checked(root, "up", MODEL)["changed"] is False
+
+
+def test_every_stage_result_validates_against_the_documented_schema(pipeline):
+    from tests.test_result_schema import validate
+
+    root, _, _ = pipeline
+    seen = set()
+    for args in (["env", MODEL], ["fetch", MODEL], ["convert", MODEL], ["render", MODEL], ["up", MODEL],
+                 ["launch", MODEL], ["up", MODEL, "--check"], ["env", MODEL, "--check"], ["fetch", MODEL, "--check"],
+                 ["convert", MODEL, "--check"], ["render", MODEL, "--check"], ["launch", MODEL, "--check"],
+                 ["down", MODEL, "--check"], ["stop", MODEL, "--check"], ["stop", MODEL], ["down", MODEL],
+                 ["fetch", "no-such-model"]):
+        code, out, err = run(root, *args, "--json")
+        document = json.loads(out)
+        assert (code == 0) == document["ok"], err
+        validate(document)
+        seen.add(document.get("stage") or document["error"]["code"])
+        for stage in document.get("stages", []):
+            seen.add(stage["stage"])
+    assert seen == {"plan", "env", "fetch", "convert", "render", "launch", "up", "stop", "down", "model_not_found"}

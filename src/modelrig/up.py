@@ -19,6 +19,7 @@ from modelrig.config import Context
 from modelrig.errors import HostCannotRunError, UsageError
 from modelrig.facts import HostFacts
 from modelrig.manifest import Manifest
+from modelrig.outputs import EnvOutput, FetchOutput, LaunchedEntry, LaunchOutput, RenderOutput, read
 from modelrig.plan import Plan
 from modelrig.result import StageResult, timed
 from modelrig.stamp import digest, read_stamp, write_json
@@ -149,7 +150,7 @@ def convert_stage(manifest: Manifest, ctx: Context, *, fetched: StageResult, opt
     """Run the manifest's conversion steps (each idempotent on its own) on the folders fetch reported."""
     from modelrig.convert.pipeline import run_pipeline
 
-    inputs = {s["name"]: s["path"] for s in fetched.details.get("sources", []) if s["name"] in manifest.weights}
+    inputs = {s.name: s.path for s in read(FetchOutput, fetched).sources if s.name in manifest.weights}
     return run_pipeline(manifest, ctx, inputs=inputs, local=options.local)
 
 
@@ -175,26 +176,28 @@ def dependency_stages(manifest: Manifest, plan: Plan, ctx: Context, *, options: 
 def launch_stage(manifest: Manifest, ctx: Context, rendered: StageResult, *, restart: bool) -> StageResult:
     """Start every rendered entry and wait for its health check; `restart` first stops running ones (their
     environment or weights changed under them)."""
-    from modelrig.launch import start, stop
+    from modelrig.launch import start, stop, supervisor_for
 
-    supervisor = ctx.config.serve.supervisor
+    supervisor = supervisor_for(ctx.config.serve.supervisor).name
     run_dir = ctx.data.run / manifest.id
     started = time.perf_counter()
-    entries: dict[str, Any] = {}
+    entries: dict[str, LaunchedEntry] = {}
     changed = False
-    for name, entry in rendered.details["entries"].items():
-        folder = Path(entry["dir"])
+    for name, entry in read(RenderOutput, rendered).entries.items():
+        folder = Path(entry.dir)
         if restart:
             stop(folder, supervisor=supervisor, run_dir=run_dir)
         result = start(folder, supervisor=supervisor, run_dir=run_dir)
         changed = changed or result.changed
-        entries[name] = {"dir": str(folder), "summary": result.summary, **result.details}
-    running = ", ".join(f"{n} ({e['kind']})" for n, e in entries.items())
+        entries[name] = LaunchedEntry(dir=str(folder), kind=entry.kind, supervisor=supervisor,
+                                      url=result.details.get("url"), pid=result.details.get("pid"),
+                                      summary=result.summary)
+    running = ", ".join(f"{n} ({e.kind})" for n, e in entries.items())
     summary = (f"started {running}, healthy" if changed else f"{running} already running, healthy") if entries \
         else "nothing to launch on this host"
+    output = LaunchOutput(entries=entries, supervisor=supervisor)
     return StageResult(stage="launch", changed=changed, summary=summary, model=manifest.id,
-                       seconds=time.perf_counter() - started,
-                       details={"entries": entries, "supervisor": supervisor})
+                       seconds=time.perf_counter() - started, details=dataclasses.asdict(output))
 
 
 def up(manifest: Manifest, ctx: Context, *, options: UpOptions | None = None,
@@ -225,7 +228,8 @@ def up(manifest: Manifest, ctx: Context, *, options: UpOptions | None = None,
                      + f", launch {', '.join(plan.launch) or 'nothing'}",
                      details={"plan": plan.to_dict(), "key": plan_key, "warnings": list(plan.warnings)}))
     env = done(env_stage(manifest, plan, ctx, options=options))
-    python = Path(env.details["python"])
+    built = read(EnvOutput, env)
+    python = Path(built.python)
     dependencies = [done(result) for result in dependency_stages(manifest, plan, ctx, options=options)]
     fetched = done(fetch_stage(manifest, ctx, options=options))
     paths = weight_paths(manifest, ctx, options=options)
@@ -235,16 +239,17 @@ def up(manifest: Manifest, ctx: Context, *, options: UpOptions | None = None,
         any(r.changed for r in dependencies)
     # entries started by an earlier `up --entry ...` stay recorded, so `down` still stops them; the entries about
     # to start are recorded before they start, so `down` can stop them even when a later one fails to come up
-    entries = {**previous.get("entries", {}), **{n: {"dir": e["dir"], "pid": None, "kind": e["kind"]}
-                                                  for n, e in rendered.details["entries"].items()}}
-    state = {"model": manifest.id, "plan_key": previous.get("plan_key"), "env": env.details["path"],
+    entries = {**previous.get("entries", {}), **{n: {"dir": e.dir, "pid": None, "kind": e.kind}
+                                                  for n, e in read(RenderOutput, rendered).entries.items()}}
+    state = {"model": manifest.id, "plan_key": previous.get("plan_key"), "env": built.path,
              "urls": previous.get("urls", {}), "supervisor": ctx.config.serve.supervisor,
              "run_dir": str(ctx.data.run / manifest.id), "entries": entries}
     write_json(state_file(ctx, manifest.id), state)
     launched = done(launch_stage(manifest, ctx, rendered, restart=underneath))
-    urls = {name: e["url"] for name, e in launched.details["entries"].items() if e.get("url")}
-    for name, e in launched.details["entries"].items():
-        entries[name]["pid"] = e.get("pid")
+    running = read(LaunchOutput, launched).entries
+    urls = {name: e.url for name, e in running.items() if e.url}
+    for name, e in running.items():
+        entries[name]["pid"] = e.pid
     write_json(state_file(ctx, manifest.id), {**state, "plan_key": plan_key, "urls": {**state["urls"], **urls}})
     return UpReport(model=manifest.id, results=results, urls=urls, seconds=time.perf_counter() - begun)
 
@@ -297,11 +302,11 @@ def check_up(manifest: Manifest, ctx: Context, *, options: UpOptions | None = No
         done(check_pipeline(manifest, ctx, local=options.local, upstream_changed=fetched.changed))
     paths = weight_paths(manifest, ctx, options=options)
     rendered = done(render(manifest, plan, ctx.data.launch / manifest.id, paths=paths,
-                           python=Path(env.details["python"]), config=ctx.config, entries=options.entries,
+                           python=Path(read(EnvOutput, env).python), config=ctx.config, entries=options.entries,
                            cache_dir=ctx.data.cache, log_dir=ctx.data.run / manifest.id, check=True))
     launch_reasons: list[str] = []
-    for name, entry in rendered.details["entries"].items():
-        folder = Path(entry["dir"])
+    for name, entry in read(RenderOutput, rendered).entries.items():
+        folder = Path(entry.dir)
         if not (folder / "entry.json").is_file():
             launch_reasons.append(f"{name}: not rendered yet")
             continue
