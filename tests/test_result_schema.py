@@ -78,5 +78,5 @@ def test_typed_outputs_read_back_what_stages_write():
     assert typed.sources[0].files[0] == outputs.FileRecord(path="config.json", size=2, sha256="b" * 64)
     assert dataclasses.asdict(typed) == fetched
     del fetched["sources"][0]["commit"]
-    with pytest.raises(KeyError, match="FetchedSource.commit"):
+    with pytest.raises(KeyError, match=r"FetchedSource\.commit"):
         outputs.from_dict(outputs.FetchOutput, fetched)
