@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from modelrig.errors import FetchError, HashMismatchError
+from modelrig.fetch.compat import hf_download_tmp_dir, hf_incomplete_glob
 from modelrig.fetch.plan import HASH_CHUNK, MAX_WORKERS, RemoteFile, SourcePlan
 from modelrig.fetch.remote import Endpoints, hf_errors, ms_api, ms_errors, token_for
 from modelrig.manifest import FULL_COMMIT, HubRef, WeightSource
@@ -100,8 +101,7 @@ class _StreamHasher:
     """
 
     def __init__(self, target: Path, f: RemoteFile) -> None:
-        self.folder = (target / ".cache" / "huggingface" / "download" / f.path).parent
-        self.pattern = f"*.{f.sha256}.*.incomplete"
+        self.folder, self.pattern = hf_incomplete_glob(target, f.path, f.sha256)
         self.size = f.size
         self.sha = hashlib.sha256()
         self.read = 0
@@ -276,7 +276,7 @@ def _clean_target(plan: SourcePlan) -> None:
     """Remove files of other revisions and temporary files orphaned by killed runs (the fetch lock is held)."""
     wanted = {f.path for f in plan.files}
     resumable = {f"{p}.incomplete" for p in wanted}
-    hf_tmp = plan.target / ".cache" / "huggingface" / "download"
+    hf_tmp = hf_download_tmp_dir(plan.target)
     if hf_tmp.is_dir():
         for entry in hf_tmp.rglob("*.incomplete"):
             entry.unlink(missing_ok=True)

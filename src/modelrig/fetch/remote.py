@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 from collections.abc import Iterator
@@ -151,11 +150,9 @@ def _quiet_modelscope_bars() -> None:
 
     if progress_enabled():
         return
-    import modelscope_hub._download as download_module
+    from modelrig.fetch.compat import quiet_modelscope_bars
 
-    current = getattr(download_module, "tqdm", None)
-    if current is not None and not isinstance(current, functools.partial):
-        download_module.tqdm = functools.partial(current, disable=True)
+    quiet_modelscope_bars()
 
 
 @contextlib.contextmanager
