@@ -41,6 +41,17 @@ MARKER = "modelrig-test-host"
 SLOT_ROOT = Path(os.environ.get("MODELRIG_SSH_SLOTS", "/var/cache/modelrig-ansible-tests"))
 
 
+#: This machine's own network settings (its CA bundle, pip's wheel folder) that every login session of a real host
+#: on its network would have; each test host's sessions get them through sshd's SetEnv.
+MACHINE_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "PIP_CERT",
+               "PIP_FIND_LINKS", "PIP_DEFAULT_TIMEOUT", "PIP_DISABLE_PIP_VERSION_CHECK")
+
+
+def machine_env() -> dict[str, str]:
+    """The MACHINE_ENV variables set here (values without spaces, as SetEnv needs)."""
+    return {k: v for k in MACHINE_ENV if (v := os.environ.get(k)) and " " not in v}
+
+
 def available() -> str | None:
     """None when test hosts can be made here, else the reason they cannot."""
     if os.geteuid() != 0:
@@ -99,7 +110,8 @@ class SshHosts:
 
     def add(self, name: str, *, root: bool = False, env: dict[str, str] | None = None) -> SshHost:
         """Create a host: a fresh user (or root), a host key, an sshd on 127.0.0.N; returns once it accepts logins.
-        `env` is set in every session of that host (sshd's SetEnv), as a real host's own settings would be."""
+        Every session of that host gets this machine's network settings (`machine_env()`) and `env` (sshd's
+        SetEnv), as a real host's own settings would be."""
         folder = self.workdir / name
         folder.mkdir()
         pubkey = self.client_key.with_suffix(".pub").read_text()
@@ -145,8 +157,9 @@ class SshHosts:
             "Subsystem sftp /usr/lib/openssh/sftp-server",
             "LogLevel ERROR",
         ]
-        if env:
-            lines.append("SetEnv " + " ".join(f"{k}={v}" for k, v in env.items()))
+        session_env = {**machine_env(), **(env or {})}
+        if session_env:
+            lines.append("SetEnv " + " ".join(f"{k}={v}" for k, v in session_env.items()))
         config.write_text("\n".join(lines) + "\n")
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         subprocess.run([str(SSHD), "-t", "-f", str(config)], check=True, capture_output=True)

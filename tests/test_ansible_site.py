@@ -1,0 +1,184 @@
+"""playbooks/site.yml over SSH to real test hosts: the demo model provisioned from a local hub, healthy and
+answering a chat request; a second run changes nothing; a token from Vault stays out of output, command lines and
+every file but its own; down.yml stops the demos."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modelrig.demo import chat
+from tests.helpers.hub import served
+from tests.helpers.sshhosts import BIN, REPO_ROOT, SshHost, SshHosts, ansible_env, available, playbook, recap
+
+pytestmark = pytest.mark.slow
+VAULT_PASSWORD = "modelrig-test-vault"
+#: The user manifest the tests install through modelrig_manifests_dir (the demo model under its own id).
+MODEL = "ansible-tiny-ziya"
+
+
+@dataclass
+class Site:
+    """One provisioned test host and what is needed to drive it again."""
+
+    hosts: SshHosts
+    host: SshHost
+    inventory: Path
+    tmp: Path
+    token: str
+    first: subprocess.CompletedProcess[str]
+
+    def run(self, book: str = "site.yml", *args: str) -> subprocess.CompletedProcess[str]:
+        """Run a playbook again with the wheel the first run built (the working tree may change meanwhile)."""
+        wheel = next((self.tmp / "wheel").glob("modelrig-*.whl"))
+        return playbook(self.tmp, self.inventory, book, "--vault-password-file", str(self.tmp / "vault-pass"),
+                        "-e", f"modelrig_wheel={wheel}", *args)
+
+
+def free_port(address: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((address, 0))
+        return int(sock.getsockname()[1])
+
+
+def user_manifest(folder: Path, address: str) -> Path:
+    """The demo manifest as a user manifest with its own id and free ports on the host's address."""
+    data = yaml.safe_load((REPO_ROOT / "model_manifests" / "demo-tiny-ziya.yaml").read_text())
+    data["id"] = MODEL
+    for entry in data["launch"]:
+        entry["port"] = free_port(address)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{MODEL}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return folder
+
+
+def write_inventory(hosts: SshHosts, tmp: Path, host: SshHost, hub_url: str, token: str, **extra: object) -> Path:
+    """An inventory folder: hosts.yml with every knob for `host`, and group_vars/all/vault.yml encrypted."""
+    folder = tmp / "inventory"
+    (folder / "group_vars" / "all").mkdir(parents=True, exist_ok=True)
+    knobs = {
+        "modelrig_models": [MODEL],
+        "modelrig_data_root": f"{host.home}/modelrig",
+        "modelrig_hf_endpoint": hub_url,
+        "modelrig_manifests_dir": str(user_manifest(tmp / "manifests", host.address)),
+        "modelrig_bind": host.address,
+        "modelrig_backend": "venv",
+        "modelrig_pip": {"index_url": "", "extra_index_urls": [], "find_links": ["/opt/wheels"],
+                         "use_torch_index": False},
+        "modelrig_torch_index_url": "",
+        "modelrig_uv_cache_dir": str(host.slot / "uv"),
+        "modelrig_wheel_build_dir": str(tmp / "wheel"),
+        "modelrig_hf_token": "{{ vault_modelrig_hf_token }}",
+        **extra,
+    }
+    hosts.inventory(folder / "hosts.yml", hostvars={host.name: knobs})
+    vault = folder / "group_vars" / "all" / "vault.yml"
+    vault.write_text(yaml.safe_dump({"vault_modelrig_hf_token": token}))
+    (tmp / "vault-pass").write_text(VAULT_PASSWORD)
+    subprocess.run([str(BIN / "ansible-vault"), "encrypt", "--vault-password-file", str(tmp / "vault-pass"),
+                    str(vault)], check=True, capture_output=True, env=ansible_env(tmp))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """The demo model's two tiny repos (one gated) on a local hub; yields (url, token)."""
+    root = tmp_path_factory.mktemp("hub")
+    subprocess.run([sys.executable, "-m", "modelrig", "hub", "make-tiny", str(root), "--only",
+                    "modelrig-tiny/llama-meta", "--only", "modelrig-tiny/ziya-delta"], check=True,
+                   capture_output=True)
+    tokens = root / ".modelrig-hub-tokens"
+    with served(root, "--token-file", str(tokens)) as url:
+        yield url, tokens.read_text().split()[0]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, tiny_hub: tuple[str, str]) -> Iterator[Site]:
+    """One unprivileged host provisioned by site.yml (the first run)."""
+    reason = available()
+    if reason:
+        pytest.fail(reason)
+    tmp = tmp_path_factory.mktemp("site")
+    url, token = tiny_hub
+    with SshHosts(tmp / "ssh-hosts") as hosts:
+        host = hosts.add("tiny")
+        inventory = write_inventory(hosts, tmp, host, url, token)
+        first = playbook(tmp, inventory, "site.yml", "--vault-password-file", str(tmp / "vault-pass"))
+        yield Site(hosts=hosts, host=host, inventory=inventory, tmp=tmp, token=token, first=first)
+
+
+def test_site_provisions_the_demo_model_which_answers_a_chat_request(site):
+    assert site.first.returncode == 0, site.first.stdout[-6000:] + site.first.stderr[-3000:]
+    counts = recap(site.first.stdout)["tiny"]
+    assert counts["failed"] == 0 and counts["changed"] > 5
+    assert f"{MODEL}/api  http://{site.host.address}:" in site.first.stdout
+    assert "health: ok, 2/2 demos healthy" in site.first.stdout
+    config = yaml.safe_load((site.host.home / "modelrig" / "config.yaml").read_text())
+    assert config["hub"]["token_file"] == f"{site.host.home}/modelrig/secrets/hf_token"
+    assert config["pip"]["find_links"] == ["/opt/wheels"] and config["serve"]["bind"] == site.host.address
+    api = next(line.split()[1] for line in site.first.stdout.splitlines() if f"{MODEL}/api  http" in line)
+    assert chat(api.rstrip('",'), model=MODEL).strip()
+
+
+def test_second_run_changes_nothing_and_keeps_the_vault_token_secret(site):
+    again = site.run("site.yml", "-vvv")
+    assert again.returncode == 0, again.stdout[-6000:] + again.stderr[-3000:]
+    counts = recap(again.stdout)["tiny"]
+    assert counts["changed"] == 0 and counts["failed"] == 0, again.stdout[-6000:]
+    assert "health: ok, 2/2 demos healthy" in again.stdout
+
+    for output in (site.first.stdout, site.first.stderr, again.stdout, again.stderr):
+        assert site.token not in output
+    holders = [p for p in site.host.home.rglob("*") if p.is_file() and not p.is_symlink() and _holds(p, site.token)]
+    token_file = site.host.home / "modelrig" / "secrets" / "hf_token"
+    assert holders == [token_file]
+    assert token_file.stat().st_mode & 0o777 == 0o600 and token_file.stat().st_uid == site.host.uid
+    for pid in _pids_of(site.host.uid):
+        assert site.token.encode() not in _read(Path(f"/proc/{pid}/cmdline"))
+        assert site.token.encode() not in _read(Path(f"/proc/{pid}/environ"))
+    assert _pids_of(site.host.uid), "the demos should be running as the host's user"
+
+
+def test_down_stops_the_demos(site):
+    down = site.run("down.yml")
+    assert down.returncode == 0, down.stdout[-4000:] + down.stderr[-2000:]
+    assert recap(down.stdout)["tiny"]["changed"] == 1
+    status = site.hosts.ssh("tiny", f"{site.host.home}/modelrig/toolkit/bin/modelrig --data-root "
+                                    f"{site.host.home}/modelrig status {MODEL} --json")
+    entries = yaml.safe_load(status.stdout)["entries"]
+    assert len(entries) == 2 and not any(e["running"] for e in entries)
+
+
+def _holds(path: Path, secret: str) -> bool:
+    try:
+        with path.open("rb") as handle:
+            return secret.encode() in handle.read(50_000_000)
+    except OSError:
+        return False
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def _pids_of(uid: int) -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _uid(p) == uid]
+
+
+def _uid(proc: Path) -> int | None:
+    try:
+        return proc.stat().st_uid
+    except OSError:
+        return None
+
+
