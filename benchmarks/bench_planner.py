@@ -10,7 +10,7 @@ from pathlib import Path
 from modelrig.catalog import dependency_manifests, load_model, manifest_paths
 from modelrig.facts import HostFacts
 from modelrig.manifest import load_manifest
-from modelrig.planner import TORCH_BUILDS_FILE, load_torch_table, make_plan
+from modelrig.plan import TORCH_BUILDS_FILE, load_torch_table, make_plan
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))

@@ -11,8 +11,8 @@ import yaml
 
 from modelrig import tiny
 from modelrig.catalog import resolve_model
-from modelrig.convert.fusion import group_steps
 from modelrig.manifest import load_manifest
+from modelrig.plan.steps import group_steps
 from modelrig.stamp import STAMP_NAME, sha256_file
 from tests.test_convert_interrupt import _killed
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from modelrig.catalog import dependency_manifests, load_model
 from modelrig.facts import HostFacts
-from modelrig.planner import DISK_HEADROOM, DISK_RESERVE_GB, make_plan, plan_disk
+from modelrig.plan import DISK_HEADROOM, DISK_RESERVE_GB, make_plan, plan_disk
 
 HOSTS = Path(__file__).parent / "fixtures" / "hosts"
 GB = 1e9

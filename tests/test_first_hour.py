@@ -200,7 +200,7 @@ def test_the_wheel_installed_with_uv_tool_install_finds_its_manifests_and_templa
     assert (tmp_path / "root" / "launch" / DEMO_MODEL / "api" / "app.py").is_file()
     # The shipped folders are the wheel's own copies, not the checkout's.
     where = subprocess.run([str(tmp_path / "tools" / "modelrig" / "bin" / "python"), "-c",
-                            "from modelrig.resources import launch_dir, manifest_dirs; "
+                            "from modelrig.shipped import launch_dir, manifest_dirs; "
                             "print(launch_dir()); print(manifest_dirs()[-1])"],
                            capture_output=True, text=True, cwd=elsewhere, env=run_env, check=True)
     for line in where.stdout.split():

@@ -19,7 +19,7 @@ from modelrig.config import HostConfig, PipSettings
 from modelrig.errors import HostCannotRunError
 from modelrig.facts import Gpu, HostFacts
 from modelrig.manifest import Manifest
-from modelrig.planner import load_torch_table, make_plan, mps_usable_gb, plan_disk, plan_precision, plan_torch_build
+from modelrig.plan import load_torch_table, make_plan, mps_usable_gb, plan_disk, plan_precision, plan_torch_build
 
 HOSTS = Path(__file__).parent / "fixtures" / "hosts"
 

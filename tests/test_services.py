@@ -332,7 +332,7 @@ def test_the_kind_registry_covers_exactly_the_kinds_the_schema_accepts():
 
     from modelrig.launch.kinds import KINDS
     from modelrig.manifest import ADAPTER_KINDS, CUDA_ONLY_KINDS, LaunchKind
-    from modelrig.resources import launch_dir
+    from modelrig.shipped import launch_dir
 
     assert set(KINDS) == set(get_args(LaunchKind))
     assert {k.name for k in KINDS.values() if k.cuda_only} == CUDA_ONLY_KINDS

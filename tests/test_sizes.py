@@ -6,7 +6,7 @@ import pytest
 
 from modelrig.convert.io import parse_size as shard_size
 from modelrig.errors import ConversionError, UsageError
-from modelrig.fetch.plan import parse_size as option_size
+from modelrig.fetch.sources import parse_size as option_size
 from modelrig.humansize import format_size, parse_size
 
 

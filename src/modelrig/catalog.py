@@ -6,7 +6,7 @@ from pathlib import Path
 
 from modelrig.errors import ManifestError, ModelNotFoundError
 from modelrig.manifest import Manifest, load_manifest
-from modelrig.resources import manifest_dirs
+from modelrig.shipped import manifest_dirs
 from modelrig.yamlpos import line_for, load_with_lines
 
 

@@ -295,13 +295,11 @@ def model_check(model: str, facts: HostFacts, ctx: Context,
                 environ: Mapping[str, str]) -> tuple[list[Check], Plan]:
     """Whether this host can run `model`: the planner's verdict, and a gated repo without a token; returns the
     checks and the plan (None when the manifest cannot be planned)."""
-    from modelrig.catalog import dependency_manifests, load_model
-    from modelrig.planner import make_plan
+    from modelrig.catalog import load_model
+    from modelrig.plan import plan_model
 
     manifest = load_model(model)
-    deps = dependency_manifests(manifest)
-    built = {d.id for d in deps.values() if ctx.data.output_dir(d.id, d.output_name).is_dir()}
-    plan = make_plan(manifest, facts, ctx.config, manifests=deps, built=built)
+    plan = plan_model(manifest, ctx, facts=facts, refuse=False)
     checks = []
     if plan.fits:
         checks.append(Check("model", "ok", verdict(plan), data={"model": manifest.id, "fits": True}))

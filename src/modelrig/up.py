@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelrig.catalog import dependency_manifests
 from modelrig.config import Context
-from modelrig.errors import HostCannotRunError, UsageError
+from modelrig.errors import UsageError
 from modelrig.facts import HostFacts
 from modelrig.manifest import Manifest
 from modelrig.outputs import EnvOutput, FetchOutput, LaunchedEntry, LaunchOutput, RenderOutput, read
-from modelrig.plan import Plan
+from modelrig.plan import Plan, plan_model
 from modelrig.result import StageResult, timed
 from modelrig.stamp import digest, read_stamp, write_json
 
@@ -73,41 +74,6 @@ class UpReport:
 def state_file(ctx: Context, model_id: str) -> Path:
     """Where `up` records what it started for a model."""
     return ctx.data.run / model_id / STATE_NAME
-
-
-def host_facts(ctx: Context) -> HostFacts:
-    """This host's facts."""
-    from modelrig.facts.collect import collect
-
-    return collect(ctx.data.root)
-
-
-def dependency_manifests(manifest: Manifest) -> dict[str, Manifest]:
-    """Every manifest reachable through `model:` sources, by id."""
-    from modelrig.catalog import dependency_manifests as deps
-
-    return deps(manifest)
-
-
-def plan_model(manifest: Manifest, ctx: Context, *, facts: HostFacts | None = None,
-               env_only: bool = False) -> Plan:
-    """Plan the model for this host (or recorded facts); raises HostCannotRunError when it does not fit.
-
-    With `env_only`, a plan refused for memory or disk still serves to build the environment, as long as it has a
-    torch build for this host (the refusal is then among the plan's warnings).
-    """
-    from modelrig.planner import make_plan
-
-    deps = dependency_manifests(manifest)
-    built = {d.id for d in deps.values() if ctx.data.output_dir(d.id, d.output_name).is_dir()}
-    plan = make_plan(manifest, facts or host_facts(ctx), ctx.config, manifests=deps, built=built)
-    if not plan.fits:
-        if env_only and plan.env.torch.version:
-            return dataclasses.replace(plan, warnings=[*plan.warnings, f"the model itself cannot run on this "
-                                                       f"host: {plan.refusal}"])
-        raise HostCannotRunError(f"{plan.model} cannot run on this host: {plan.refusal}", model=plan.model,
-                                 refusal=plan.refusal, plan=plan.to_dict())
-    return plan
 
 
 def env_stage(manifest: Manifest, plan: Plan, ctx: Context, *, options: UpOptions) -> StageResult:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from modelrig.catalog import dependency_manifests, load_model
+from modelrig.catalog import load_model
 from modelrig.config import Context
 from modelrig.doctor import verdict
 from modelrig.errors import HostCannotRunError, UsageError
@@ -36,13 +36,11 @@ def _this_host(ctx: Context) -> HostFacts:
 
 
 def _plan(args: argparse.Namespace, ctx: Context) -> int:
-    from modelrig.planner import make_plan
+    from modelrig.plan import plan_model
 
     manifest = load_model(args.model)
     facts = read_facts(args.facts) if args.facts else _this_host(ctx)
-    deps = dependency_manifests(manifest)
-    built = {d.id for d in deps.values() if ctx.data.output_dir(d.id, d.output_name).is_dir()}
-    plan = make_plan(manifest, facts, ctx.config, manifests=deps, built=built)
+    plan = plan_model(manifest, ctx, facts=facts, refuse=False)
     if not plan.fits and ctx.as_json:
         raise HostCannotRunError(f"{plan.model} cannot run on this host: {plan.refusal}", model=plan.model,
                                  refusal=plan.refusal, plan=plan.to_dict())

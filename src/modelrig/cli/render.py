@@ -42,7 +42,7 @@ def _render(args: argparse.Namespace, ctx: Context) -> int:
     from modelrig.cli.up import _facts
     from modelrig.fetch.locate import weight_paths
     from modelrig.launch.render import render
-    from modelrig.up import plan_model
+    from modelrig.plan import plan_model
 
     manifest = load_model(args.model)
     plan = plan_model(manifest, ctx, facts=_facts(args))

@@ -82,7 +82,7 @@ def _facts(args: argparse.Namespace) -> HostFacts | None:
 def _env(args: argparse.Namespace, ctx: Context) -> int:
     from modelrig.envs import build_env
     from modelrig.envs.build import check_env, prepare_env_build
-    from modelrig.up import plan_model
+    from modelrig.plan import plan_model
 
     manifest = load_model(args.model)
     plan = plan_model(manifest, ctx, facts=_facts(args), env_only=True)

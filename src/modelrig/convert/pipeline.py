@@ -8,13 +8,13 @@ from pathlib import Path
 from modelrig.config import Context
 from modelrig.convert.chain import chain_summary, run_chain
 from modelrig.convert.delta import apply_delta
-from modelrig.convert.fusion import group_steps
 from modelrig.convert.llama_meta import convert_llama_meta
 from modelrig.convert.safetensors_convert import convert_to_safetensors
 from modelrig.convert.tf import convert_h5, convert_tf1
 from modelrig.errors import ConversionError, UsageError
 from modelrig.fetch import locate
 from modelrig.manifest import ApplyDelta, LlamaMetaToHf, Manifest, TfToPt, ToSafetensors, WeightSource
+from modelrig.plan.steps import group_steps
 from modelrig.result import StageResult, timed
 
 

@@ -12,8 +12,8 @@ interrupted file from zero, so resume there is per file: finished files are kept
 downloaded again, and its orphaned temporary file is removed by the next run.
 """
 
-from modelrig.fetch.plan import DEFAULT_HEADROOM, HUBS, RemoteFile, SourcePlan, human, parse_size, select_files
 from modelrig.fetch.remote import Endpoints, endpoints_for, resolve_source
+from modelrig.fetch.sources import DEFAULT_HEADROOM, HUBS, RemoteFile, SourcePlan, human, parse_size, select_files
 from modelrig.fetch.stage import FetchOptions, fetch_model
 
 __all__ = [

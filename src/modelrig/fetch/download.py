@@ -15,8 +15,8 @@ from typing import Any
 
 from modelrig.errors import FetchError, HashMismatchError
 from modelrig.fetch.compat import hf_download_tmp_dir, hf_incomplete_glob
-from modelrig.fetch.plan import HASH_CHUNK, MAX_WORKERS, RemoteFile, SourcePlan
 from modelrig.fetch.remote import Endpoints, hf_errors, ms_api, ms_errors, token_for
+from modelrig.fetch.sources import HASH_CHUNK, MAX_WORKERS, RemoteFile, SourcePlan
 from modelrig.manifest import FULL_COMMIT, HubRef, WeightSource
 from modelrig.progress import bar
 from modelrig.stamp import STAMP_NAME, read_stamp, sha256_file, write_stamp

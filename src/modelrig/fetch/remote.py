@@ -18,7 +18,7 @@ from modelrig.errors import (
     RevisionNotFoundError,
     UsageError,
 )
-from modelrig.fetch.plan import RemoteFile, SourcePlan, select_files
+from modelrig.fetch.sources import RemoteFile, SourcePlan, select_files
 from modelrig.manifest import FULL_COMMIT, HubRef, WeightSource
 
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"

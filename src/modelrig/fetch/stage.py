@@ -14,7 +14,8 @@ from typing import Any
 from modelrig.config import Context, local_weights_dir
 from modelrig.errors import DiskSpaceError, FetchError, HubUnreachableError, UsageError
 from modelrig.fetch.download import download, locked, plan_matches_stamp, stamp_is_current
-from modelrig.fetch.plan import (
+from modelrig.fetch.remote import Endpoints, HubUnreachable, endpoints_for, resolve_source
+from modelrig.fetch.sources import (
     DEFAULT_HEADROOM,
     HASH_CHUNK,
     HUBS,
@@ -24,7 +25,6 @@ from modelrig.fetch.plan import (
     human,
     needed_bytes,
 )
-from modelrig.fetch.remote import Endpoints, HubUnreachable, endpoints_for, resolve_source
 from modelrig.manifest import Manifest, WeightSource
 from modelrig.netcheck import unreachable_hint
 from modelrig.result import StageResult, timed

@@ -21,7 +21,7 @@ from modelrig.errors import LaunchError
 from modelrig.launch.kinds import launch_kind
 from modelrig.manifest import ADAPTERS, LaunchEntry, Manifest, is_bind_address
 from modelrig.plan import Plan
-from modelrig.resources import launch_dir
+from modelrig.shipped import launch_dir
 from modelrig.result import StageResult
 from modelrig.stamp import atomic_write_text, digest, read_stamp, write_stamp
 
