@@ -26,6 +26,7 @@ from modelrig.convert.io import (
     RowSource,
     copy_extra_files,
     dtype_name,
+    one_torch_thread,
     row_chunks,
     write_safetensors_shards,
 )
@@ -275,7 +276,8 @@ def merged_product(base: Product, delta: Product, *, convention: str, check: boo
     b, d = base.by_name(), delta.by_name()
     tensors = merge_tensors(b, d, convention)
     if check:
-        check_convention(b, d, convention)
+        with one_torch_thread():
+            check_convention(b, d, convention)
 
     def write_extras(dest: Path) -> list[str]:
         names = delta.write_extras(dest)

@@ -6,7 +6,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modelrig.convert.io import ModelReader, RowSource, chunked_outputs, copy_extra_files, write_safetensors_shards
+from modelrig.convert.io import (
+    ModelReader,
+    RowSource,
+    chunked_outputs,
+    copy_extra_files,
+    one_torch_thread,
+    write_safetensors_shards,
+)
 
 
 @dataclass
@@ -52,6 +59,7 @@ def write_product(product: Product, dest: Path, *, max_shard_size: int | str, de
 
     Returns (weight file name -> sha256, names of the other files).
     """
-    files = write_safetensors_shards(chunked_outputs(product.tensors), dest, max_shard_size=max_shard_size,
-                                     metadata=product.metadata, desc=desc)
+    with one_torch_thread():
+        files = write_safetensors_shards(chunked_outputs(product.tensors), dest, max_shard_size=max_shard_size,
+                                         metadata=product.metadata, desc=desc)
     return files, product.write_extras(dest)
