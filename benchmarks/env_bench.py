@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from modelrig.config import DataRoot, HostConfig, PipSettings
-from modelrig.demo import pip_find_links
 from modelrig.envs import build_env
+from modelrig.orchestrate.demo import pip_find_links
 from modelrig.plan import EnvPlan, TorchBuild
 
 REPO = Path(__file__).resolve().parent.parent

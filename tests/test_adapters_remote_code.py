@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from modelrig import tiny
+from modelrig.hub import tiny
 from tests import remote_code_doubles
 from tests.helpers.launching import make_images, probe_adapter, render_one, tiny_manifest
 from tests.helpers.venvs import CURRENT_UI

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modelrig.demo import chat
+from modelrig.orchestrate.demo import chat
 from tests.helpers.hub import served
 from tests.helpers.sshhosts import BIN, REPO_ROOT, SshHost, SshHosts, ansible_env, available, playbook, recap
 

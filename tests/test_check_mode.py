@@ -16,11 +16,11 @@ import yaml
 
 from modelrig.catalog import manifest_paths
 from modelrig.cli import main
-from modelrig.demo import pip_find_links
 from modelrig.hub.server import serve_in_thread
 from modelrig.hub.tiny_repos import TOKEN_FILE, make_tiny_hub
 from modelrig.launch.render import render
 from modelrig.manifest import load_manifest
+from modelrig.orchestrate.demo import pip_find_links
 from tests.helpers.launching import free_port, plan_for
 from tests.helpers.venvs import CACHE
 

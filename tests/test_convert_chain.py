@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modelrig import tiny
 from modelrig.catalog import resolve_model
+from modelrig.hub import tiny
 from modelrig.manifest import load_manifest
 from modelrig.plan.steps import group_steps
 from modelrig.stamp import STAMP_NAME, sha256_file

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from modelrig import tiny
 from modelrig.convert.delta import apply_delta, make_delta
 from modelrig.convert.io import ModelReader
 from modelrig.errors import ConversionError
+from modelrig.hub import tiny
 
 
 def _state(directory: Path) -> dict[str, torch.Tensor]:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from modelrig import tiny
 from modelrig.cli import main
+from modelrig.hub import tiny
 from modelrig.stamp import STAMP_NAME, sha256_file
 
 #: Runs `modelrig ARGS` and SIGKILLs itself at a chosen point: `bytes:N` (after N weight bytes written, mid-write),

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from modelrig import tiny
 from modelrig.convert.llama_meta import convert_llama_meta
 from modelrig.errors import ConversionError
+from modelrig.hub import tiny
 from tests.helpers.venvs import TF_CONVERT
 
 

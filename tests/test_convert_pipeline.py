@@ -11,8 +11,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from modelrig import tiny
 from modelrig.catalog import resolve_model
+from modelrig.hub import tiny
 from modelrig.stamp import write_stamp
 
 

@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors import safe_open
 
-from modelrig import tiny
+from modelrig.hub import tiny
 from tests.helpers.venvs import CACHE, TF_CONVERT, pip_find_links
 
 pytestmark = pytest.mark.slow

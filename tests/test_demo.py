@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modelrig.demo import pip_find_links
+from modelrig.orchestrate.demo import pip_find_links
 from tests.helpers.offline import offline
 from tests.helpers.venvs import CACHE
 
@@ -110,7 +110,7 @@ def test_demo_runs_offline_answers_then_changes_nothing_and_down_stops_everythin
 
 def test_demo_config_points_the_hub_at_the_local_server_and_takes_torch_from_a_local_wheel_folder(tmp_path):
     from modelrig.config import HostConfig, PipSettings
-    from modelrig.demo import demo_config
+    from modelrig.orchestrate.demo import demo_config
 
     wheels = tmp_path / "wheels"
     wheels.mkdir()
@@ -125,9 +125,9 @@ def test_demo_config_points_the_hub_at_the_local_server_and_takes_torch_from_a_l
 
 
 def test_without_a_reachable_index_the_demo_builds_offline():
-    from modelrig.demo import index_reachable
+    from modelrig.orchestrate.demo import index_reachable
 
-    probe = [sys.executable, "-c", "import sys; from modelrig.demo import index_reachable as r; "
+    probe = [sys.executable, "-c", "import sys; from modelrig.orchestrate.demo import index_reachable as r; "
              "sys.exit(0 if not r() and r('file:///opt/pypi/simple') else 1)"]
     assert subprocess.run(offline(probe), capture_output=True).returncode == 0
     assert index_reachable("file:///anywhere")

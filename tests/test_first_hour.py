@@ -25,10 +25,10 @@ import pytest
 import yaml
 
 from modelrig.config import DataRoot, HostConfig, PipSettings
-from modelrig.demo import DEMO_MODEL, advice, pip_find_links
 from modelrig.envs.build import build_env
 from modelrig.errors import EnvBuildError
 from modelrig.humansize import format_size
+from modelrig.orchestrate.demo import DEMO_MODEL, advice, pip_find_links
 from modelrig.plan import EnvPlan, TorchBuild
 from tests.conftest import FIXTURES, REPO
 from tests.helpers.hub import write_manifest, write_repo

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from modelrig import tiny
+from modelrig.hub import tiny
 from tests.helpers.launching import (
     free_port,
     make_images,

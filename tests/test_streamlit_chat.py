@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from modelrig import tiny
+from modelrig.hub import tiny
 from tests.helpers.launching import free_port, render_one, running, tiny_manifest
 from tests.helpers.offline import offline
 from tests.helpers.venvs import CURRENT_UI

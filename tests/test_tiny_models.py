@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from modelrig import tiny
+from modelrig.hub import tiny
 from tests.helpers.venvs import T437
 
 

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from modelrig.cli import main
-from modelrig.demo import chat, pip_find_links
 from modelrig.hub.server import serve_in_thread
 from modelrig.hub.tiny_repos import TOKEN_FILE, make_tiny_hub
+from modelrig.orchestrate.demo import chat, pip_find_links
 from tests.helpers.venvs import CACHE
 
 pytestmark = pytest.mark.slow

@@ -307,7 +307,7 @@ def model_check(model: str, facts: HostFacts, ctx: Context,
         checks.append(Check("model", "fail", f"{manifest.id} cannot run on this host", plan.refusal or "",
                             {"model": manifest.id, "fits": False}))
     checks += [Check("plan", "warn", warning) for warning in plan.warnings]
-    from modelrig.demo import DEMO_MODEL
+    from modelrig.orchestrate.demo import DEMO_MODEL
 
     # The demo's own hub hands its gated tiny repo the token it made; every other gated repo needs the user's.
     gated = [name for name, source in manifest.weights.items() if getattr(source, "gated", False)

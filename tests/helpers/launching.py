@@ -253,7 +253,7 @@ def write_tiny_qwen2_vl(out: Path, *, python: Path) -> Path:
 def write_tiny_vlm(out: Path, *, kind: str, python: Path) -> Path:
     """A tiny LLaVA (`kind="llava"`) or BLIP-2 (`"blip2"`) written by the transformers of the env at `python`,
     so it loads in exactly that version (a tiny LLaMA's sentencepiece tokenizer plus an `<image>` token)."""
-    from modelrig import tiny
+    from modelrig.hub import tiny
 
     llama = tiny.write_llama_hf(out.parent / f".{out.name}-llama", seed=1)
     subprocess.run([str(python), "-c", _VLM_SCRIPT, kind, str(out), str(llama)], check=True,

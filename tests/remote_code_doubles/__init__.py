@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from modelrig import tiny
+from modelrig.hub import tiny
 
 HERE = Path(__file__).parent
 

@@ -127,7 +127,7 @@ def _summary(model: str, changed: bool, seconds: float, urls: dict[str, str]) ->
 
 
 def _up(args: argparse.Namespace, ctx: Context) -> int:
-    from modelrig.up import UpOptions, check_up, up
+    from modelrig.orchestrate.up import UpOptions, check_up, up
 
     manifest = load_model(args.model)
     options = UpOptions(store=args.store, hub=args.hub, hf_endpoint=args.hf_endpoint,
@@ -145,7 +145,7 @@ def _up(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _down(args: argparse.Namespace, ctx: Context) -> int:
-    from modelrig.up import check_down, down
+    from modelrig.orchestrate.up import check_down, down
 
     result = check_down(args.model, ctx) if args.check else down(args.model, ctx)
     print(result.to_json() if ctx.as_json else result.line())
@@ -153,7 +153,7 @@ def _down(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _demo(args: argparse.Namespace, ctx: Context) -> int:
-    from modelrig.demo import DEMO_MODEL, PROMPT, advice, run_demo
+    from modelrig.orchestrate.demo import DEMO_MODEL, PROMPT, advice, run_demo
 
     report = run_demo(ctx, offline=args.offline, installer=args.installer, on_stage=_printer(ctx))
     if ctx.as_json:

@@ -110,16 +110,52 @@ class LazyTensor:
         if not self.contiguous:
             raise ConversionError(f"{self.path}: tensor {self.name} is not contiguous on disk")
         buf = into_buffer(into, nbytes)
-        view = memoryview(buf.numpy())
-        got = 0
-        with open(self.path, "rb", buffering=0) as f:
-            f.seek(self.offset + start * row * self.dtype.itemsize)
-            while got < nbytes and (n := f.readinto(view[got:])):
-                got += n
+        got = read_at(self.path, self.offset + start * row * self.dtype.itemsize, memoryview(buf.numpy()))
         if got != nbytes:
             raise ConversionError(f"{self.path}: truncated file (tensor {self.name} needs {nbytes} bytes, "
                                   f"found {got})")
         return buf.view(self.dtype).reshape((stop - start, *self.shape[1:]) if self.shape else ())
+
+
+_OPEN_FILES: dict[Path, int] | None = None
+
+
+@contextlib.contextmanager
+def open_inputs() -> Iterator[None]:
+    """Within this block, reads of input files keep each file open (one open per file, not one per chunk).
+
+    Inputs do not change during a conversion; every descriptor is closed when the outermost block ends.
+    """
+    global _OPEN_FILES
+    outer = _OPEN_FILES is not None
+    if not outer:
+        _OPEN_FILES = {}
+    try:
+        yield
+    finally:
+        if not outer and _OPEN_FILES is not None:
+            for fd in _OPEN_FILES.values():
+                os.close(fd)
+            _OPEN_FILES = None
+
+
+def read_at(path: Path, offset: int, view: memoryview) -> int:
+    """Fill `view` from `path` at `offset`; returns the bytes read (fewer at the end of the file)."""
+    files = _OPEN_FILES
+    if files is None:
+        got = 0
+        with open(path, "rb", buffering=0) as f:
+            f.seek(offset)
+            while got < len(view) and (n := f.readinto(view[got:])):
+                got += n
+        return got
+    fd = files.get(path)
+    if fd is None:
+        fd = files[path] = os.open(path, os.O_RDONLY)
+    got = 0
+    while got < len(view) and (n := os.preadv(fd, [view[got:]], offset + got)):
+        got += n
+    return got
 
 
 class RowSource(Protocol):

@@ -73,7 +73,7 @@ def make_tiny_hub(root: Path, *, seed: int = 0, tf_python: Path | str | None = N
 
 
 def _repos(seed: int, tf_python: Path | str | None) -> list[tuple[str, Callable[[Path], None], dict[str, Any]]]:
-    from modelrig import tiny
+    from modelrig.hub import tiny
 
     def llama_meta(tmp: Path) -> None:
         tiny.write_llama_meta(tmp / "main", seed=seed)
@@ -122,8 +122,8 @@ def _repos(seed: int, tf_python: Path | str | None) -> list[tuple[str, Callable[
 def _generator_version() -> str:
     """A digest of the generators' sources (tiny.py and the LLaMA config/tokenizer writers it uses), so a
     changed generator rebuilds the repos."""
-    from modelrig import tiny
     from modelrig.convert import llama_meta
+    from modelrig.hub import tiny
 
     h = hashlib.sha256()
     for module in (tiny, llama_meta):

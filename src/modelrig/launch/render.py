@@ -5,11 +5,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import plistlib
-import re
 import secrets as _secrets
 import shlex
 import time
-import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,11 +16,12 @@ import jinja2
 
 from modelrig.config import HostConfig
 from modelrig.errors import LaunchError
+from modelrig.launch.escape import FILTERS, sh_name
 from modelrig.launch.kinds import launch_kind
 from modelrig.manifest import ADAPTERS, LaunchEntry, Manifest, is_bind_address
 from modelrig.plan import Plan
-from modelrig.shipped import launch_dir
 from modelrig.result import StageResult
+from modelrig.shipped import launch_dir
 from modelrig.stamp import atomic_write_text, digest, read_stamp, write_stamp
 
 #: Generation settings every chat template starts from; an entry's `options` override them.
@@ -54,96 +53,6 @@ def unit_name(model_id: str, entry: str) -> str:
 def launchd_label(model_id: str, entry: str) -> str:
     """The launchd job label of an entry."""
     return f"ai.modelrig.{model_id}.{entry}"
-
-
-def _py(value: Any) -> str:
-    """A Python literal for a JSON-like value (paths become strings); `repr` escapes quotes, backslashes and every
-    unprintable character, so the literal is one token on one line whatever the text."""
-    if isinstance(value, Path):
-        value = str(value)
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{_py(k)}: {_py(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_py(v) for v in value) + "]"
-    if value is None or isinstance(value, bool | int | float | str):
-        return repr(value)
-    raise LaunchError(f"cannot put {type(value).__name__} {value!r} into a launch script")
-
-
-def _sh(value: Any) -> str:
-    """One POSIX shell word that expands to exactly `value` (nothing in it is evaluated)."""
-    text = str(value)
-    if "\0" in text:
-        raise LaunchError(f"cannot put {text!r} into a shell script: it contains a NUL byte")
-    return shlex.quote(text)
-
-
-_SH_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_WORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_SYSTEMD_PLAIN = re.compile(r"^[A-Za-z0-9_./:@+=,-]+$")
-
-
-def _sh_name(value: Any) -> str:
-    """An environment variable name, checked: anything else would be shell code after `export`."""
-    text = str(value)
-    if not _SH_NAME.match(text):
-        raise LaunchError(f"{text!r} is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
-    return text
-
-
-def _word(value: Any) -> str:
-    """A value the schema restricts to letters, digits, '.', '_', '-' (ids, entry names, kinds), checked again."""
-    text = str(value)
-    if not _WORD.match(text):
-        raise LaunchError(f"{text!r} is not a plain name (letters, digits, '.', '_', '-')")
-    return text
-
-
-def _printable(text: str) -> str:
-    return "".join(c if c == " " or c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-
-
-def _comment(value: Any) -> str:
-    """Text for a `#` comment: unprintable characters (newlines, NUL, line separators) shown as escapes, so the
-    comment stays one line."""
-    return _printable(str(value))
-
-
-def _no_controls(text: str, what: str) -> str:
-    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text):
-        raise LaunchError(f"cannot put {text!r} into a {what}: it contains control characters")
-    return text
-
-
-def _systemd(value: Any) -> str:
-    """One systemd command-line word (ExecStart=): quoted when needed, `\\` and `"` escaped, `%` specifiers and `$`
-    variable references doubled so they stay literal."""
-    text = _no_controls(str(value), "systemd unit")
-    text = text.replace("%", "%%")
-    if _SYSTEMD_PLAIN.match(text):
-        return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "$$") + '"'
-
-
-def _systemd_path(value: Any) -> str:
-    """A path for a systemd setting that takes one path (WorkingDirectory=): `%` doubled, no control characters;
-    the setting takes the rest of the line verbatim."""
-    text = _no_controls(str(value), "systemd unit")
-    if not text.startswith("/"):
-        raise LaunchError(f"{text!r}: systemd needs an absolute path")
-    return text.replace("%", "%%")
-
-
-def _systemd_text(value: Any) -> str:
-    """Free text for a one-line systemd setting (Description=): `%` doubled, unprintable characters escaped."""
-    return _printable(str(value)).replace("%", "%%")
-
-
-#: Filters every template hole goes through, by target language: `py` (Python literal), `sh` (shell word),
-#: `sh_name` (checked variable name), `word` (checked plain name), `comment` (one-line comment text), `systemd`
-#: (ExecStart= word), `systemd_path` (WorkingDirectory=), `systemd_text` (Description=).
-FILTERS = {"py": _py, "sh": _sh, "sh_name": _sh_name, "word": _word, "comment": _comment, "systemd": _systemd,
-           "systemd_path": _systemd_path, "systemd_text": _systemd_text}
 
 
 def _environment() -> jinja2.Environment:
@@ -242,7 +151,7 @@ def render_entry(manifest: Manifest, entry: LaunchEntry, plan: Plan, paths: Mapp
         raise LaunchError(f"{manifest.id}/{entry.name}: unknown adapter {entry.adapter!r}")
     secrets = dict(secrets or {})
     for name in secrets:
-        _sh_name(name)
+        sh_name(name)
     if not is_loopback(bind):
         if spec.loopback_only:
             raise LaunchError(f"{manifest.id}/{entry.name}: {kind} entries have no authentication; keep them on "
@@ -434,7 +343,8 @@ def render(manifest: Manifest, plan: Plan, out_dir: Path, *, paths: Mapping[str,
             write_stamp(entry_dir, {"key": key, "files": sorted(files)})
         changed = changed or bool(written or removed)
         report[name] = {"dir": str(entry_dir), "written": sorted(written), "removed": removed,
-                        "kind": entry.kind, "port": entry.port or launch_kind(entry.kind).default_port, "bind": entry_bind,
+                        "kind": entry.kind, "port": entry.port or launch_kind(entry.kind).default_port,
+                        "bind": entry_bind,
                         "secrets": str(entry_dir / SECRETS_FILE) if values else None}
     rendered = sum(bool(r["written"] or r["removed"]) for r in report.values())
     summary = (f"rendered {rendered} of {len(report)} launch entries into {out_dir}" if rendered

@@ -147,7 +147,7 @@ def run_demo(ctx: Context, *, offline: bool | None = None, on_stage: Callable[[S
     """
     from modelrig.hub.server import serve_in_thread
     from modelrig.hub.tiny_repos import TOKEN_FILE, make_tiny_hub
-    from modelrig.up import UpOptions, up
+    from modelrig.orchestrate.up import UpOptions, up
 
     started = time.perf_counter()
     emit = on_stage or (lambda result: None)
