@@ -27,6 +27,7 @@ from modelrig.convert.io import (
     copy_extra_files,
     dtype_name,
     one_torch_thread,
+    open_inputs,
     row_chunks,
     write_safetensors_shards,
 )
@@ -276,7 +277,7 @@ def merged_product(base: Product, delta: Product, *, convention: str, check: boo
     b, d = base.by_name(), delta.by_name()
     tensors = merge_tensors(b, d, convention)
     if check:
-        with one_torch_thread():
+        with one_torch_thread(), open_inputs():
             check_convention(b, d, convention)
 
     def write_extras(dest: Path) -> list[str]:

@@ -12,6 +12,7 @@ from modelrig.convert.io import (
     chunked_outputs,
     copy_extra_files,
     one_torch_thread,
+    open_inputs,
     write_safetensors_shards,
 )
 
@@ -59,7 +60,7 @@ def write_product(product: Product, dest: Path, *, max_shard_size: int | str, de
 
     Returns (weight file name -> sha256, names of the other files).
     """
-    with one_torch_thread():
+    with one_torch_thread(), open_inputs():
         files = write_safetensors_shards(chunked_outputs(product.tensors), dest, max_shard_size=max_shard_size,
                                          metadata=product.metadata, desc=desc)
     return files, product.write_extras(dest)
