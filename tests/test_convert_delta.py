@@ -176,7 +176,7 @@ def test_base_of_another_size_is_refused(models, tmp_path):
 def test_sharded_bin_base_and_sharded_safetensors_delta_merge_like_single_files(models, tmp_path):
     base_bin = tmp_path / "base-bin"
     base_bin.mkdir()
-    tiny._save_bin_shards(load_file(str(models["base"] / "model.safetensors")), base_bin, max_shard_bytes=60_000)
+    tiny.save_bin_shards(load_file(str(models["base"] / "model.safetensors")), base_bin, max_shard_bytes=60_000)
     (base_bin / "config.json").write_bytes((models["base"] / "config.json").read_bytes())
     assert len(list(base_bin.glob("pytorch_model-*.bin"))) > 2
     target = _write_target(models["base"], tmp_path / "target")

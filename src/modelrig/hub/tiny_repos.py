@@ -120,12 +120,12 @@ def _repos(seed: int, tf_python: Path | str | None) -> list[tuple[str, Callable[
 
 
 def _generator_version() -> str:
-    """A digest of the generators' sources (tiny.py and the LLaMA config/tokenizer writers it uses), so a
-    changed generator rebuilds the repos."""
+    """A digest of the generators' sources (the tiny package and the LLaMA config/tokenizer writers it uses), so
+    a changed generator rebuilds the repos."""
     from modelrig.convert import llama_meta
     from modelrig.hub import tiny
 
     h = hashlib.sha256()
-    for module in (tiny, llama_meta):
-        h.update(Path(module.__file__).read_bytes())
+    for source in [*sorted(Path(tiny.__file__).parent.glob("*.py")), Path(llama_meta.__file__)]:
+        h.update(source.read_bytes())
     return h.hexdigest()[:16]

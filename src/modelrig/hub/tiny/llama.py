@@ -1,15 +1,11 @@
-"""Deterministic tiny real models (LLaMA in Meta and HF layouts, a Ziya-style delta, BLIP-2, LLaVA, TF1 BERT)."""
+"""Tiny LLaMA models: Meta's original layout, the HF layout, and a Ziya-style delta with an extended vocabulary."""
 
 from __future__ import annotations
 
 import io
 import json
 import math
-import subprocess
-import textwrap
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -274,11 +270,11 @@ def write_ziya_delta(base_hf_dir: Path, out: Path, *, seed: int = 1, pad_to: int
         d.mkdir(parents=True, exist_ok=True)
         (d / "config.json").write_text(json.dumps(new_config, indent=2, sort_keys=True) + "\n")
         write_llama_tokenizer(d, sp_model, added_tokens=ZIYA_ADDED_TOKENS, first_added_id=base_vocab)
-    _save_bin_shards(delta, out, max_shard_bytes=max_shard_bytes)
+    save_bin_shards(delta, out, max_shard_bytes=max_shard_bytes)
     return target_dir
 
 
-def _save_bin_shards(state: dict[str, torch.Tensor], out: Path, *, max_shard_bytes: int) -> None:
+def save_bin_shards(state: dict[str, torch.Tensor], out: Path, *, max_shard_bytes: int) -> None:
     """Pickle shards `pytorch_model-0000k-of-0000N.bin` + index, split greedily in key order."""
     groups: list[list[str]] = [[]]
     size = 0
@@ -297,221 +293,3 @@ def _save_bin_shards(state: dict[str, torch.Tensor], out: Path, *, max_shard_byt
     total = sum(t.numel() * t.element_size() for t in state.values())
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (out / "pytorch_model.bin.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-
-
-def _vision_tower_config(kind: str) -> dict[str, Any]:
-    base = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 2,
-            "image_size": 30, "patch_size": 15, "num_channels": 3}
-    if kind == "siglip_vision_model":
-        return {**base, "model_type": kind}
-    return {**base, "model_type": "clip_vision_model", "projection_dim": 32}
-
-
-def _image_processor(kind: str) -> Any:
-    from transformers import CLIPImageProcessor, SiglipImageProcessor
-
-    if kind == "siglip_vision_model":
-        return SiglipImageProcessor(size={"height": 30, "width": 30})
-    return CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30})
-
-
-def _tiny_llama_tokenizer(directory: Path, *, added: Sequence[str], chat_template: str | None = None) -> Any:
-    from transformers import AutoTokenizer
-
-    write_llama_tokenizer(directory, sentencepiece_model(), added_tokens=added, chat_template=chat_template)
-    return AutoTokenizer.from_pretrained(str(directory))
-
-
-def _save_model(model: Any, out: Path) -> None:
-    model.save_pretrained(str(out), safe_serialization=True)
-    cfg_path = out / "config.json"
-    config = json.loads(cfg_path.read_text())
-    _legacy_fields(config)
-    cfg_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def _legacy_fields(config: dict[str, Any]) -> None:
-    """Add the names older transformers read (`torch_dtype`, `image_token_index`) next to v5's."""
-    if "dtype" in config and "torch_dtype" not in config:
-        config["torch_dtype"] = config["dtype"]
-    if "image_token_id" in config and "image_token_index" not in config:
-        config["image_token_index"] = config["image_token_id"]
-    for key in ("text_config", "vision_config", "qformer_config"):
-        if isinstance(config.get(key), dict):
-            _legacy_fields(config[key])
-
-
-#: A LLaVA-1.5-style chat template (`USER: <image>\n... ASSISTANT:`).
-LLAVA_CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] == 'user' %}USER: "
-    "{% else %}ASSISTANT: {% endif %}{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n"
-    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "{% if message['role'] == 'user' %} {% else %}{{ eos_token }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
-
-
-def write_llava(out: Path, *, seed: int = 0, vision: str = "siglip_vision_model") -> Path:
-    """Write a tiny `LlavaForConditionalGeneration` (LLaMA + SigLIP/CLIP tower), its processor and chat template."""
-    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tok_dir = out / ".tokenizer-src"
-    tokenizer = _tiny_llama_tokenizer(tok_dir, added=("<image>",), chat_template=LLAVA_CHAT_TEMPLATE)
-    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-    text = llama_config_dict(vocab_size=image_token_id + 1, hidden_size=64, intermediate_size=192, num_layers=2,
-                             num_heads=4, num_kv_heads=4, dtype="float32")
-    text.pop("architectures")
-    config = LlavaConfig(vision_config=_vision_tower_config(vision), text_config=text,
-                         image_token_index=image_token_id, vision_feature_select_strategy="full"
-                         if vision == "siglip_vision_model" else "default", vision_feature_layer=-1,
-                         projector_hidden_act="gelu")
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()
-    _save_model(model, out)
-    processor = LlavaProcessor(image_processor=_image_processor(vision), tokenizer=tokenizer,
-                               chat_template=LLAVA_CHAT_TEMPLATE, patch_size=15,
-                               vision_feature_select_strategy=config.vision_feature_select_strategy,
-                               num_additional_image_tokens=0 if vision == "siglip_vision_model" else 1)
-    processor.save_pretrained(str(out))
-    (out / "tokenizer.model").write_bytes((tok_dir / "tokenizer.model").read_bytes())
-    _rmtree(tok_dir)
-    return out
-
-
-def write_blip2(out: Path, *, seed: int = 0) -> Path:
-    """Write a tiny `Blip2ForConditionalGeneration` (tiny ViT + Q-Former + OPT) with its processor."""
-    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tok_dir = out / ".tokenizer-src"
-    tokenizer = _tiny_llama_tokenizer(tok_dir, added=("<image>",))
-    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-    vision = _vision_tower_config("blip")
-    vision.pop("model_type")
-    vision.pop("projection_dim")
-    text = {"model_type": "opt", "vocab_size": image_token_id + 1, "hidden_size": 32, "num_hidden_layers": 2,
-            "ffn_dim": 37, "num_attention_heads": 2, "max_position_embeddings": 64, "word_embed_proj_dim": 32,
-            "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
-    qformer = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 37,
-               "encoder_hidden_size": 32, "vocab_size": 64}
-    config = Blip2Config(vision_config=vision, qformer_config=qformer, text_config=text, num_query_tokens=4,
-                         image_token_index=image_token_id)
-    torch.manual_seed(seed)
-    model = Blip2ForConditionalGeneration(config).eval()
-    _save_model(model, out)
-    processor = Blip2Processor(image_processor=BlipImageProcessor(size={"height": 30, "width": 30}),
-                               tokenizer=tokenizer, num_query_tokens=4)
-    processor.save_pretrained(str(out))
-    (out / "tokenizer.model").write_bytes((tok_dir / "tokenizer.model").read_bytes())
-    _rmtree(tok_dir)
-    return out
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
-
-
-#: BERT sizes of the tiny TF checkpoints.
-TINY_BERT = {"vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "intermediate_size": 37, "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
-             "attention_probs_dropout_prob": 0.0, "max_position_embeddings": 64, "type_vocab_size": 2,
-             "initializer_range": 0.02}
-
-_BERT_TF_SCRIPT = textwrap.dedent(
-    '''
-    import json, os, re, sys
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    import numpy as np
-    import tensorflow as tf
-    from transformers import BertConfig, TFBertForPreTraining
-
-    out, seed, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    cfg = json.loads(sys.argv[4])
-    tf.random.set_seed(seed)
-    tf.keras.utils.set_random_seed(seed)
-    config = BertConfig(**cfg)
-    model = TFBertForPreTraining(config)
-    ids = np.array([[1, 5, 9, 23, 42, 7, 2], [1, 17, 3, 64, 98, 11, 2]], dtype=np.int32)
-    tt = np.array([[0, 0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1, 1]], dtype=np.int32)
-    model(ids, token_type_ids=tt)
-    rng = np.random.default_rng(seed)
-    for v in model.weights:  # replace the initial values with non-trivial ones (incl. biases, norms)
-        v.assign((rng.standard_normal(v.shape) * 0.1 + (1.0 if "gamma" in v.name else 0.0)).astype(np.float32))
-    res = model(ids, token_type_ids=tt, output_hidden_states=True)
-    np.savez(os.path.join(out, "tf_outputs.npz"), input_ids=ids, token_type_ids=tt,
-             prediction_logits=res.prediction_logits.numpy(),
-             seq_relationship_logits=res.seq_relationship_logits.numpy(),
-             last_hidden_state=res.hidden_states[-1].numpy())
-    with open(os.path.join(out, "vocab.txt"), "w") as f:
-        words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(cfg["vocab_size"] - 5)]
-        f.write("\\n".join(words) + "\\n")
-    if mode in ("h5", "both"):
-        h5_dir = out if mode == "h5" else os.path.join(out, "h5")
-        model.save_pretrained(h5_dir)
-        if mode == "h5":
-            sys.exit(0)
-        import shutil
-        for name in ("tf_outputs.npz", "vocab.txt"):
-            shutil.copyfile(os.path.join(out, name), os.path.join(h5_dir, name))
-
-    def tf1_name(name):
-        name = name.split(":")[0]
-        name = name.split("/", 1)[1]  # drop the Keras model scope
-        name = name.replace("layer_._", "layer_")
-        name = re.sub(r"^(mlm|nsp)___cls/", "cls/", name)
-        name = name.replace("predictions/transform/", "predictions/transform/")
-        name = name.replace("embeddings/word_embeddings/weight", "embeddings/word_embeddings")
-        name = re.sub(r"embeddings/(position|token_type)_embeddings/embeddings", r"embeddings/\\1_embeddings", name)
-        name = name.replace("cls/predictions/bias", "cls/predictions/output_bias")
-        name = name.replace("cls/seq_relationship/kernel", "cls/seq_relationship/output_weights")
-        name = name.replace("cls/seq_relationship/bias", "cls/seq_relationship/output_bias")
-        return name
-
-    variables = {}
-    for v in model.weights:
-        name = tf1_name(v.name)
-        value = v.numpy()
-        if name.endswith("seq_relationship/output_weights"):
-            value = value.T  # Google stores it [2, hidden]
-        variables[name] = tf.Variable(value)
-        variables[name + "/adam_m"] = tf.Variable(rng.standard_normal(value.shape).astype(np.float32))
-        variables[name + "/adam_v"] = tf.Variable(rng.standard_normal(value.shape).astype(np.float32))
-    variables["global_step"] = tf.Variable(np.int64(1000))
-    saver = tf.compat.v1.train.Saver(var_list=variables, write_version=tf.compat.v1.train.SaverDef.V2)
-    saver.save(None, os.path.join(out, "bert_model.ckpt"), write_meta_graph=False, write_state=False)
-    with open(os.path.join(out, "bert_config.json"), "w") as f:
-        json.dump(cfg, f, indent=2, sort_keys=True)
-    '''
-)
-
-
-def write_bert_tf(out: Path, *, python: Path | str, seed: int = 0, mode: str = "tf1",
-                  config: dict[str, Any] | None = None) -> Path:
-    """Write a tiny BERT with TensorFlow, run by `python` (a venv with tensorflow-cpu and transformers 4.x).
-
-    `mode="tf1"` writes a Google-style TF1 checkpoint (`bert_model.ckpt.index/.data-00000-of-00001`,
-    `bert_config.json`, `vocab.txt`) including `adam_m`/`adam_v` slots and `global_step`; `mode="h5"` writes
-    Hugging Face's `tf_model.h5` + `config.json`; `mode="both"` writes the TF1 files and, in `h5/`, the h5 ones
-    (one TensorFlow start instead of two). Both also write `tf_outputs.npz`: TF's own forward pass
-    (pre-training heads and last hidden state) on fixed inputs. Returns `out`.
-    """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = {**TINY_BERT, **(config or {})}
-    proc = subprocess.run([str(python), "-c", _BERT_TF_SCRIPT, str(out), str(seed), mode, json.dumps(cfg)],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"writing the TF BERT failed:\n{proc.stderr[-4000:]}")
-    return out
-
-
-def write_bert_tf1(out: Path, *, python: Path | str, seed: int = 0) -> Path:
-    """A Google-style TF1 BERT checkpoint with optimizer slots; see `write_bert_tf`."""
-    return write_bert_tf(out, python=python, seed=seed, mode="tf1")
