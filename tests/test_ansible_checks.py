@@ -1,0 +1,68 @@
+"""site.yml's safety checks over SSH: --check --diff on a fresh host changes nothing, wrong variables are refused
+before any change and named, and the roles, playbooks and inventories are ansible-lint (production) and yamllint
+clean."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from tests.helpers.sshhosts import BIN, REPO_ROOT, ansible_env, playbook, recap, ssh_hosts_fixture  # noqa: F401
+from tests.test_ansible_site import tiny_hub, write_inventory  # noqa: F401
+
+pytestmark = pytest.mark.slow
+#: yamllint settings that agree with ansible-lint's own YAML rules.
+YAMLLINT = json.dumps({"extends": "default", "rules": {
+    "line-length": {"max": 160}, "comments": {"min-spaces-from-content": 1}, "comments-indentation": False,
+    "braces": {"max-spaces-inside": 1}, "octal-values": {"forbid-implicit-octal": True, "forbid-explicit-octal": True},
+    "truthy": {"allowed-values": ["true", "false"]}}})
+
+
+def test_check_diff_on_a_fresh_host_changes_nothing(ssh_hosts, tmp_path, tiny_hub):  # noqa: F811
+    host = ssh_hosts.add("fresh")
+    url, token = tiny_hub
+    inventory = write_inventory(ssh_hosts, tmp_path, host, url, token)
+    before = sorted(p.name for p in host.home.iterdir())
+    run = playbook(tmp_path, inventory, "site.yml", "--check", "--diff", "--vault-password-file",
+                   str(tmp_path / "vault-pass"))
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    counts = recap(run.stdout)["fresh"]
+    assert counts["failed"] == 0 and counts["changed"] > 0  # it says what would change ...
+    assert "+  bind: " + host.address in run.stdout  # ... with the config it would write as a diff
+    after = sorted(p.name for p in host.home.iterdir() if p.name != ".ansible")  # Ansible's own remote tmp
+    assert after == before  # ... and writes nothing
+    assert not (host.home / "modelrig").exists()
+    assert token not in run.stdout
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    ({"modelrig_models": ["no-such-model"]}, "modelrig_models: no manifest with id no-such-model"),
+    ({"modelrig_data_root": "relative/data"}, "modelrig_data_root must be an absolute path"),
+    ({"modelrig_backend": "docker"}, "modelrig_backend"),
+    ({"modelrig_hub_prefer": "github"}, "modelrig_hub_prefer"),
+    ({"model_launch_timeout": "abc"}, "model_launch_timeout"),
+])
+def test_a_wrong_variable_is_refused_by_name_before_any_change(ssh_hosts, tmp_path, tiny_hub, override,  # noqa: F811
+                                                               named):
+    host = ssh_hosts.add("wrong")
+    url, token = tiny_hub
+    inventory = write_inventory(ssh_hosts, tmp_path, host, url, token)
+    run = playbook(tmp_path, inventory, "site.yml", "--vault-password-file", str(tmp_path / "vault-pass"),
+                   "-e", json.dumps(override))
+    assert run.returncode != 0
+    assert named in run.stdout, run.stdout[-4000:]
+    assert recap(run.stdout)["wrong"]["changed"] == 0
+    assert not (host.home / "modelrig").exists()
+
+
+def test_roles_playbooks_and_inventories_are_lint_clean(tmp_path):
+    paths = ["roles", "playbooks", "inventory"]
+    lint = subprocess.run([str(BIN / "ansible-lint"), "--offline", "--profile", "production", *paths], cwd=REPO_ROOT,
+                          env=ansible_env(tmp_path), capture_output=True, text=True, timeout=600, check=False)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    assert "0 failure(s), 0 warning(s)" in lint.stdout + lint.stderr
+    yamllint = subprocess.run([str(BIN / "yamllint"), "--strict", "-d", YAMLLINT, *paths], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=300, check=False)
+    assert yamllint.returncode == 0, yamllint.stdout + yamllint.stderr
