@@ -27,6 +27,7 @@ from modelrig.errors import UsageError
 from modelrig.hub import hf_routes, ms_routes
 from modelrig.hub.layout import HubPathError, open_file
 from modelrig.hub.protocol import Request, Response, json_response
+from modelrig.hub.wire import header_safe, parse_range, read_tokens, request_token
 
 DEFAULT_MAX_CONNECTIONS = 32
 #: Open connections allowed per request slot (at least MIN_OPEN): room for clients' idle keep-alive pools.
@@ -36,8 +37,6 @@ MIN_OPEN = 16
 MAX_DISCARDED_BODY = 1 << 20
 _CHUNK = 1 << 20
 _HOST = re.compile(r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
-_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {
-    ord("\r"): "\\r", ord("\n"): "\\n", ord("\t"): "\\t", ord("\\"): "\\\\"}
 
 
 class HubServer(ThreadingHTTPServer):
@@ -235,7 +234,7 @@ class _Handler(BaseHTTPRequestHandler):
         req = Request(method="HEAD" if head else "GET", segments=segments,
                       query=dict(parse_qsl(parts.query, keep_blank_values=True)),
                       host=host if _HOST.fullmatch(host) else self.server.url.split("//", 1)[1],
-                      token=_token(self.headers.get("Authorization"), self.headers.get("Cookie")),
+                      token=request_token(self.headers.get("Authorization"), self.headers.get("Cookie")),
                       root=self.server.root)
         try:
             response = (ms_routes.handle(req, self.server.tokens) or hf_routes.handle(req, self.server.tokens)
@@ -274,7 +273,7 @@ class _Handler(BaseHTTPRequestHandler):
         status = 200
         wanted = self.headers.get("Range")
         if wanted:
-            parsed = _parse_range(wanted, size)
+            parsed = parse_range(wanted, size)
             if parsed is None:
                 self._send_headers(416, {"Content-Range": f"bytes */{size}", "Content-Length": "0"})
                 return
@@ -309,53 +308,6 @@ class _Handler(BaseHTTPRequestHandler):
                     time.sleep(ahead)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
-
-
-def header_safe(value: str) -> str:
-    """A header value that cannot break the response: control characters (CR, LF, NUL, ...) and backslashes
-    become backslash escapes (`\\r`, `\\x00`, `\\\\`), and non-ASCII text is escaped the same way
-    (`\\u8bf4`), since header values go out as latin-1."""
-    return value.translate(_ESCAPES).encode("ascii", "backslashreplace").decode("ascii")
-
-
-def _parse_range(header: str, size: int) -> tuple[int, int] | None:
-    """`bytes=A-B`, `bytes=A-` or `bytes=-N` as an inclusive (start, end); None when unsatisfiable."""
-    unit, _, spec = header.partition("=")
-    if unit.strip() != "bytes" or "," in spec:
-        return None
-    first, _, last = spec.strip().partition("-")
-    try:
-        if not first:
-            count = int(last)
-            return (max(size - count, 0), size - 1) if count > 0 and size else None
-        start = int(first)
-        end = int(last) if last else size - 1
-    except ValueError:
-        return None
-    if start >= size or end < start:
-        return None
-    return start, min(end, size - 1)
-
-
-def _token(authorization: str | None, cookie: str | None) -> str | None:
-    if authorization and authorization.lower().startswith("bearer "):
-        return authorization[7:].strip()
-    for item in (cookie or "").split(";"):
-        key, _, value = item.strip().partition("=")
-        if key == "m_session_id" and value:
-            return value
-    return None
-
-
-def read_tokens(token_file: Path | None) -> frozenset[str]:
-    """Accepted tokens: one per non-empty line of the token file."""
-    if token_file is None:
-        return frozenset()
-    try:
-        return frozenset(line.strip() for line in token_file.read_text(encoding="utf-8").splitlines()
-                         if line.strip())
-    except OSError as exc:
-        raise UsageError(f"{token_file}: cannot read the token file: {exc.strerror}") from None
 
 
 def make_server(root: Path, *, host: str = "127.0.0.1", port: int = 0, allow_remote: bool = False,
