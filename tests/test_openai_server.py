@@ -316,6 +316,22 @@ def test_one_keep_alive_connection_carries_answers_and_errors_in_turn(text_serve
     assert sockets[0] is not None and sockets[0] is sockets[1] is sockets[2]
 
 
+def test_fresh_connections_reuse_the_servers_connection_threads(text_server):
+    """A connection's thread waits for the next connection instead of exiting: eight connections one after another
+    start at most one or two threads (each thread is seen in /proc while its connection is open)."""
+    tasks = Path(f"/proc/{text_server['proc'].pid}/task")
+    before = {p.name for p in tasks.iterdir()}
+    seen: set[str] = set()
+    for _ in range(8):
+        conn = http.client.HTTPConnection("127.0.0.1", text_server["port"], timeout=60)
+        conn.request("GET", "/health")
+        assert conn.getresponse().read()
+        seen |= {p.name for p in tasks.iterdir()}
+        conn.close()
+        time.sleep(0.05)  # let the thread see the connection end and wait for the next one
+    assert len(seen - before) <= 2, sorted(seen - before)
+
+
 def _health(port: int) -> dict:
     return json.loads(raw(port, "GET", "/health")[2])
 
