@@ -66,3 +66,10 @@ def test_roles_playbooks_and_inventories_are_lint_clean(tmp_path):
     yamllint = subprocess.run([str(BIN / "yamllint"), "--strict", "-d", YAMLLINT, *paths], cwd=REPO_ROOT,
                               capture_output=True, text=True, timeout=300, check=False)
     assert yamllint.returncode == 0, yamllint.stdout + yamllint.stderr
+
+
+@pytest.mark.parametrize("inventory", ["a100.yml", "autodl_3090.yml", "mac_studio.yml"])
+def test_example_inventories_pass_the_inventory_checks(inventory, tmp_path):
+    run = playbook(tmp_path, REPO_ROOT / "inventory" / inventory, "check_inventory.yml")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert all(counts["failed"] == 0 and counts["ok"] == 3 for counts in recap(run.stdout).values())
