@@ -6,6 +6,7 @@ import base64
 import concurrent.futures
 import http.client
 import json
+import random
 import socket
 import subprocess
 import time
@@ -272,6 +273,42 @@ def test_malformed_requests_get_a_400_in_openais_error_shape(text_server, body, 
     assert status == 400, data
     assert _openai_error(data)["param"] == param
     assert "Connection" not in headers  # the body was read whole: the connection could go on
+    assert text_server["proc"].poll() is None
+
+
+def _mutated(rnd: random.Random, value):
+    """`value` with one nested member (or itself) replaced by an odd JSON value."""
+    odd = [None, True, False, 0, -1, 1.5, 1e308, 10**30, "x", "", "\ud800", [], {}, [None], {"a": None}, [[[]]]]
+    if isinstance(value, dict) and value and rnd.random() < 0.7:
+        key = rnd.choice(list(value))
+        return {**value, key: _mutated(rnd, value[key]) if rnd.random() < 0.6 else rnd.choice(odd)}
+    if isinstance(value, list) and value and rnd.random() < 0.7:
+        index, copy = rnd.randrange(len(value)), list(value)
+        copy[index] = _mutated(rnd, value[index]) if rnd.random() < 0.6 else rnd.choice(odd)
+        return copy
+    return rnd.choice(odd)
+
+
+def test_mutated_requests_all_get_an_answer_never_a_5xx_or_a_dropped_connection(text_server):
+    rnd = random.Random(7)
+    valid = {"model": TEXT_MODEL, "max_tokens": 3, "temperature": 0.5, "top_p": 0.9, "stop": ["\n"], "n": 1,
+             "stream": False, "stream_options": {"include_usage": True},
+             "messages": [{"role": "system", "content": "be brief"},
+                          {"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
+    statuses = set()
+    for _ in range(150):
+        body = _mutated(rnd, valid)
+        status, _, data = raw(text_server["port"], "POST", "/v1/chat/completions", json.dumps(body).encode(),
+                              {"Content-Type": "application/json"})
+        statuses.add(status)
+        assert status in (200, 400, 404, 422), (body, data)
+        if status != 200:
+            _openai_error(data)
+        elif isinstance(body, dict) and body.get("stream") is True:
+            assert data.rstrip().endswith(b"data: [DONE]")
+        else:
+            assert json.loads(data)["object"] == "chat.completion"
+    assert {200, 400, 422} <= statuses  # the mutations reach past the first checks
     assert text_server["proc"].poll() is None
 
 
