@@ -230,10 +230,10 @@ def child(task: str, paths: dict[str, Path], out: Path, extra: dict) -> None:
         for name, param in base.state_dict().items():
             param.data += dstate[name]
         base.save_pretrained(str(out))
-    elif task == "meta":
+    elif task in ("meta", "meta-known"):
         from modelrig.convert.llama_meta import convert_llama_meta
 
-        convert_llama_meta(input_dir=paths["meta"], out=out)
+        convert_llama_meta(input_dir=paths["meta"], out=out, cache=cache)
     elif task == "meta-naive":
         from safetensors.torch import save_file
 
@@ -253,10 +253,10 @@ def child(task: str, paths: dict[str, Path], out: Path, extra: dict) -> None:
         del shards
         out.mkdir()
         save_file(state, str(out / "model.safetensors"))
-    elif task == "safetensors":
+    elif task in ("safetensors", "safetensors-known"):
         from modelrig.convert.safetensors_convert import convert_to_safetensors
 
-        convert_to_safetensors(source=paths["bin"], out=out)
+        convert_to_safetensors(source=paths["bin"], out=out, cache=cache)
     elif task == "safetensors-naive":
         from huggingface_hub import save_torch_state_dict
 
@@ -353,9 +353,9 @@ def run(work: Path, shape: Shape, *, rounds: int, only: set[str]) -> dict:
         inputs = _files(paths["base"], st) + _files(paths["delta"], st)
         groups["merge"] = (inputs, ["merge", "merge-known", "merge-naive"])
     if "meta" in only:
-        groups["meta"] = (_files(paths["meta"], pth), ["meta", "meta-naive"])
+        groups["meta"] = (_files(paths["meta"], pth), ["meta", "meta-known", "meta-naive"])
     if "safetensors" in only:
-        groups["safetensors"] = (_files(paths["bin"], bins), ["safetensors", "safetensors-naive"])
+        groups["safetensors"] = (_files(paths["bin"], bins), ["safetensors", "safetensors-known", "safetensors-naive"])
     if "chain" in only:
         inputs = _files(paths["meta"], pth) + _files(paths["ziya"], bins)
         groups["chain"] = (inputs, ["chain", "chain-known", "chain-steps"])
@@ -375,7 +375,7 @@ def run(work: Path, shape: Shape, *, rounds: int, only: set[str]) -> dict:
             for task in order:
                 extra = {"cache": caches[op]} if task.endswith("-known") else {}
                 rows.setdefault(task, []).append(measure(task, paths, work, inputs, extra))
-            out_bytes = statistics.median(x["output_bytes"] for x in rows[tasks[0]])
+            out_bytes = int(statistics.median(x["output_bytes"] for x in rows[tasks[0]]))
             rows.setdefault(f"floor-{op}", []).append(measure(
                 f"floor-{op}", paths, work, inputs, {"inputs": [str(p) for p in inputs], "out_bytes": out_bytes}))
     results = {task: _median(r) for task, r in rows.items()}
@@ -403,9 +403,11 @@ LABELS = {
         "merge-naive": "transformers: load base + delta, add, `save_pretrained`"}),
     "meta": ("llama-meta (2 shards)", {
         "meta": "modelrig streaming (first run: hashes its inputs)",
+        "meta-known": "modelrig streaming, input digests known (cache)",
         "meta-naive": "load all shards whole, concatenate, `save_file`"}),
     "safetensors": (".bin -> safetensors", {
         "safetensors": "modelrig streaming (first run: hashes its inputs)",
+        "safetensors-known": "modelrig streaming, input digests known (fetch stamp / cache)",
         "safetensors-naive": "load all shards whole, `save_torch_state_dict`"}),
     "chain": ("Ziya chain: Meta -> HF -> `replace` merge -> safetensors", {
         "chain": "modelrig fused, one pass (first run: hashes its inputs)",
@@ -491,7 +493,8 @@ def _projection(data: dict) -> str:
 def _verdicts(data: dict) -> str:
     res = data["results"]
     parts = []
-    for op, task in (("merge", "merge-known"), ("meta", "meta"), ("safetensors", "safetensors"),
+    for op, task in (("merge", "merge-known"), ("meta", "meta"), ("meta", "meta-known"),
+                     ("safetensors", "safetensors"), ("safetensors", "safetensors-known"),
                      ("chain", "chain-known"), ("chain", "chain")):
         if task not in res:
             continue
