@@ -240,3 +240,16 @@ def test_tokenizer_one_level_up_like_llama1_downloads_and_loads_in_transformers(
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
     ids = tok("hello the model", return_tensors="pt").input_ids
     assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+
+
+@pytest.mark.parametrize(("shards", "heads", "kv_heads"), LAYOUTS)
+def test_any_row_range_reads_the_rows_of_the_assembled_tensor(tmp_path, shards, heads, kv_heads):
+    from modelrig.convert.llama_meta import meta_product
+
+    meta = tiny.write_llama_meta(tmp_path / "meta", shards=shards, n_heads=heads, n_kv_heads=kv_heads)
+    expected = expected_hf(*meta_unsharded(meta))
+    for t in meta_product(meta).tensors:
+        want = expected[t.name]
+        rows = want.shape[0]
+        for start, stop in ((0, rows), (1, rows - 1), (rows // 3, rows // 3 + 5), (rows - 3, rows)):
+            assert torch.equal(t.load_rows(start, stop), want[start:stop]), (t.name, start, stop)
