@@ -164,8 +164,8 @@ def test_systemd_unit_restarts_on_failure_and_passes_systemd_analyze(tmp_path, u
 def test_launchd_plist_round_trips_and_keeps_failed_jobs_alive(tmp_path, upstream_repo):
     _, pinned = upstream_repo
     entry = _entry(tmp_path, pinned)
-    plist = plistlib.loads((entry / "ai.modelrig.hub.tiny-upstream.web.plist").read_bytes())
-    assert plist["Label"] == "ai.modelrig.hub.tiny-upstream.web"
+    plist = plistlib.loads((entry / "ai.modelrig.tiny-upstream.web.plist").read_bytes())
+    assert plist["Label"] == "ai.modelrig.tiny-upstream.web"
     assert plist["ProgramArguments"] == ["/bin/sh", f"{entry}/start.sh"]
     assert plist["KeepAlive"] == {"SuccessfulExit": False}
     assert plist["RunAtLoad"] is True
