@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from openai import OpenAI
 
-from modelrig.orchestrate.demo import chat
 from tests.helpers.hub import served
 from tests.helpers.sshhosts import BIN, REPO_ROOT, SshHost, SshHosts, ansible_env, available, playbook, recap
 
@@ -124,7 +124,10 @@ def test_site_provisions_the_demo_model_which_answers_a_chat_request(site):
     assert config["hub"]["token_file"] == f"{site.host.home}/modelrig/secrets/hf_token"
     assert config["pip"]["find_links"] == ["/opt/wheels"] and config["serve"]["bind"] == site.host.address
     api = next(line.split()[1] for line in site.first.stdout.splitlines() if f"{MODEL}/api  http" in line)
-    assert chat(api.rstrip('",'), model=MODEL).strip()
+    client = OpenAI(base_url=api.rstrip('",'), api_key="unused-on-loopback", timeout=120)
+    answer = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hello"}],
+                                            max_tokens=8)
+    assert answer.choices[0].message.content.strip()
 
 
 def test_second_run_changes_nothing_and_keeps_the_vault_token_secret(site):

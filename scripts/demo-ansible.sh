@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The offline demo driven by Ansible: playbooks/site.yml provisions this machine (inventory/localhost.yml) with
+# the demo model (model_manifests/demo-tiny-ziya.yaml): the toolkit env from a wheel built here, the model env,
+# the weights from a local hub on loopback (tiny repos, one gated: its token goes through Vault-style variables
+# into a 0600 token file), the conversions, and a Gradio chat plus an OpenAI-compatible API. Then one chat
+# request, and the URLs. A second run changes nothing (the recap says changed=0).
+# Knobs: MODELRIG_VENV (controller toolkit env, default .venv), DEMO_ROOT (data root of the demo, default
+# ~/.local/share/modelrig-ansible-demo). Stop the demos: the last line printed says how.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${MODELRIG_VENV:-.venv}
+ROOT=${DEMO_ROOT:-$HOME/.local/share/modelrig-ansible-demo}
+BIN="$VENV/bin"
+[ -x "$BIN/ansible-playbook" ] || { echo "demo-ansible: $BIN/ansible-playbook missing: run make setup" >&2; exit 1; }
+mkdir -p "$ROOT"
+work=$(mktemp -d)
+hub_pid=""
+cleanup() {
+  [ -n "$hub_pid" ] && kill "$hub_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "demo-ansible: writing the tiny repos and serving them on loopback"
+"$BIN/modelrig" -q hub make-tiny "$ROOT/hub" --only modelrig-tiny/llama-meta --only modelrig-tiny/ziya-delta
+"$BIN/modelrig" hub serve "$ROOT/hub" --port 0 --token-file "$ROOT/hub/.modelrig-hub-tokens" >"$work/hub.out" 2>&1 &
+hub_pid=$!
+for _ in $(seq 1 100); do grep -q http:// "$work/hub.out" 2>/dev/null && break; sleep 0.1; done
+hub_url=$(grep -o 'http://[^ ]*' "$work/hub.out" | head -1)
+[ -n "$hub_url" ] || { echo "demo-ansible: the local hub did not start: $(cat "$work/hub.out")" >&2; exit 1; }
+
+# Local wheel folders from pip's configuration (a CPU torch wheel there is used instead of PyTorch's index).
+links=$("$BIN/python" -m pip config list 2>/dev/null | sed -n "s/^[a-z:.]*find-links='\(.*\)'$/\1/p" | head -1)
+links=${links:-${PIP_FIND_LINKS:-}}
+torch_local=false
+for dir in $links; do ls "$dir"/torch-*.whl >/dev/null 2>&1 && torch_local=true; done
+
+# The token and the settings go in a 0600 vars file, never on a command line.
+umask 077
+{
+  echo "modelrig_models: [demo-tiny-ziya]"
+  echo "modelrig_data_root: $ROOT/data"
+  echo "modelrig_hf_endpoint: $hub_url"
+  echo "modelrig_hf_token: $(head -1 "$ROOT/hub/.modelrig-hub-tokens")"
+  echo "modelrig_wheel_build_dir: $work/wheel"
+  echo "modelrig_uv_cache_dir: ${UV_CACHE_DIR:-$ROOT/data/cache/uv}"
+  echo "modelrig_pip:"
+  echo "  index_url: ''"
+  echo "  extra_index_urls: []"
+  echo "  find_links: [$(for dir in $links; do printf "'%s', " "$dir"; done | sed 's/, $//')]"
+  echo "  use_torch_index: $([ "$torch_local" = true ] && echo false || echo true)"
+  if [ "$torch_local" = true ]; then echo "modelrig_torch_index_url: ''"; fi
+} >"$work/vars.yml"
+
+echo "demo-ansible: ansible-playbook playbooks/site.yml on this machine"
+ANSIBLE_CONFIG=ansible.cfg "$BIN/ansible-playbook" -i inventory/localhost.yml playbooks/site.yml \
+  -e "@$work/vars.yml" | tee "$work/site.out"
+api=$(grep -o 'demo-tiny-ziya/api  http://[^ "]*' "$work/site.out" | awk '{print $2}' | tail -1)
+[ -n "$api" ] || { echo "demo-ansible: no API URL in the playbook's report" >&2; exit 1; }
+echo "demo-ansible: asking $api one question"
+curl -sS --max-time 120 "$api/chat/completions" -H 'Content-Type: application/json' \
+  -d '{"model": "demo-tiny-ziya", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16}'
+echo
+echo "demo-ansible: stop the demos with: $BIN/ansible-playbook -i inventory/localhost.yml playbooks/down.yml" \
+  "-e '{\"modelrig_models\": [\"demo-tiny-ziya\"], \"modelrig_data_root\": \"$ROOT/data\"}'"
