@@ -359,3 +359,29 @@ def test_modelscope_fallback_prints_one_warning_not_the_clients_retry_log(tmp_pa
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "modelscope unreachable" in lines[0] and "falling back to huggingface" in lines[0]
+
+
+def test_a_branch_fetched_before_is_used_from_the_store_when_no_hub_answers(cli, tmp_path):
+    hub_dir = tmp_path / "hub"
+    write_repo(hub_dir, "org/tiny", {"main": {"config.json": b"{}\n", "model.safetensors": b"x" * 1000}})
+    manifest = write_manifest(tmp_path, "branch-model", {"model": {
+        "huggingface": {"repo": "org/tiny", "revision": "main", "to_pin": True}}})
+    from modelrig.hub.server import serve_in_thread
+
+    url, stop = serve_in_thread(hub_dir)
+    try:
+        assert cli("fetch", manifest, "--hf-endpoint", url)[0] == 0
+    finally:
+        stop()
+    dead = f"http://127.0.0.1:{closed_port()}"
+    code, out, err = cli("fetch", manifest, "--hf-endpoint", dead, "--modelscope-endpoint", dead, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert not result["changed"]
+    assert any("no hub reachable; using commit" in n for n in result["details"]["notes"])
+    assert "modelrig: warning: model: no hub reachable; using commit" in err
+    # Without an earlier fetch the same call is the one-line hub_unreachable error with the hint.
+    other = write_manifest(tmp_path, "never-fetched", {"model": {
+        "huggingface": {"repo": "org/other", "revision": "main", "to_pin": True}}})
+    code, _, err = cli("fetch", other, "--hf-endpoint", dead, "--modelscope-endpoint", dead)
+    assert code == 5 and "[hub_unreachable]" in err and "nothing listens there" in err

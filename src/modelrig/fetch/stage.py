@@ -81,9 +81,11 @@ def fetch_model(manifest: Manifest, ctx: Context, *, options: FetchOptions) -> S
                 earlier = _fetched_moving_ref(source, store, options)
                 if earlier is None:
                     raise
-                options.log(f"modelrig: warning: {name}: no hub reachable; using commit {earlier['commit']} of "
-                            f"{earlier['repo']}@{earlier['revision']} fetched earlier (run fetch with a hub "
-                            "reachable to move to the ref's newest commit)")
+                note = (f"{name}: no hub reachable; using commit {earlier['commit']} of "
+                        f"{earlier['repo']}@{earlier['revision']} fetched earlier (run fetch with a hub reachable "
+                        "to move to the ref's newest commit)")
+                options.log(f"modelrig: warning: {note}")
+                notes.append(note)
                 current.append((name, earlier))
         for plan in plans:
             if plan.ref_kind == "branch":
