@@ -14,7 +14,9 @@ description:
     plist under C(<data root>/launch/<id>/<entry>/); unchanged files are not rewritten), then
     C(modelrig launch MODEL [ENTRY] --json), which starts what is not running and waits for its health check.
     Systemd where it is init, launchd on macOS, else a supervised background process.
-  - O(state=restarted) renders, stops and starts again (what a handler does when a script or the weights changed).
+  - An entry that runs while its script, unit or plist is re-rendered is stopped and started again; the others
+    are left running.
+  - O(state=restarted) renders, stops and starts again (what a handler does when the env or the weights changed).
   - O(state=stopped) runs C(modelrig stop MODEL [ENTRY] --json).
 version_added: "0.1.0"
 author: modelrig
@@ -79,6 +81,16 @@ rendered_changed:
   description: Whether the render step changed a script, unit or plist.
   returned: when O(state) is started or restarted and O(render) is true
   type: bool
+rendered_entries:
+  description: The entries whose files the render step wrote or removed.
+  returned: when O(state) is started or restarted and O(render) is true
+  type: list
+  elements: str
+started_entries:
+  description: The entries the launch step started (they were not running).
+  returned: when O(state) is started or restarted
+  type: list
+  elements: str
 urls:
   description: The URLs of the started entries, by entry name.
   returned: success
@@ -146,10 +158,22 @@ def main():
             rendered = runner.run("render", [model], ["entries", "bind", "weights"])
             answers.append(rendered)
             extra["rendered_changed"] = bool(rendered.get("changed"))
+            entries = (rendered.get("details") or {}).get("entries") or {}
+            extra["rendered_entries"] = sorted(name for name, report in entries.items()
+                                               if report.get("written") or report.get("removed"))
+            if state == "started":
+                # A running entry whose script, unit or plist changed runs the old one: stop it, the launch below
+                # starts the new one.
+                for name in extra["rendered_entries"]:
+                    if entry in (None, name):
+                        answers.append(runner.run("stop", [model, name], ["supervisor"]))
         if state == "restarted":
             answers.append(runner.run("stop", [model, entry], ["supervisor"]))
         answers.append(runner.run("launch", [model, entry], ["supervisor", "timeout"]))
         extra["urls"] = urls_of(answers[-1:])
+        extra["started_entries"] = sorted(
+            (item.get("details") or {}).get("entry") for item in answers[-1].get("results", []) or []
+            if item.get("changed") and (item.get("details") or {}).get("entry"))
     runner.exit(answers, **extra)
 
 

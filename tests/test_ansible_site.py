@@ -131,11 +131,13 @@ def test_site_provisions_the_demo_model_which_answers_a_chat_request(site):
 
 
 def test_second_run_changes_nothing_and_keeps_the_vault_token_secret(site):
+    before_pids = _pids(site)
     again = site.run("site.yml", "-vvv")
     assert again.returncode == 0, again.stdout[-6000:] + again.stderr[-3000:]
     counts = recap(again.stdout)["tiny"]
     assert counts["changed"] == 0 and counts["failed"] == 0, again.stdout[-6000:]
     assert "health: ok, 2/2 demos healthy" in again.stdout
+    assert _pids(site) == before_pids  # nothing restarted
 
     for output in (site.first.stdout, site.first.stderr, again.stdout, again.stderr):
         assert site.token not in output
@@ -147,6 +149,27 @@ def test_second_run_changes_nothing_and_keeps_the_vault_token_secret(site):
         assert site.token.encode() not in _read(Path(f"/proc/{pid}/cmdline"))
         assert site.token.encode() not in _read(Path(f"/proc/{pid}/environ"))
     assert _pids_of(site.host.uid), "the demos should be running as the host's user"
+
+
+def _pids(site: Site) -> dict[str, int]:
+    status = site.hosts.ssh("tiny", f"{site.host.home}/modelrig/toolkit/bin/modelrig --data-root "
+                                    f"{site.host.home}/modelrig status {MODEL} --json")
+    return {e["entry"]: e["pid"] for e in yaml.safe_load(status.stdout)["entries"]}
+
+
+def test_only_the_entry_whose_script_changed_is_restarted(site):
+    before = _pids(site)
+    manifest = site.tmp / "manifests" / f"{MODEL}.yaml"
+    data = yaml.safe_load(manifest.read_text())
+    chat_entry = next(e for e in data["launch"] if e["name"] == "chat")
+    chat_entry["options"]["max_new_tokens"] = 12
+    manifest.write_text(yaml.safe_dump(data, sort_keys=False))
+    run = site.run()
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    assert "health: ok, 2/2 demos healthy" in run.stdout
+    after = _pids(site)
+    assert after["api"] == before["api"] and after["chat"] != before["chat"]
+    assert all(after.values())
 
 
 def test_down_stops_the_demos(site):
