@@ -159,7 +159,11 @@ def test_gradio_refuses_a_non_loopback_bind_without_a_password(tmp_path, venvs):
                        entry="chat")
     done = subprocess.run(["/bin/sh", str(entry / "start.sh")], capture_output=True, text=True, timeout=120,
                           env={"MODELRIG_BIND": "0.0.0.0", "PATH": "/usr/bin:/bin"})
-    assert done.returncode != 0 and "without authentication" in done.stderr
+    assert done.returncode != 0 and "refusing to listen on 0.0.0.0 without MODELRIG_UI_AUTH" in done.stderr
+    # the app refuses by itself too, when started without start.sh on an address that only looks like loopback
+    done = subprocess.run([str(venvs.get(CURRENT_UI)), str(entry / "app.py"), "--host", "127.evil.example"],
+                          capture_output=True, text=True, timeout=300, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode != 0 and "refusing to listen on 127.evil.example without authentication" in done.stderr
 
 
 def test_gradio5_qwen2_vl_chat_answers_about_images_and_through_the_page(tmp_path, venvs, models):

@@ -493,6 +493,17 @@ def test_server_refuses_to_listen_beyond_loopback_without_a_key(tmp_path, env_py
     assert "refusing to listen on 0.0.0.0 without" in done.stderr  # start.sh or the server itself refuses
 
 
+@pytest.mark.parametrize("host", ["127.evil.example", "0.0.0.0", "10.1.2.3"])
+def test_the_app_itself_parses_the_address_before_listening_without_a_key(tmp_path, env_python, host):
+    manifest = tiny_manifest("tiny-open", [{"name": "api", "kind": "openai_api", "adapter": "ziya"}])
+    entry = render_one(manifest, tmp_path / "launch", python=env_python, paths={"model": tmp_path / "none"},
+                       entry="api")
+    done = subprocess.run([str(env_python), str(entry / "app.py"), "--host", host, "--port", "1"],
+                          capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode != 0
+    assert f"refusing to listen on {host} without an API key" in done.stderr
+
+
 def test_chat_template_adapter_renders_the_tokenizers_template_once(tmp_path, env_python):
     template = ("{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
                 "{% if add_generation_prompt %}[assistant] {% endif %}")
