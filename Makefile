@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup system-deps demo test lint
+.PHONY: setup system-deps demo test test-fast lint
 
 setup:
 	MODELRIG_VENV=$(VENV) bash scripts/bootstrap.sh
@@ -19,3 +19,7 @@ lint: setup
 
 test: setup system-deps lint
 	$(PY) -m pytest -q
+
+# While working: lint and the unit tests (no real envs, servers or whole pipelines), about a minute.
+test-fast: setup lint
+	$(PY) -m pytest -q -m "not slow"

@@ -75,3 +75,15 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str
 def venvs() -> VenvFactory:
     """Builds real venvs with uv, cached by spec across the session (and across runs on one machine)."""
     return VenvFactory()
+
+
+#: Fixtures that build real environments or run the whole pipeline: a test that uses one is in the slow lane
+#: (`make test` runs everything; `make test-fast` leaves these out).
+SLOW_FIXTURES = frozenset({"venvs", "pipeline", "served"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests using a slow fixture as `slow`, so the fast lane never builds an env by accident."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

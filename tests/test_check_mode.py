@@ -150,6 +150,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory):
             stop_hub()
 
 
+@pytest.mark.slow
 def test_up_check_after_a_real_run_says_every_stage_unchanged(pipeline):
     root, _, _ = pipeline
     report = checked(root, "up", MODEL)
@@ -158,6 +159,7 @@ def test_up_check_after_a_real_run_says_every_stage_unchanged(pipeline):
     assert all(not s["changed"] and s["reasons"] == [] for s in report["stages"])
 
 
+@pytest.mark.slow
 def test_up_check_on_a_fresh_data_root_says_what_every_stage_would_do(pipeline, tmp_path):
     _, config, _ = pipeline
     fresh = tmp_path / "fresh"
@@ -173,6 +175,7 @@ def test_up_check_on_a_fresh_data_root_says_what_every_stage_would_do(pipeline, 
     assert sorted(p.name for p in fresh.iterdir()) == ["config.yaml"]
 
 
+@pytest.mark.slow
 def test_fetch_check_finds_a_truncated_file_and_fetch_repairs_it(pipeline):
     root, _, _ = pipeline
     assert checked(root, "fetch", MODEL)["changed"] is False
@@ -189,6 +192,7 @@ def test_fetch_check_finds_a_truncated_file_and_fetch_repairs_it(pipeline):
     assert checked(root, "fetch", MODEL)["changed"] is False
 
 
+@pytest.mark.slow
 def test_convert_check_finds_an_edited_output_and_convert_rebuilds_it(pipeline):
     root, _, _ = pipeline
     assert checked(root, "convert", MODEL)["changed"] is False
@@ -204,6 +208,7 @@ def test_convert_check_finds_an_edited_output_and_convert_rebuilds_it(pipeline):
     assert checked(root, "convert", MODEL)["changed"] is False
 
 
+@pytest.mark.slow
 def test_env_check_says_a_changed_pin_builds_a_new_env_beside_the_old(pipeline):
     root, _, manifests = pipeline
     assert checked(root, "env", MODEL)["changed"] is False
@@ -221,6 +226,7 @@ def test_env_check_says_a_changed_pin_builds_a_new_env_beside_the_old(pipeline):
         path.write_text(original)
 
 
+@pytest.mark.slow
 def test_render_and_launch_checks_follow_an_edit_and_a_stopped_service(pipeline):
     root, _, _ = pipeline
     start_sh = root / "launch" / MODEL / "api" / "start.sh"
@@ -243,6 +249,7 @@ def test_render_and_launch_checks_follow_an_edit_and_a_stopped_service(pipeline)
     assert checked(root, "up", MODEL)["changed"] is False
 
 
+@pytest.mark.slow
 def test_every_stage_result_validates_against_the_documented_schema(pipeline):
     from tests.test_result_schema import validate
 

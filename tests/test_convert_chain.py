@@ -121,6 +121,7 @@ def test_a_prefix_chain_meta_to_merge_matches_step_by_step(weights, data_root, c
     assert _files(models / "merged") == fused
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["bytes:0.05", "bytes:0.6", "stamp", "rename"])
 def test_killed_fused_chain_leaves_nothing_finished_looking_and_reruns_to_the_same_bytes(weights, data_root, cli,
                                                                                           point):

@@ -85,6 +85,7 @@ def _ulp_fp16(t: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize(("convention", "grow", "extra"), [
     ("add", 0, False), ("zero-pad-add", 1, False), ("slice-add", 3, True), ("replace", 64, False)])
+@pytest.mark.slow
 def test_each_convention_round_trips_through_make_delta_and_equals_whole_model_reference(
         models, tmp_path, convention, grow, extra):
     base = models["base"]

@@ -111,6 +111,7 @@ def models(tmp_path_factory):
     return {"meta": meta, "base": base, "delta": root / "delta"}
 
 
+@pytest.mark.slow
 def test_killed_delta_merge_reruns_to_byte_identical_output(models, tmp_path):
     def args(out: Path) -> list[str]:
         return ["convert", "delta", "--base", str(models["base"]), "--delta", str(models["delta"]),
@@ -119,6 +120,7 @@ def test_killed_delta_merge_reruns_to_byte_identical_output(models, tmp_path):
     _check_interrupts(tmp_path, args, ["bytes:0.01", "bytes:0.5", "bytes:0.97", "stamp", "rename"])
 
 
+@pytest.mark.slow
 def test_killed_llama_meta_conversion_reruns_to_byte_identical_output(models, tmp_path):
     def args(out: Path) -> list[str]:
         return ["convert", "llama-meta", "--input", str(models["meta"]), "--out", str(out)]
@@ -126,6 +128,7 @@ def test_killed_llama_meta_conversion_reruns_to_byte_identical_output(models, tm
     _check_interrupts(tmp_path, args, ["bytes:0.3", "bytes:0.9", "rename"])
 
 
+@pytest.mark.slow
 def test_killed_safetensors_conversion_reruns_to_byte_identical_output(models, tmp_path):
     def args(out: Path) -> list[str]:
         return ["convert", "safetensors", "--input", str(models["delta"]), "--out", str(out),
@@ -134,6 +137,7 @@ def test_killed_safetensors_conversion_reruns_to_byte_identical_output(models, t
     _check_interrupts(tmp_path, args, ["bytes:0.4", "stamp"])
 
 
+@pytest.mark.slow
 def test_killed_rebuild_keeps_the_previous_finished_output_intact(models, tmp_path):
     out = tmp_path / "merged"
     common = ["convert", "delta", "--base", str(models["base"]), "--delta", str(models["delta"]), "--out", str(out),

@@ -97,6 +97,7 @@ def test_a_full_data_disk_is_a_fail_with_the_fix(cli, tmp_path):
     assert "MODELRIG_HOME" in disk["fix"]
 
 
+@pytest.mark.slow
 def test_this_machine_in_json_never_prints_token_values_or_proxy_passwords(tmp_path, data_root):
     env = {**client_env(tmp_path), "HF_TOKEN": "hf_secret_value_123", "MODELSCOPE_API_TOKEN": "ms_secret_456",
            "https_proxy": "http://alice:proxy-pass-789@127.0.0.1:9", "MODELRIG_HOME": str(data_root)}
@@ -119,6 +120,7 @@ def test_this_machine_in_json_never_prints_token_values_or_proxy_passwords(tmp_p
     assert elapsed < 60
 
 
+@pytest.mark.slow
 def test_offline_namespace_hubs_fail_with_the_mirror_hint_and_nothing_hangs(tmp_path, data_root):
     env = {**client_env(tmp_path), "MODELRIG_HOME": str(data_root)}
     started = time.perf_counter()
@@ -136,6 +138,7 @@ def test_offline_namespace_hubs_fail_with_the_mirror_hint_and_nothing_hangs(tmp_
     assert elapsed < 30
 
 
+@pytest.mark.slow
 def test_offline_namespace_with_a_local_hub_makes_the_hf_check_ok(tmp_path, data_root):
     hub_dir = tmp_path / "hub"
     write_repo(hub_dir, "org/tiny", {"main": {"config.json": b"{}"}})
@@ -162,6 +165,7 @@ def test_offline_namespace_with_a_local_hub_makes_the_hf_check_ok(tmp_path, data
     assert checks["modelscope"]["fix"].startswith("the other hub answers")
 
 
+@pytest.mark.slow
 def test_loopback_down_is_named_with_the_command_that_brings_it_up(tmp_path, data_root):
     if not unshare_available():
         pytest.fail("unshare -n is needed to take loopback away (run as root with util-linux and iproute2)")

@@ -62,6 +62,7 @@ def _source(tmp_path: Path, model_id: str, hub_name: str, repo: str, revision: s
     ("modelscope", "msorg/nope", "master", "repo_not_found", {"repo_id": "msorg/nope", "hub": "modelscope"}),
     ("modelscope", "msorg/tiny", "v9", "revision_not_found", {"repo_id": "msorg/tiny", "revision": "v9"}),
 ])
+@pytest.mark.slow
 def test_hub_errors_have_codes_and_the_repo(cli: Cli, hub: str, tmp_path: Path, hub_name, repo, revision, code,
                                             fields) -> None:
     manifest = _source(tmp_path, f"t-{code}", hub_name, repo, revision)
@@ -121,6 +122,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_up_mid_fetch_is_one_line_with_disk_full(hub: str, hub_dir: Path, tmp_path: Path) -> None:
     if shutil.which("unshare") is None or os.geteuid() != 0:
         pytest.fail("a private tmpfs needs root and unshare (util-linux)")

@@ -241,6 +241,7 @@ def test_recorded_host_matches_what_its_raw_outputs_give(path: Path):
     assert derived.to_dict() == HostFacts.from_dict(data).to_dict()
 
 
+@pytest.mark.slow
 def test_console_script_prints_json_without_network(tmp_path):
     script = Path(sys.executable).parent / "modelrig"
     done = subprocess.run(offline([str(script), "--data-root", str(tmp_path), "facts", "--json"]),

@@ -174,6 +174,7 @@ def test_verify_rehashes_everything_and_repairs_a_damaged_file(cli: Cli, hub: st
     assert local.read_bytes() == WEIGHTS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hub_name", ["huggingface", "modelscope"])
 def test_a_file_served_corrupted_is_deleted_retried_once_and_reported(cli: Cli, hub: str, hub_dir: Path,
                                                                      tmp_path: Path, data_root: Path,
@@ -201,6 +202,7 @@ def test_gated_repo_without_a_token_gives_a_clear_error(cli: Cli, hub: str, tmp_
                            "the host config to a token that has been granted access [gated_repo]")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["env", "token_file"])
 def test_a_token_is_used_but_never_shown_or_written(cli: Cli, hub: str, tmp_path: Path, data_root: Path,
                                                      monkeypatch: pytest.MonkeyPatch, how: str) -> None:
@@ -326,6 +328,7 @@ def test_local_sources_are_checked_and_hashed(cli: Cli, tmp_path: Path) -> None:
     assert source["files"] == [{"path": "params.json", "size": 2, "sha256": hashlib.sha256(b"{}").hexdigest()}]
 
 
+@pytest.mark.slow
 def test_fetch_needs_no_network_beyond_the_local_hub(hub_dir: Path, tmp_path: Path) -> None:
     manifest = tiny_manifest(tmp_path, revision="v1.0")
     code = f"""

@@ -75,6 +75,7 @@ def _run_and_kill(cmd: list[str], env: dict[str, str], folder: Path, kind: str, 
     return proc.returncode
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hub_name", ["huggingface", "modelscope"])
 def test_a_fetch_killed_at_many_points_completes_verified_on_rerun(tmp_path: Path, hub_name: str) -> None:
     hub_dir = tmp_path / "hub"
@@ -114,6 +115,7 @@ def test_a_fetch_killed_at_many_points_completes_verified_on_rerun(tmp_path: Pat
 
 
 
+@pytest.mark.slow
 def test_a_hub_lost_mid_download_gives_one_line_and_a_rerun_completes(tmp_path: Path) -> None:
     hub_dir = tmp_path / "hub"
     write_repo(hub_dir, "org/big", {"main": FILES})

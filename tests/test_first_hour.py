@@ -89,6 +89,7 @@ def test_linux_takes_torch_from_the_cpu_index_pinned_to_the_cpu_build():
     assert tt.cpu_requirement("torch==2.13.0+cpu", machine="x86_64") == "torch==2.13.0+cpu"
 
 
+@pytest.mark.slow
 def test_with_no_pip_configuration_the_cpu_index_resolves_torch_to_the_cpu_build(tmp_path):
     """The command bootstrap runs, against a loopback stand-in for the CPU index holding a `+cpu` wheel, resolves
     to that CPU build (pip's own resolver, `--dry-run --report`), with pip's configuration and find-links off."""
@@ -114,6 +115,7 @@ def test_with_no_pip_configuration_the_cpu_index_resolves_torch_to_the_cpu_build
     assert installs[0]["download_info"]["url"].startswith(cpu_index)
 
 
+@pytest.mark.slow
 def test_bootstrap_falls_back_to_pip_configuration_when_the_cpu_index_is_unreachable():
     env = {**os.environ, "MODELRIG_TORCH_INDEX": f"http://127.0.0.1:{closed_port()}/whl/cpu"}
     decided = subprocess.run([sys.executable, str(TOOLKIT_TORCH), "torch==2.13.0"], capture_output=True, text=True,
@@ -144,6 +146,7 @@ def make_setup(home: Path) -> subprocess.CompletedProcess[str]:
                           timeout=900, check=False)
 
 
+@pytest.mark.slow
 def test_make_setup_puts_modelrig_on_path_for_new_login_shells_once(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
@@ -283,6 +286,7 @@ def test_demo_advice_says_how_to_get_modelrig_on_path_when_it_is_missing():
 # --- messages and summaries ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_an_unreachable_torch_index_names_the_settings_that_avoid_it(tmp_path, monkeypatch):
     monkeypatch.setenv("UV_CACHE_DIR", str(tmp_path / "uv-cache"))
     dead = f"http://127.0.0.1:{closed_port()}/whl"
@@ -340,6 +344,7 @@ def test_an_unchanged_render_says_its_entries_are_unchanged(cli, data_root):
     assert code == 0 and "2 launch entries unchanged in " in out and "rendered 0" not in out
 
 
+@pytest.mark.slow
 def test_modelscope_fallback_prints_one_warning_not_the_clients_retry_log(tmp_path):
     hub_dir = tmp_path / "hub"
     files = {"config.json": b"{}\n", "model.safetensors": b"x" * 1000}

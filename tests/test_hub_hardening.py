@@ -301,6 +301,7 @@ def test_the_demo_downloads_quickly_with_two_connections(tmp_path: Path) -> None
     (["--port", "-5"], "--port"),
     (["--throttle", "-1"], "--throttle"),
 ])
+@pytest.mark.slow
 def test_bad_limits_are_one_line_usage_errors(hub_dir: Path, args: list[str], flag: str) -> None:
     proc = subprocess.run(modelrig_cmd("hub", "serve", str(hub_dir), *args), capture_output=True, text=True,
                           timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})

@@ -184,6 +184,7 @@ def test_modelscope_listing_carries_sha256_and_commit(url: str, hub_dir: Path) -
     "/org/tiny/resolve/main/.modelrig-hub-index.json",
     "/org/tiny/resolve/..%2F..%2F/tokens",
 ])
+@pytest.mark.slow
 def test_paths_outside_the_hub_directory_are_refused(url: str, path: str) -> None:
     status, _, body = _request(url, "GET", path)
     assert status in (401, 404)
@@ -208,6 +209,7 @@ def test_the_hub_is_read_only(url: str, hub_dir: Path, method: str) -> None:
     assert sorted(p.name for p in (hub_dir / "org" / "tiny" / "main").iterdir()) == before
 
 
+@pytest.mark.slow
 def test_non_loopback_bind_is_refused_unless_allowed(hub_dir: Path) -> None:
     with pytest.raises(UsageError, match="--allow-remote"):
         make_server(hub_dir, host="0.0.0.0")
@@ -234,12 +236,14 @@ def test_connections_that_send_nothing_do_not_block_requests(hub_dir: Path) -> N
     server.server_close()
 
 
+@pytest.mark.slow
 def test_serve_prints_its_url_once_ready(hub_dir: Path) -> None:
     with served(hub_dir) as base:
         status, _, body = _request(base, "GET", "/api/models/org/tiny")
     assert status == 200 and json.loads(body)["id"] == "org/tiny"
 
 
+@pytest.mark.slow
 def test_hf_download_cli_works_offline(hub_dir: Path, tmp_path: Path) -> None:
     hf = Path(sys.executable).parent / "hf"
     code = f"""
@@ -257,6 +261,7 @@ def test_hf_download_cli_works_offline(hub_dir: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "cli" / "README.md").exists()
 
 
+@pytest.mark.slow
 def test_hf_0x_clients_and_transformers_437_from_pretrained_work_offline(venvs, tmp_path: Path) -> None:
     from modelrig.hub.tiny_repos import make_tiny_hub
 

@@ -54,6 +54,7 @@ def _revisions(manifest) -> dict[str, str]:
     return {n: "0123456789abcdef0123456789abcdef01234567" for n in manifest.weights}
 
 
+@pytest.mark.slow
 def test_every_entry_of_every_shipped_manifest_renders_and_compiles(tmp_path):
     by_python: dict[str, list[str]] = {}
     shell: list[str] = []
@@ -86,6 +87,7 @@ def test_every_entry_of_every_shipped_manifest_renders_and_compiles(tmp_path):
         assert done.returncode == 0, (script, done.stderr)
 
 
+@pytest.mark.slow
 def test_rendered_scripts_never_import_modelrig(tmp_path):
     for path in manifest_paths():
         manifest = load_manifest(path)

@@ -153,6 +153,7 @@ def _code_without_strings(tree: ast.AST) -> str:
     return ast.unparse(tree)
 
 
+@pytest.mark.slow
 def test_every_kind_renders_hostile_values_as_inert_text(rendered):
     text, entries = rendered["text"], rendered["entries"]
     assert set(entries) == {"chat", "vision", "streamlit", "api", "vllm", "web", "captions"}
@@ -180,6 +181,7 @@ def test_every_kind_renders_hostile_values_as_inert_text(rendered):
     _no_canary(rendered["root"])
 
 
+@pytest.mark.slow
 def test_apps_import_and_build_pages_with_the_title_verbatim(rendered, venvs):
     python = venvs.get(CURRENT_UI)
     text, entries = rendered["text"], rendered["entries"]

@@ -156,6 +156,7 @@ def test_the_evaluator_sees_the_escapes_it_is_meant_to_see(tmp_path):
             evaluator.evaluate(ast.parse(source, mode="eval").body, module, env)
 
 
+@pytest.mark.slow
 def test_no_path_in_src_or_tests_leaves_the_repository():
     evaluator = PathEvaluator()
     assert evaluator.names("tests.conftest")["REPO"] == ()  # REPO is followed, so names built on it are too
@@ -207,6 +208,7 @@ def repository_files() -> list[Path]:
         return [p for p in REPO.rglob("*") if p.is_file() and not skip & set(p.relative_to(REPO).parts)]
 
 
+@pytest.mark.slow
 def test_facts_tests_pass_from_a_copy_with_nothing_beside_it(tmp_path):
     alone = tmp_path / "empty" / "modelrig"
     for file in repository_files():
@@ -228,6 +230,7 @@ def test_facts_tests_pass_from_a_copy_with_nothing_beside_it(tmp_path):
     assert passed and int(passed.group(1)) >= 100 and not re.search(r"skipped|deselected|error", summary), summary
 
 
+@pytest.mark.slow
 def test_ci_runs_make_test_in_a_clone_alone_in_an_empty_folder(tmp_path):
     """.ci/run with a stand-in `make` that records where and how it was called."""
     if not (REPO / ".git").exists():

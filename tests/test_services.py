@@ -131,6 +131,7 @@ def test_a_demo_that_dies_fails_the_start_with_its_log(tmp_path, upstream_repo, 
     assert not (tmp_path / "run" / "web.pid").exists()
 
 
+@pytest.mark.slow
 def test_health_wait_gives_up_after_the_timeout(tmp_path, upstream_repo, monkeypatch):
     repo, _ = upstream_repo
     (repo / "silent.py").write_text("import time\ntime.sleep(60)\n")
@@ -216,6 +217,7 @@ def _sleeper() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("record", [{"start_time": None}, {}, {"create_time": 1.0}, {"start_time": "1"}])
 def test_stop_never_signals_a_process_it_cannot_confirm_it_started(tmp_path, upstream_repo, record):
     _, pinned = upstream_repo

@@ -88,6 +88,7 @@ def test_tiny_llama_and_ziya_target_load_and_generate_in_transformers_437(tmp_pa
     assert proc.stdout.split() == ["384", "4", "448", "4"]
 
 
+@pytest.mark.slow
 def test_llava_and_blip2_generate_from_an_image_prompt(tmp_path):
     import numpy as np
     from PIL import Image

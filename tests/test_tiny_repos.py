@@ -81,6 +81,7 @@ def test_make_tiny_cli_reports_json(cli, tiny_hub: Path) -> None:
     assert yaml.safe_load((target / ORG / "llama-meta" / REPO_CONFIG).read_text()) == {"gated": True}
 
 
+@pytest.mark.slow
 def test_make_tiny_with_tensorflow_writes_a_tf1_bert_checkpoint(venvs, tmp_path: Path) -> None:
     python = venvs.get(TF_CONVERT)
     result = make_tiny_hub(tmp_path / "tf-hub", seed=0, tf_python=python, only=["bert-tf1"])
