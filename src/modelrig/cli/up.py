@@ -81,7 +81,7 @@ def _facts(args: argparse.Namespace) -> HostFacts | None:
 
 def _env(args: argparse.Namespace, ctx: Context) -> int:
     from modelrig.envs import build_env
-    from modelrig.envs.build import check_env, prepare_env_build
+    from modelrig.envs.build import prepare_env_build
     from modelrig.plan import plan_model
 
     manifest = load_model(args.model)
@@ -100,9 +100,8 @@ def _env(args: argparse.Namespace, ctx: Context) -> int:
             for warning in build.warnings:
                 print(f"modelrig: warning: {warning}", file=sys.stderr)
         return 0
-    result = (check_env if args.check else build_env)(
-        plan.env, data=ctx.data, config=ctx.config, backend=args.backend, python=args.python,
-        installer=args.installer, offline=args.offline, model=manifest.id)
+    result = build_env(plan.env, data=ctx.data, config=ctx.config, backend=args.backend, python=args.python,
+                       installer=args.installer, offline=args.offline, model=manifest.id, check=args.check)
     for warning in result.details.get("warnings", []):
         print(f"modelrig: warning: {warning}", file=sys.stderr)
     print(result.to_json() if ctx.as_json else result.line())

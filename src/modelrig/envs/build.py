@@ -165,28 +165,14 @@ def env_is_complete(plan: EnvBuildPlan) -> dict[str, Any] | None:
     return None
 
 
-def check_env(
-    env: EnvPlan,
-    *,
-    data: DataRoot,
-    config: HostConfig,
-    backend: Backend = "venv",
-    python: str | None = None,
-    installer: Literal["auto", "uv", "pip"] = "auto",
-    offline: bool = False,
-    model: str | None = None,
-) -> StageResult:
-    """What `build_env` would do, touching nothing: `changed` when no complete env has this spec, with why."""
-    start = time.perf_counter()
-    plan = prepare_env_build(env, data=data, config=config, backend=backend, python=python, installer=installer,
-                             offline=offline)
+def _check(plan: EnvBuildPlan, *, data: DataRoot, start: float, model: str | None) -> StageResult:
+    """What a build of `plan` would do, touching nothing: `changed` when no complete env has this spec, with why."""
     stamp = env_is_complete(plan)
     if stamp is not None:
         result = _result(plan, stamp, changed=False, start=start, model=model)
         result.check = True
         return result
-    previous = read_stamp(plan.path)
-    if previous is not None:
+    if read_stamp(plan.path) is not None:
         reason = f"env {plan.key} is incomplete (its interpreter {plan.python} is missing)"
     elif plan.path.exists():
         reason = f"env {plan.key} was interrupted while building (no stamp)"
@@ -214,15 +200,18 @@ def build_env(
     installer: Literal["auto", "uv", "pip"] = "auto",
     offline: bool = False,
     model: str | None = None,
+    check: bool = False,
 ) -> StageResult:
     """Create (or find) the env for `env`; `changed=False` when a complete env with the same spec exists.
 
     Raises EnvBuildError with one line naming the failing command and the log file; nothing is left that looks
-    complete.
+    complete. With `check`, nothing is built or written: the result says whether a build would happen and why.
     """
     start = time.perf_counter()
     plan = prepare_env_build(env, data=data, config=config, backend=backend, python=python, installer=installer,
                              offline=offline)
+    if check:
+        return _check(plan, data=data, start=start, model=model)
     data.envs.mkdir(parents=True, exist_ok=True)
     with _lock(data.envs / f"{plan.key}.lock"):
         stamp = env_is_complete(plan)

@@ -76,21 +76,23 @@ def state_file(ctx: Context, model_id: str) -> Path:
     return ctx.data.run / model_id / STATE_NAME
 
 
-def env_stage(manifest: Manifest, plan: Plan, ctx: Context, *, options: UpOptions) -> StageResult:
-    """Build (or find) the model's environment."""
+def env_stage(manifest: Manifest, plan: Plan, ctx: Context, *, options: UpOptions,
+              check: bool = False) -> StageResult:
+    """Build (or find) the model's environment; with `check`, only say whether that would change anything."""
     from modelrig.envs import build_env
 
     return build_env(plan.env, data=ctx.data, config=ctx.config, backend=options.backend,  # type: ignore[arg-type]
                      python=options.python, installer=options.installer,  # type: ignore[arg-type]
-                     offline=options.offline, model=manifest.id)
+                     offline=options.offline, model=manifest.id, check=check)
 
 
-def fetch_stage(manifest: Manifest, ctx: Context, *, options: UpOptions) -> StageResult:
-    """Download (or find) the model's weights."""
+def fetch_stage(manifest: Manifest, ctx: Context, *, options: UpOptions, check: bool = False) -> StageResult:
+    """Download (or find) the model's weights; with `check`, only say whether that would change anything."""
     from modelrig.fetch import FetchOptions, fetch_model
 
     fetch_options = FetchOptions(hub=options.hub, store=options.store, hf_endpoint=options.hf_endpoint,
-                                 modelscope_endpoint=options.modelscope_endpoint, local=dict(options.local))
+                                 modelscope_endpoint=options.modelscope_endpoint, local=dict(options.local),
+                                 check=check)
     fetch_options.log = lambda line: None
     return fetch_model(manifest, ctx, options=fetch_options)
 
@@ -104,12 +106,13 @@ def weight_paths(manifest: Manifest, ctx: Context, *, options: UpOptions) -> dic
 
 
 def render_stage(manifest: Manifest, plan: Plan, ctx: Context, *, python: Path, paths: dict[str, Path],
-                 options: UpOptions) -> StageResult:
-    """Render the launch scripts for the plan's entries."""
+                 options: UpOptions, check: bool = False) -> StageResult:
+    """Render the launch scripts for the plan's entries; with `check`, only say what would be written."""
     from modelrig.launch.render import render
 
     return render(manifest, plan, ctx.data.launch / manifest.id, paths=paths, python=python, config=ctx.config,
-                  entries=options.entries, cache_dir=ctx.data.cache, log_dir=ctx.data.run / manifest.id)
+                  entries=options.entries, cache_dir=ctx.data.cache, log_dir=ctx.data.run / manifest.id,
+                  check=check)
 
 
 def convert_stage(manifest: Manifest, ctx: Context, *, fetched: StageResult, options: UpOptions) -> StageResult:
@@ -227,10 +230,7 @@ def check_up(manifest: Manifest, ctx: Context, *, options: UpOptions | None = No
     Nothing is built, downloaded, converted, written or started; the data root is left byte-identical.
     """
     from modelrig.convert.pipeline import check_pipeline
-    from modelrig.envs.build import check_env
-    from modelrig.fetch import FetchOptions, fetch_model
     from modelrig.launch import check as check_entry
-    from modelrig.launch.render import render
 
     options = options or UpOptions()
     emit = on_stage or (lambda result: None)
@@ -251,25 +251,18 @@ def check_up(manifest: Manifest, ctx: Context, *, options: UpOptions | None = No
                      summary=f"{plan.platform}: torch {plan.env.torch.version} [{plan.env.torch.variant}]",
                      reasons=(["no earlier `up` of this model" if not previous else "the plan changed"]
                               if plan_changed else []), details={"plan": plan.to_dict(), "key": plan_key}))
-    env = done(check_env(plan.env, data=ctx.data, config=ctx.config, backend=options.backend,  # type: ignore[arg-type]
-                         python=options.python, installer=options.installer,  # type: ignore[arg-type]
-                         offline=options.offline, model=manifest.id))
+    env = done(env_stage(manifest, plan, ctx, options=options, check=True))
     for dep_id in plan.dependencies:
         dep = dependency_manifests(manifest)[dep_id]
         if read_stamp(ctx.data.output_dir(dep.id, dep.output_name)) is None:
             done(StageResult(stage="fetch", changed=True, model=manifest.id, summary=f"[{dep.id}] would be built",
                              reasons=[f"{dep.id}: its output {dep.output_name} is not built yet"]))
-    fetch_options = FetchOptions(hub=options.hub, store=options.store, hf_endpoint=options.hf_endpoint,
-                                 modelscope_endpoint=options.modelscope_endpoint, local=dict(options.local),
-                                 check=True)
-    fetch_options.log = lambda line: None
-    fetched = done(fetch_model(manifest, ctx, options=fetch_options))
+    fetched = done(fetch_stage(manifest, ctx, options=options, check=True))
     if manifest.convert:
         done(check_pipeline(manifest, ctx, local=options.local, upstream_changed=fetched.changed))
     paths = weight_paths(manifest, ctx, options=options)
-    rendered = done(render(manifest, plan, ctx.data.launch / manifest.id, paths=paths,
-                           python=Path(read(EnvOutput, env).python), config=ctx.config, entries=options.entries,
-                           cache_dir=ctx.data.cache, log_dir=ctx.data.run / manifest.id, check=True))
+    rendered = done(render_stage(manifest, plan, ctx, python=Path(read(EnvOutput, env).python), paths=paths,
+                                 options=options, check=True))
     launch_reasons: list[str] = []
     for name, entry in read(RenderOutput, rendered).entries.items():
         folder = Path(entry.dir)
