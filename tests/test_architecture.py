@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("modelrig.convert",),
     ("modelrig.launch",),
     ("modelrig.hub",),
-    ("modelrig.orchestrate", "modelrig.doctor"),
+    ("modelrig.orchestrate", "modelrig.doctor", "modelrig.lock"),
     ("modelrig.cli", "modelrig.__main__"),
 ]
 #: Lines above which a module is split by concern.

@@ -17,7 +17,7 @@ from modelrig.errors import DiskFullError, ManifestError, ModelrigError, UsageEr
 
 #: Modules under `modelrig.cli` that each add their verbs with a `register(subparsers)` function.
 COMMAND_MODULES: tuple[str, ...] = ("manifests", "plan", "facts", "fetch", "hub", "up", "render", "launch", "convert",
-                                      "doctor")
+                                      "doctor", "lock")
 
 
 def build_parser() -> argparse.ArgumentParser:

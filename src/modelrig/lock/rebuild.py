@@ -1,0 +1,149 @@
+"""Rebuilding exactly what a lock says (`modelrig rebuild LOCK`), from scratch or over a partial data root.
+
+The env is installed with `uv pip install --require-hashes --no-deps` of the locked set (then smoke-checked and
+stamped as `modelrig env` does), the weights are fetched at the locked commits, conversions, rendering and
+launch are `modelrig up`'s own stages; finally the host is verified against the lock (every file re-hashed), and
+anything that differs stops the rebuild with one line naming it, expected vs found. A second rebuild changes
+nothing: each stage finds its stamped output current.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelrig.config import Context
+from modelrig.envs.build import ENV_STAMP_VERSION, _cache_vars, _run
+from modelrig.envs.smoke import smoke_check
+from modelrig.envs.tools import clean_environ
+from modelrig.errors import ModelrigError
+from modelrig.lock.collect import Located, locate
+from modelrig.lock.packages import hashed_requirements, index_flags, uv_or_fail
+from modelrig.lock.schema import Lock
+from modelrig.lock.verify import check_packages, verify
+from modelrig.manifest import Manifest
+from modelrig.result import StageResult
+from modelrig.stamp import sha256_file, write_stamp
+
+
+class NotReproducedError(ModelrigError):
+    """A rebuild could not reproduce what the lock says (a package, file or step differs); nothing is started
+    beyond what was already running."""
+
+    exit_code = 9
+    code = "not_reproduced"
+
+
+@dataclass
+class RebuildReport:
+    """The stages a rebuild ran, and the lock's verification afterwards."""
+
+    model: str
+    results: list[StageResult] = field(default_factory=list)
+    seconds: float = 0.0
+    urls: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        """True when any stage changed something."""
+        return any(r.changed for r in self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `--json` result."""
+        return {"ok": True, "stage": "rebuild", "model": self.model, "changed": self.changed,
+                "seconds": round(self.seconds, 3), "urls": dict(self.urls),
+                "stages": [r.to_dict() for r in self.results]}
+
+
+def pinned_manifest(manifest: Manifest, lock: Lock) -> Manifest:
+    """`manifest` with each locked hub source's revision replaced by its locked commit."""
+    weights = dict(manifest.weights)
+    for source in lock.sources:
+        weight = weights.get(source.name)
+        ref = getattr(weight, source.hub, None) if weight is not None else None
+        if weight is None or ref is None:
+            raise NotReproducedError(f"weights {source.name}: {source.hub} {source.repo} is in the lock, not in the "
+                                     f"manifest of {manifest.id}", source=source.name)
+        weights[source.name] = weight.model_copy(update={source.hub: ref.model_copy(
+            update={"revision": source.commit})})
+    return manifest.model_copy(update={"weights": weights})
+
+
+def rebuild_env(lock: Lock, where: Located, ctx: Context, *, wheels: Path | None = None) -> StageResult:
+    """Install exactly the locked package set into the planned env folder; unchanged when it already matches.
+
+    `wheels` (a bundle's wheel folder) installs with no index at all.
+    """
+    begun = time.perf_counter()
+    build = where.build
+    if build.key != lock.env.key:
+        raise NotReproducedError(f"env: key {lock.env.key} expected, this host plans {build.key} (Python "
+                                 f"{build.spec.get('python_version')}, lock: Python {lock.env.python})",
+                                 expected=lock.env.key, found=build.key)
+    if where.stamp is not None and not check_packages(lock, build.python):
+        return StageResult(stage="env", changed=False, model=lock.model, seconds=time.perf_counter() - begun,
+                           summary=f"env {build.key} matches the lock ({len(lock.env.packages)} packages)")
+    if any(p.git_commit for p in lock.env.packages):
+        name = next(p.name for p in lock.env.packages if p.git_commit)
+        raise NotReproducedError(f"package {name}: a git requirement cannot be installed with --require-hashes; "
+                                 "build it with `modelrig env` and lock again", package=name)
+    ctx.data.envs.mkdir(parents=True, exist_ok=True)
+    if build.path.exists():
+        shutil.rmtree(build.path)
+    log = ctx.data.envs / f"{build.key}.log"
+    log.write_text("", encoding="utf-8")
+    proc_env = clean_environ(_cache_vars(ctx.data))
+    try:
+        _run(build.commands[0], env=proc_env, log=log, what="create the env")
+        reqs = build.path / "modelrig-lock-requirements.txt"
+        reqs.write_text(hashed_requirements([(p.requirement, p.hashes) for p in lock.env.packages]),
+                        encoding="utf-8")
+        if build.constraints:
+            (build.path / "modelrig-constraints.txt").write_text("\n".join(build.constraints) + "\n",
+                                                                 encoding="utf-8")
+        source = ["--offline", "--no-index", "--find-links", str(wheels)] if wheels else index_flags(where.indexes)
+        _run([uv_or_fail(), "pip", "install", "--no-config", "--python", str(build.python), "--require-hashes",
+              "--no-deps", *source, "-r", str(reqs)], env={**proc_env, "VIRTUAL_ENV": str(build.path)}, log=log,
+             what="uv pip install --require-hashes of the locked packages")
+        smoke = smoke_check(build.python, env_vars=build.spec["plan"].get("env_vars"))
+    except BaseException:
+        shutil.rmtree(build.path, ignore_errors=True)
+        raise
+    drift = check_packages(lock, build.python)
+    if drift:
+        shutil.rmtree(build.path, ignore_errors=True)
+        raise NotReproducedError(drift[0], drift=drift)
+    write_stamp(build.path, {"key": build.key, "version": ENV_STAMP_VERSION, "spec": build.spec,
+                             "installer": "uv", "python": str(build.python), "smoke": smoke, "locked": True,
+                             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    return StageResult(stage="env", changed=True, model=lock.model, seconds=time.perf_counter() - begun,
+                       summary=f"installed {len(lock.env.packages)} locked packages into env {build.key}"
+                       + (" from the bundle" if wheels else ""), details={"path": str(build.path)})
+
+
+def rebuild(lock: Lock, manifest: Manifest, ctx: Context, *, manifest_path: Path, wheels: Path | None = None,
+            offline: bool = False) -> RebuildReport:
+    """Reproduce `lock` on this host; `NotReproducedError` names the first thing that differs."""
+    from modelrig.orchestrate.up import UpOptions, up
+
+    begun = time.perf_counter()
+    found = sha256_file(manifest_path)
+    if found != lock.manifest_sha256:
+        raise NotReproducedError(f"manifest {manifest_path}: sha256 {lock.manifest_sha256} expected, found {found}",
+                                 expected=lock.manifest_sha256, found=found)
+    report = RebuildReport(model=lock.model)
+    report.results.append(rebuild_env(lock, locate(manifest, ctx), ctx, wheels=wheels))
+    target = manifest if offline else pinned_manifest(manifest, lock)
+    ran = up(target, ctx, options=UpOptions(offline=offline, entries=sorted({f.entry for f in lock.launch})))
+    report.results += [r for r in ran.results if r.stage != "env"]
+    report.urls = ran.urls
+    drift = verify(lock, manifest, ctx, full=True).drift
+    if drift:
+        raise NotReproducedError(drift[0] + (f" (and {len(drift) - 1} more)" if len(drift) > 1 else ""),
+                                 drift=drift)
+    report.seconds = time.perf_counter() - begun
+    return report
+
