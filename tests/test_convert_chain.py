@@ -122,21 +122,28 @@ def test_a_prefix_chain_meta_to_merge_matches_step_by_step(weights, data_root, c
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["bytes:0.05", "bytes:0.6", "stamp", "rename"])
+@pytest.mark.parametrize(("point", "shard"), [("bytes:0.05", "500MB"), ("bytes:0.6", "500MB"), ("bytes:0.6", "100KB"),
+                                             ("stamp", "100KB"), ("rename", "500MB")])
 def test_killed_fused_chain_leaves_nothing_finished_looking_and_reruns_to_the_same_bytes(weights, data_root, cli,
-                                                                                          point):
-    models = data_root / "models" / MODEL
-    assert cli(*_args(weights))[0] == 0
+                                                                                          tmp_path, point, shard):
+    def shard_size(data):
+        data["convert"][2]["to_safetensors"]["max_shard_size"] = shard
+
+    name = f"killed-{shard.lower()}-tiny-ziya"
+    path = _manifest_variant(tmp_path, name, shard_size)
+    models = data_root / "models" / name
+    assert cli(*_args(weights, path))[0] == 0
     expected = _files(models / "final")
+    assert (len([n for n in expected if n.endswith(".safetensors")]) > 1) == (shard == "100KB")
     total = sum(p.stat().st_size for p in (models / "final").glob("*.safetensors"))
     shutil.rmtree(models)
     if point.startswith("bytes:"):
         point = f"bytes:{int(float(point.split(':')[1]) * total)}"
-    assert _killed(point, _args(weights)) == -9
+    assert _killed(point, _args(weights, path)) == -9
     assert not (models / "final").exists()
     assert not (models / "base_hf").exists() and not (models / "merged").exists()
     assert [p for p in models.iterdir() if p.name.startswith(".modelrig-tmp-")]
-    code, _, err = cli(*_args(weights))
+    code, _, err = cli(*_args(weights, path))
     assert code == 0, err
     assert _files(models / "final") == expected
     assert not [p for p in models.iterdir() if p.name.startswith(".modelrig-tmp-")]
