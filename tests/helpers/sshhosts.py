@@ -11,6 +11,8 @@ Debian's openssh-server (`scripts/system-deps.sh` installs it).
 
 from __future__ import annotations
 
+import fcntl
+import itertools
 import os
 import pwd
 import random
@@ -35,6 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 SSHD = Path("/usr/sbin/sshd")
+_USER_NUMBERS = itertools.count()
 #: GECOS prefix of test users; followed by the pid of the process that created them.
 MARKER = "modelrig-test-host"
 #: Persistent per-slot folders (uv cache) that survive the users, chowned to each run's user.
@@ -75,6 +78,7 @@ class SshHost:
     slot: Path
     is_root: bool = False
     sshd: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    slot_lock: Any = field(default=None, repr=False)
 
     def hostvars(self, keyfile: Path, known_hosts: Path) -> dict[str, Any]:
         """Ansible connection variables for this host."""
@@ -115,15 +119,14 @@ class SshHosts:
         folder = self.workdir / name
         folder.mkdir()
         pubkey = self.client_key.with_suffix(".pub").read_text()
-        slot = SLOT_ROOT / f"slot-{len(self.hosts)}{'-root' if root else ''}"
-        slot.mkdir(parents=True, exist_ok=True)
+        slot, slot_lock = _claim_slot("root" if root else "user")
         if root:
             user, home, uid = "root", Path("/root"), 0
             keys = folder / "authorized_keys"
             keys.write_text(pubkey)
             keys.chmod(0o600)
         else:
-            user = f"mrt{os.getpid() % 100000}{len(self.hosts)}"
+            user = f"mrt{os.getpid()}x{next(_USER_NUMBERS)}"
             subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", "--comment",
                             f"{MARKER} pid={os.getpid()}", user], check=True, capture_output=True)
             subprocess.run(["usermod", "-p", "*", user], check=True, capture_output=True)
@@ -167,7 +170,7 @@ class SshHosts:
         proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
         log.close()
         host = SshHost(name=name, address=address, port=port, user=user, home=home, uid=uid, slot=slot,
-                       is_root=root, sshd=proc)
+                       is_root=root, sshd=proc, slot_lock=slot_lock)
         self.hosts[name] = host
         _wait_for_port(address, port, proc)
         public = host_key.with_suffix(".pub").read_text().split()
@@ -213,7 +216,26 @@ class SshHosts:
                     host.sshd.wait()
             if not host.is_root:
                 _remove_user(host.user)
+            if host.slot_lock is not None:
+                host.slot_lock.close()  # releases the slot for the next host
         self.hosts.clear()
+
+
+def _claim_slot(kind: str) -> tuple[Path, Any]:
+    """The first free persistent slot folder of this kind (`user-0`, `user-1`, ...), locked (flock) until the
+    returned handle is closed, so concurrent test sessions never share one."""
+    SLOT_ROOT.mkdir(parents=True, exist_ok=True)
+    for index in range(64):
+        slot = SLOT_ROOT / f"{kind}-{index}"
+        handle = open(SLOT_ROOT / f"{kind}-{index}.lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        slot.mkdir(exist_ok=True)
+        return slot, handle
+    raise RuntimeError(f"no free test host slot under {SLOT_ROOT}")
 
 
 def remove_stale_users() -> list[str]:
