@@ -31,7 +31,7 @@ def run_pipeline(manifest: Manifest, ctx: Context, *, inputs: Mapping[str, str] 
                  keep_intermediates: bool = False) -> StageResult:
     """Run every conversion step of `manifest` in order; each is skipped when its stamped output is current.
 
-    Consecutive steps that feed each other run as one fused pass (`chain.group_steps`) unless a step says
+    Consecutive steps that feed each other run as one fused pass (`plan.steps.group_steps`) unless a step says
     `keep: true` or `keep_intermediates` is set, which writes every step's output as its own folder.
     `inputs` (NAME=DIR) overrides where a weight source or an earlier output is read from.
     """
