@@ -124,8 +124,7 @@ def rebuild_env(lock: Lock, where: Located, ctx: Context, *, wheels: Path | None
                        + (" from the bundle" if wheels else ""), details={"path": str(build.path)})
 
 
-def rebuild(lock: Lock, manifest: Manifest, ctx: Context, *, manifest_path: Path, wheels: Path | None = None,
-            offline: bool = False) -> RebuildReport:
+def rebuild(lock: Lock, manifest: Manifest, ctx: Context, *, manifest_path: Path) -> RebuildReport:
     """Reproduce `lock` on this host; `NotReproducedError` names the first thing that differs."""
     from modelrig.orchestrate.up import UpOptions, up
 
@@ -135,9 +134,8 @@ def rebuild(lock: Lock, manifest: Manifest, ctx: Context, *, manifest_path: Path
         raise NotReproducedError(f"manifest {manifest_path}: sha256 {lock.manifest_sha256} expected, found {found}",
                                  expected=lock.manifest_sha256, found=found)
     report = RebuildReport(model=lock.model)
-    report.results.append(rebuild_env(lock, locate(manifest, ctx), ctx, wheels=wheels))
-    target = manifest if offline else pinned_manifest(manifest, lock)
-    ran = up(target, ctx, options=UpOptions(offline=offline, entries=sorted({f.entry for f in lock.launch})))
+    report.results.append(rebuild_env(lock, locate(manifest, ctx), ctx))
+    ran = up(pinned_manifest(manifest, lock), ctx, options=UpOptions(entries=sorted({f.entry for f in lock.launch})))
     report.results += [r for r in ran.results if r.stage != "env"]
     report.urls = ran.urls
     drift = verify(lock, manifest, ctx, full=True).drift
