@@ -152,3 +152,23 @@ class HealthCheckError(LaunchError):
     """A started demo did not become healthy in time, or the process answering is not the one started."""
 
     code = "health_check_failed"
+
+
+class LockError(ModelrigError):
+    """A lock file is missing, not YAML or has a bad field (the message names the file and the field)."""
+
+    exit_code = 2
+    code = "lock_invalid"
+
+
+class DriftError(ModelrigError):
+    """The host differs from its lock; the `drift` field lists every difference (what, expected, found)."""
+
+    exit_code = 9
+    code = "drift"
+
+
+class NotReproducedError(DriftError):
+    """A rebuild could not reproduce what its lock says (a package, file or step differs)."""
+
+    code = "not_reproduced"

@@ -85,7 +85,8 @@ def _load(ctx: Context, model: str | None, lock_file: Path | None) -> tuple[Any,
 
 
 def _verify(args: argparse.Namespace, ctx: Context) -> int:
-    from modelrig.lock.verify import DriftError, verify
+    from modelrig.errors import DriftError
+    from modelrig.lock.verify import verify
 
     lock, manifest, _ = _load(ctx, args.model, args.lock)
     report = verify(lock, manifest, ctx, full=args.full, remote=args.remote)

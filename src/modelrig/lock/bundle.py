@@ -20,10 +20,10 @@ from typing import Any
 
 from modelrig.config import Context
 from modelrig.envs.tools import clean_environ
-from modelrig.errors import EnvBuildError, UsageError
+from modelrig.errors import EnvBuildError, NotReproducedError, UsageError
 from modelrig.lock.collect import locate
 from modelrig.lock.packages import hashed_requirements, index_flags, normalise, uv_or_fail
-from modelrig.lock.rebuild import NotReproducedError, RebuildReport, pinned_manifest, rebuild_env
+from modelrig.lock.rebuild import RebuildReport, pinned_manifest, rebuild_env
 from modelrig.lock.schema import Lock, load_lock
 from modelrig.manifest import load_manifest
 from modelrig.stamp import STAMP_NAME, atomic_dir, sha256_file

@@ -12,6 +12,7 @@ from modelrig import __version__
 from modelrig.config import Context
 from modelrig.envs.build import EnvBuildPlan, env_is_complete, prepare_env_build
 from modelrig.envs.install import Indexes, indexes_for
+from modelrig.errors import LockError
 from modelrig.lock.packages import freeze, hashes_for
 from modelrig.lock.schema import (
     Conversion,
@@ -19,7 +20,6 @@ from modelrig.lock.schema import (
     LaunchFile,
     Lock,
     LockedFile,
-    LockError,
     Package,
     Platform,
     RemoteCode,

@@ -19,7 +19,7 @@ from modelrig.config import Context
 from modelrig.envs.build import ENV_STAMP_VERSION, _cache_vars, _run
 from modelrig.envs.smoke import smoke_check
 from modelrig.envs.tools import clean_environ
-from modelrig.errors import ModelrigError
+from modelrig.errors import NotReproducedError
 from modelrig.lock.collect import Located, locate
 from modelrig.lock.packages import hashed_requirements, index_flags, uv_or_fail
 from modelrig.lock.schema import Lock
@@ -27,14 +27,6 @@ from modelrig.lock.verify import check_packages, verify
 from modelrig.manifest import Manifest
 from modelrig.result import StageResult
 from modelrig.stamp import sha256_file, write_stamp
-
-
-class NotReproducedError(ModelrigError):
-    """A rebuild could not reproduce what the lock says (a package, file or step differs); nothing is started
-    beyond what was already running."""
-
-    exit_code = 9
-    code = "not_reproduced"
 
 
 @dataclass

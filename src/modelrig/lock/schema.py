@@ -13,18 +13,12 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from modelrig.errors import ModelrigError
+from modelrig.errors import LockError
 
 SCHEMA = "modelrig-lock/1"
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Commit = Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")]
 
-
-class LockError(ModelrigError):
-    """A lock file is missing, not YAML, or has a bad field (the message names the file and the field)."""
-
-    exit_code = 2
-    code = "lock_invalid"
 
 
 class _Strict(BaseModel):

@@ -29,13 +29,6 @@ from modelrig.manifest import Manifest
 from modelrig.stamp import STAMP_NAME, sha256_file
 
 
-class DriftError(ModelrigError):
-    """The host differs from its lock; `drift` lists every difference, each naming what, expected and found."""
-
-    exit_code = 9
-    code = "drift"
-
-
 @dataclass
 class VerifyReport:
     """What `verify` found: one line per difference, and how much it checked."""
