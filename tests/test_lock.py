@@ -1,0 +1,115 @@
+"""The lock file's schema: a stable, sorted YAML that reads back identical; a bad field or a hash of the wrong
+length is refused in one line naming the file and the field; freeze and compile output are parsed exactly."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modelrig.cli import main
+from modelrig.errors import LockError
+from modelrig.lock.packages import hashed_requirements, parse_compiled, parse_line
+from modelrig.lock.schema import Lock, dump_lock, load_lock
+
+H1, H2, H3 = "a" * 64, "b" * 64, "c" * 64
+
+
+def sample() -> dict:
+    """A small valid lock, lists deliberately out of order."""
+    return {
+        "schema": "modelrig-lock/1", "model": "demo-tiny-ziya", "manifest_sha256": H1, "modelrig": "0.1.0",
+        "platform": {"os": "linux", "arch": "x86_64", "accelerator": "cpu", "torch": "2.13.0+cpu",
+                     "torch_variant": "cpu"},
+        "env": {"key": "616532b6b4949854", "python": "3.11.7", "backend": "venv", "find_links": ["/opt/wheels"],
+                "packages": [{"name": "tqdm", "version": "4.70.1", "requirement": "tqdm==4.70.1", "hashes": [H2]},
+                             {"name": "accelerate", "version": "1.15.0", "requirement": "accelerate==1.15.0",
+                              "hashes": [H1, H3]}]},
+        "sources": [{"name": "delta", "hub": "huggingface", "repo": "o/d", "revision": "main", "commit": "1" * 40,
+                     "files": [{"path": "z.bin", "size": 3, "sha256": H1}, {"path": "a.json", "size": 2,
+                                                                           "sha256": H2}]},
+                    {"name": "base", "hub": "huggingface", "repo": "o/b", "revision": "main", "commit": "2" * 40,
+                     "files": [{"path": "m.py", "size": 1, "sha256": H3}]}],
+        "conversions": [{"output": "final", "kind": "safetensors", "key": "k", "params": {"steps": []},
+                         "files": [{"path": "model.safetensors", "size": 9, "sha256": H2}]}],
+        "launch": [{"entry": "api", "path": "start.sh", "sha256": H1}, {"entry": "api", "path": "app.py",
+                                                                         "sha256": H2}],
+        "remote_code": [{"source": "base", "path": "m.py", "sha256": H3}],
+    }
+
+
+def write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_a_lock_is_written_sorted_and_reads_back_identical(tmp_path):
+    text = dump_lock(Lock.model_validate(sample()))
+    data = yaml.safe_load(text)
+    assert list(data)[:4] == ["schema", "model", "manifest_sha256", "modelrig"]
+    assert [p["name"] for p in data["env"]["packages"]] == ["accelerate", "tqdm"]
+    assert [s["name"] for s in data["sources"]] == ["base", "delta"]
+    assert [f["path"] for f in data["sources"][1]["files"]] == ["a.json", "z.bin"]
+    assert [f["path"] for f in data["launch"]] == ["app.py", "start.sh"]
+    path = tmp_path / "x.lock.yaml"
+    path.write_text(text)
+    assert dump_lock(load_lock(path)) == text
+
+
+@pytest.mark.parametrize(("change", "field", "message"), [
+    (lambda d: d["sources"][1]["files"][0].update(sha256="ab" * 20), "sources.1.files.0.sha256",
+     "expected a 64-hex sha256"),
+    (lambda d: d["env"]["packages"][0].update(hashes=["0" * 63]), "env.packages.0.hashes.0",
+     "expected a 64-hex sha256"),
+    (lambda d: d["sources"][0].update(commit="abc"), "sources.0.commit", "expected a 40-hex commit"),
+    (lambda d: d["platform"].update(accelerator="tpu"), "platform.accelerator", "'cuda', 'mps' or 'cpu'"),
+    (lambda d: d["env"].update(pythn="3.11"), "env.pythn", "Extra inputs are not permitted"),
+    (lambda d: d["sources"][0]["files"][0].update(size=-1), "sources.0.files.0.size", "greater than or equal"),
+])
+def test_a_bad_field_is_refused_in_one_line_naming_file_and_field(tmp_path, change, field, message):
+    data = sample()
+    change(data)
+    path = write(tmp_path / "bad.lock.yaml", data)
+    with pytest.raises(LockError) as caught:
+        load_lock(path)
+    line = str(caught.value)
+    assert "\n" not in line
+    assert line.startswith(f"{path}: {field}: ") and message in line, line
+    assert caught.value.fields["field"] == field
+
+
+def test_a_wrong_schema_and_bad_yaml_are_refused(tmp_path):
+    data = sample()
+    data["schema"] = "modelrig-lock/2"
+    with pytest.raises(LockError, match=r"bad\.yaml: schema: expected 'modelrig-lock/1', found 'modelrig-lock/2'"):
+        load_lock(write(tmp_path / "bad.yaml", data))
+    (tmp_path / "broken.yaml").write_text("schema: [")
+    with pytest.raises(LockError, match=r"broken\.yaml: not valid YAML"):
+        load_lock(tmp_path / "broken.yaml")
+    with pytest.raises(LockError, match=r"nope\.yaml: lock file not found"):
+        load_lock(tmp_path / "nope.yaml")
+
+
+def test_verify_of_a_bad_lock_exits_2_with_one_line_on_stderr(tmp_path):
+    data = sample()
+    data["conversions"][0]["files"][0]["sha256"] = "f" * 65
+    path = write(tmp_path / "bad.lock.yaml", data)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["--data-root", str(tmp_path / "root"), "verify", "--lock", str(path)])
+    assert code == 2
+    assert err.getvalue() == (f"modelrig: error: {path}: conversions.0.files.0.sha256: expected a 64-hex sha256 "
+                              f"(found '{'f' * 65}') [lock_invalid]\n")
+
+
+def test_freeze_lines_and_compiled_hashes_are_parsed_exactly():
+    assert parse_line("Foo_Bar==1.2.3").name == "foo-bar"
+    git = parse_line(f"tokenizers @ git+https://github.com/huggingface/tokenizers@{'d' * 40}#subdirectory=b")
+    assert (git.name, git.git_commit) == ("tokenizers", "d" * 40)
+    compiled = (f"# header\naccelerate==1.15.0 \\\n    --hash=sha256:{H2} \\\n    --hash=sha256:{H1}\n"
+                "torch==2.13.0+cpu\n")
+    assert parse_compiled(compiled) == {"accelerate": [H1, H2], "torch": []}
+    assert hashed_requirements([("tqdm==4.70.1", [H1])]) == f"tqdm==4.70.1 \\\n    --hash=sha256:{H1}\n"
