@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +133,16 @@ def test_site_provisions_the_demo_model_which_answers_a_chat_request(site):
 
 def test_second_run_changes_nothing_and_keeps_the_vault_token_secret(site):
     before_pids = _pids(site)
-    again = site.run("site.yml", "-vvv")
+    seen: list[str] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_command_lines, args=(site.token, seen, stop), daemon=True)
+    watcher.start()
+    try:
+        again = site.run("site.yml", "-vvv")
+    finally:
+        stop.set()
+        watcher.join()
+    assert seen == [], f"the token appeared on command lines: {seen}"
     assert again.returncode == 0, again.stdout[-6000:] + again.stderr[-3000:]
     counts = recap(again.stdout)["tiny"]
     assert counts["changed"] == 0 and counts["failed"] == 0, again.stdout[-6000:]
@@ -180,6 +190,16 @@ def test_down_stops_the_demos(site):
                                     f"{site.host.home}/modelrig status {MODEL} --json")
     entries = yaml.safe_load(status.stdout)["entries"]
     assert len(entries) == 2 and not any(e["running"] for e in entries)
+
+
+def _watch_command_lines(secret: str, seen: list[str], stop: threading.Event) -> None:
+    """Scan every process's command line every few milliseconds until `stop`; record any holding `secret`."""
+    needle = secret.encode()
+    while not stop.is_set():
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit() and needle in _read(proc / "cmdline"):
+                seen.append(_read(proc / "cmdline").replace(b"\0", b" ").decode(errors="replace"))
+        stop.wait(0.02)
 
 
 def _holds(path: Path, secret: str) -> bool:
