@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from modelrig.convert.delta import apply_delta, make_delta
-from modelrig.convert.io import ModelReader
+from modelrig.convert.readers import ModelReader
 from modelrig.errors import ConversionError
 from modelrig.hub import tiny
 

@@ -19,7 +19,7 @@ from modelrig.stamp import STAMP_NAME, sha256_file
 _KILLER = r"""
 import os, signal, sys
 from pathlib import Path
-import modelrig.convert.io as cio
+import modelrig.convert.shards as cio
 import modelrig.convert.step as cstep
 import modelrig.stamp as cstamp
 

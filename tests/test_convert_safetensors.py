@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from modelrig.convert.io import ModelReader
+from modelrig.convert.readers import ModelReader
 from modelrig.convert.safetensors_convert import convert_to_safetensors
 from modelrig.errors import ConversionError
 from modelrig.hub import tiny

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from modelrig.convert.io import parse_size as shard_size
+from modelrig.convert.shards import parse_size as shard_size
 from modelrig.errors import ConversionError, UsageError
 from modelrig.fetch.sources import parse_size as option_size
 from modelrig.humansize import format_size, parse_size

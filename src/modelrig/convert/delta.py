@@ -18,20 +18,10 @@ from typing import Literal, get_args
 
 import torch
 
-from modelrig.convert.io import (
-    CHUNK_ELEMENTS,
-    LazyTensor,
-    ModelReader,
-    OutputTensor,
-    RowSource,
-    copy_extra_files,
-    dtype_name,
-    one_torch_thread,
-    open_inputs,
-    row_chunks,
-    write_safetensors_shards,
-)
+from modelrig.convert.io import CHUNK_ELEMENTS, LazyTensor, RowSource, dtype_name, one_torch_thread, open_inputs
 from modelrig.convert.product import Product, write_product
+from modelrig.convert.readers import ModelReader, copy_extra_files
+from modelrig.convert.shards import OutputTensor, row_chunks, write_safetensors_shards
 from modelrig.convert.step import run_step
 from modelrig.errors import ConversionError
 from modelrig.manifest import DeltaConvention

@@ -10,15 +10,9 @@ from typing import Any
 
 import torch
 
-from modelrig.convert.io import (
-    CHUNK_ELEMENTS,
-    LazyTensor,
-    dtype_name,
-    into_buffer,
-    open_checkpoint_file,
-    row_numel,
-)
+from modelrig.convert.io import CHUNK_ELEMENTS, LazyTensor, dtype_name, into_buffer, row_numel
 from modelrig.convert.product import Product, write_product
+from modelrig.convert.readers import open_checkpoint_file
 from modelrig.convert.step import run_step
 from modelrig.errors import ConversionError
 from modelrig.result import StageResult

@@ -6,15 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modelrig.convert.io import (
-    ModelReader,
-    RowSource,
-    chunked_outputs,
-    copy_extra_files,
-    one_torch_thread,
-    open_inputs,
-    write_safetensors_shards,
-)
+from modelrig.convert.io import RowSource, one_torch_thread, open_inputs
+from modelrig.convert.readers import ModelReader, copy_extra_files
+from modelrig.convert.shards import chunked_outputs, write_safetensors_shards
 
 
 @dataclass

@@ -7,8 +7,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from modelrig.convert.io import LazyTensor, ModelReader, copy_extra_files
+from modelrig.convert.io import LazyTensor
 from modelrig.convert.product import Product, write_product
+from modelrig.convert.readers import ModelReader, copy_extra_files
 from modelrig.convert.step import run_step
 from modelrig.result import StageResult
 

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from modelrig.convert.io import ensure_free_space
+from modelrig.convert.shards import ensure_free_space
 from modelrig.result import StageResult, timed
 from modelrig.stamp import STAMP_NAME, atomic_dir, atomic_write_text, digest, read_stamp, sha256_file, write_stamp
 

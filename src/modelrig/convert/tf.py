@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from modelrig.config import Context, HostConfig
-from modelrig.convert.io import OutputTensor, whole, write_safetensors_shards
+from modelrig.convert.shards import OutputTensor, whole, write_safetensors_shards
 from modelrig.convert.step import run_step
 from modelrig.envs.tools import clean_environ
 from modelrig.errors import ConversionError, UsageError

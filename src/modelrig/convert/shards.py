@@ -1,0 +1,210 @@
+"""Writing safetensors shards: planned by huggingface_hub's splitter, streamed in chunks, hashed as written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modelrig import humansize
+
+#: File names that hold weights (never copied as "extra" files next to converted weights).
+from modelrig.convert.io import _ST_NAMES, CHUNK_ELEMENTS, RowSource, leading_rows, row_numel
+from modelrig.errors import ConversionError, DiskSpaceError
+from modelrig.progress import bar
+
+
+@dataclass
+class OutputTensor:
+    """One tensor of a planned output: its name, shape, dtype and a producer of its data in row order."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    produce: Callable[[], Iterable[torch.Tensor]]
+
+    @property
+    def nbytes(self) -> int:
+        """Size in bytes."""
+        n = self.dtype.itemsize
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def parse_size(value: int | str) -> int:
+    """`5GB` -> 5_000_000_000 (decimal units, as huggingface_hub counts shard sizes); ints pass through."""
+    try:
+        return humansize.parse_size(value)
+    except ValueError:
+        raise ConversionError(f"invalid size {value!r} (use e.g. 5GB or 500MB)") from None
+
+
+def plan_shards(tensors: list[OutputTensor], *, max_shard_size: int | str) -> dict[str, list[str]]:
+    """Shard file name -> tensor names, split by huggingface_hub's own algorithm (on planned sizes, not data)."""
+    from huggingface_hub import split_state_dict_into_shards_factory
+
+    split = split_state_dict_into_shards_factory({t.name: t for t in tensors}, get_storage_size=lambda t: t.nbytes,
+                                                 filename_pattern="model{suffix}.safetensors",
+                                                 max_shard_size=parse_size(max_shard_size))
+    return {name: sorted(names) for name, names in split.filename_to_tensors.items()}
+
+
+def ensure_free_space(directory: Path, needed: int) -> None:
+    """Refuse before starting when `directory`'s filesystem has less than `needed` bytes (plus 2%) free."""
+    probe = directory
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed * 1.02 + (16 << 20):
+        raise DiskSpaceError(f"{directory}: needs {humansize.format_size(needed)} free for the output, only "
+                             f"{humansize.format_size(free)} available; free space or use another --data-root")
+
+
+def write_safetensors_shards(tensors: list[OutputTensor], out: Path, *, max_shard_size: int | str = "5GB",
+                             metadata: dict[str, str] | None = None, desc: str = "write") -> dict[str, str]:
+    """Write `tensors` as safetensors shards (+ `model.safetensors.index.json` when sharded) into `out`.
+
+    Each tensor's data is produced and written piece by piece, so memory stays around one tensor (or one
+    chunk), never a shard. Headers are computed up front from the planned shapes; output is deterministic
+    (tensors sorted by name, fixed metadata). Returns file name -> sha256 of every file written.
+    """
+    by_name = {t.name: t for t in tensors}
+    if len(by_name) != len(tensors):
+        raise ConversionError("duplicate output tensor names")
+    shards = plan_shards(tensors, max_shard_size=max_shard_size)
+    meta = {"format": "pt", **(metadata or {})}
+    digests: dict[str, str] = {}
+    total = sum(t.nbytes for t in tensors)
+    with bar(total, desc) as progress:
+        for fname in sorted(shards):
+            planned = [by_name[n] for n in shards[fname]]
+            digests[fname] = _write_one_shard(planned, out / fname, meta, progress)
+            check_written_shard(out / fname, planned)
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": total},
+                 "weight_map": {n: f for f, names in shards.items() for n in names}}
+        text = json.dumps(index, indent=2, sort_keys=True) + "\n"
+        (out / "model.safetensors.index.json").write_text(text, encoding="utf-8")
+        digests["model.safetensors.index.json"] = hashlib.sha256(text.encode()).hexdigest()
+    return digests
+
+
+def _write_one_shard(tensors: list[OutputTensor], path: Path, metadata: dict[str, str], progress: Any) -> str:
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    for t in tensors:
+        if t.dtype not in _ST_NAMES:
+            raise ConversionError(f"tensor {t.name}: dtype {t.dtype} cannot be stored in safetensors")
+        header[t.name] = {"dtype": _ST_NAMES[t.dtype], "shape": list(t.shape),
+                          "data_offsets": [offset, offset + t.nbytes]}
+        offset += t.nbytes
+    blob = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    blob += b" " * (-len(blob) % 8)
+    digest = hashlib.sha256()
+    with open(path, "wb") as f, ThreadPoolExecutor(max_workers=1) as writer, \
+            ThreadPoolExecutor(max_workers=1) as hasher:
+        # Each piece is written by one thread and hashed by another (both release the GIL) while the next piece
+        # is produced; a piece's buffer is reused only after both are done with it.
+        pending: list[Any] = []
+        head = struct.pack("<Q", len(blob)) + blob
+        f.write(head)
+        digest.update(head)
+        for t in tensors:
+            written = 0
+            for piece in t.produce():
+                if piece.dtype != t.dtype:
+                    raise ConversionError(f"tensor {t.name}: produced {piece.dtype}, planned {t.dtype}")
+                data = piece.contiguous().reshape(-1).view(torch.uint8).numpy()
+                for done in pending:
+                    done.result()
+                pending = [writer.submit(f.write, data), hasher.submit(digest.update, data)]
+                written += data.nbytes
+                progress.update(data.nbytes)
+            if written != t.nbytes:
+                raise ConversionError(f"tensor {t.name}: produced {written} bytes, planned {t.nbytes} "
+                                      f"(shape {list(t.shape)})")
+        for done in pending:
+            done.result()
+        f.flush()
+        os.fsync(f.fileno())
+    return digest.hexdigest()
+
+
+def whole(load: Callable[[], torch.Tensor]) -> Callable[[], Iterator[torch.Tensor]]:
+    """A producer yielding one whole tensor."""
+    def produce() -> Iterator[torch.Tensor]:
+        yield load()
+    return produce
+
+
+class BufferRing:
+    """A few reusable chunk buffers handed out in turn, so streaming work does not allocate per chunk.
+
+    With `slots=2` a piece can be written by the writer thread while the next is filled: `write_safetensors_shards`
+    waits for a piece to be written before it asks for the one after next.
+    """
+
+    def __init__(self, nbytes: int, slots: int = 2) -> None:
+        self._buffers = [torch.empty(nbytes, dtype=torch.uint8) for _ in range(slots)]
+        self._next = 0
+
+    def take(self) -> torch.Tensor:
+        """The next buffer in turn."""
+        buf = self._buffers[self._next]
+        self._next = (self._next + 1) % len(self._buffers)
+        return buf
+
+
+def row_chunks(rows: int, row_elements: int, *, align: int = 1) -> Iterator[tuple[int, int]]:
+    """(start, stop) row ranges of about `CHUNK_ELEMENTS` elements each, in multiples of `align` rows."""
+    step = max(align, CHUNK_ELEMENTS // max(1, row_elements) // align * align)
+    for start in range(0, max(rows, 1), step):
+        yield start, min(rows, start + step)
+
+
+def chunked_outputs(sources: Iterable[RowSource]) -> list[OutputTensor]:
+    """Output tensors whose data is read from `sources` in row chunks into two reused buffers.
+
+    Memory stays around two chunks however large a tensor is; a 0-d tensor is one piece.
+    """
+    ring = BufferRing(CHUNK_ELEMENTS * 8 + (64 << 10))
+
+    def producer(src: RowSource) -> Callable[[], Iterator[torch.Tensor]]:
+        def produce() -> Iterator[torch.Tensor]:
+            rows = leading_rows(src.shape)
+            if rows == 0 or row_numel(src.shape) == 0:
+                return
+            for start, stop in row_chunks(rows, row_numel(src.shape), align=src.row_align):
+                yield src.load_rows(start, stop, into=ring.take())
+        return produce
+
+    return [OutputTensor(s.name, tuple(s.shape), s.dtype, producer(s)) for s in sources]
+
+
+def check_written_shard(path: Path, planned: list[OutputTensor]) -> None:
+    """Reopen a written shard with safetensors' own reader: its header must be valid for the file (offsets
+    contiguous, sizes matching the file's length) and list exactly the planned names, shapes and dtypes.
+
+    Only the header is read; the data is known from the bytes hashed while they were written.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    want = {t.name: (list(t.shape), _ST_NAMES[t.dtype]) for t in planned}
+    try:
+        with safe_open(str(path), framework="pt") as st:
+            got = {name: (list(st.get_slice(name).get_shape()), st.get_slice(name).get_dtype()) for name in st.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise ConversionError(f"{path}: the written file does not read back as safetensors ({exc})") from None
+    if got != want:
+        wrong = sorted(set(got) ^ set(want)) or sorted(n for n in want if got.get(n) != want[n])
+        raise ConversionError(f"{path}: the written file does not hold the planned tensors ({', '.join(wrong[:5])})")
