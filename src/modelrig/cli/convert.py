@@ -94,7 +94,7 @@ def _run_model(args: argparse.Namespace, ctx: Context, model: str) -> StageResul
     manifest = load_model(model)
     inputs, local = parse_pairs(args.input, "--input"), parse_pairs(args.local, "--local")
     if args.check:
-        return check_pipeline(manifest, ctx, inputs=inputs, local=local)
+        return check_pipeline(manifest, ctx, inputs=inputs, local=local, keep_intermediates=args.keep_intermediates)
     return run_pipeline(manifest, ctx, inputs=inputs, local=local, tf_python=args.tf_python,
                         keep_intermediates=args.keep_intermediates)
 

@@ -101,7 +101,8 @@ def run_pipeline(manifest: Manifest, ctx: Context, *, inputs: Mapping[str, str] 
 
 
 def check_pipeline(manifest: Manifest, ctx: Context, *, inputs: Mapping[str, str] | None = None,
-                   local: Mapping[str, str] | None = None, upstream_changed: bool = False) -> StageResult:
+                   local: Mapping[str, str] | None = None, upstream_changed: bool = False,
+                   keep_intermediates: bool = False) -> StageResult:
     """What `run_pipeline` would do, running and writing nothing: per step, whether it would be rebuilt and why
     (not built yet, an input digest or a parameter changed, an output missing or edited). `upstream_changed`
     says the fetch before it would change the inputs."""
@@ -110,7 +111,7 @@ def check_pipeline(manifest: Manifest, ctx: Context, *, inputs: Mapping[str, str
     reasons: list[str] = []
     with timed() as clock, check_only():
         try:
-            result = run_pipeline(manifest, ctx, inputs=inputs, local=local)
+            result = run_pipeline(manifest, ctx, inputs=inputs, local=local, keep_intermediates=keep_intermediates)
             reasons = [why for step in result.details["steps"] for why in step["reasons"]]
         except (ConversionError, UsageError, OSError) as exc:
             reasons = [f"would run: {str(exc).splitlines()[0]}"]
