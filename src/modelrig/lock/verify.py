@@ -9,6 +9,7 @@ commit each source's revision points at now and compares remote code with the lo
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,7 +207,9 @@ def check_remote(lock: Lock, manifest: Manifest, ctx: Context) -> list[str]:
             drift.append(f"remote {source.name}: {source.repo}@{source.revision} is commit {source.commit} in the "
                          f"lock, now {plan.commit} upstream")
         locked_code = {c.path: c.sha256 for c in lock.remote_code if c.source == source.name}
-        upstream = {f.path: _upstream_sha256(f, source.files, folder=source_folder(source, ctx))
+        fetch = functools.partial(_download_sha256, source.repo, commit=plan.commit, endpoints=endpoints,
+                                  hub=source.hub)
+        upstream = {f.path: _upstream_sha256(f, source.files, folder=source_folder(source, ctx), fetch=fetch)
                     for f in plan.files if f.path.endswith(".py")}
         for path in sorted(locked_code.keys() | upstream.keys()):
             if locked_code.get(path) != upstream.get(path):
@@ -220,9 +223,23 @@ def source_folder(source: Any, ctx: Context) -> Path:
     return ctx.data.store / source.hub / source.repo.replace("/", "--")
 
 
-def _upstream_sha256(remote: Any, locked: list[LockedFile], *, folder: Path) -> str | None:
+def _download_sha256(repo: str, path: str, *, commit: str, endpoints: Any, hub: str) -> str:
+    """The sha256 of one file of `repo` at `commit` on the Hugging Face Hub, downloaded into a temporary folder."""
+    import tempfile
+
+    from huggingface_hub import hf_hub_download
+
+    from modelrig.fetch.remote import token_for
+
+    with tempfile.TemporaryDirectory(prefix="modelrig-verify-") as tmp:
+        local = hf_hub_download(repo, path, revision=commit, endpoint=endpoints.huggingface,
+                                token=token_for(endpoints, hub) or False, local_dir=tmp)
+        return sha256_file(Path(local))
+
+
+def _upstream_sha256(remote: Any, locked: list[LockedFile], *, folder: Path, fetch: Any) -> str | None:
     """The sha256 the hub publishes for a file; for a file it publishes only a git blob id for (small non-LFS
-    files on the Hub), the locked sha256 when that blob id is the locked content's, else a marker of the id."""
+    files on the Hub): the locked sha256 when that blob id is the locked content's, else the downloaded file's."""
     if remote.sha256:
         return str(remote.sha256)
     entry = next((f for f in locked if f.path == remote.path), None)
@@ -233,4 +250,4 @@ def _upstream_sha256(remote: Any, locked: list[LockedFile], *, folder: Path) -> 
             oid = hashlib.sha1(b"blob %d\x00" % len(data) + data).hexdigest()
             if oid == remote.git_oid:
                 return entry.sha256
-    return f"git-blob:{remote.git_oid}"
+    return str(fetch(remote.path))

@@ -1,0 +1,236 @@
+"""Locks on a real data root (the demo model from a local hub, its API running): an untouched host verifies clean;
+each kind of drift is named by `verify` with exit 9; deleting env, weights, converted and rendered files and
+rebuilding from the lock gives the identical env, files and launch files and the API answers again; a bundle
+provisions a fresh data root inside a network namespace with no network at all, and it verifies clean."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modelrig.cli import main
+from modelrig.hub.server import serve_in_thread
+from modelrig.hub.tiny_repos import TOKEN_FILE, make_tiny_hub
+from modelrig.lock.packages import freeze
+from modelrig.orchestrate.demo import chat, pip_find_links
+from tests.helpers.launching import free_port
+from tests.helpers.offline import offline
+from tests.helpers.venvs import CACHE
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+MODEL = "lock-tiny-ziya"
+REMOTE_CODE = "configuration_tiny.py"
+
+
+def run(root: Path, *args: object) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["--data-root", str(root), *map(str, args)])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory: pytest.TempPathFactory):
+    """A data root after `up` of a copy of the demo model whose base repo carries remote code, and its lock."""
+    manifests = tmp_path_factory.mktemp("manifests")
+    demo = yaml.safe_load((REPO / "model_manifests" / "demo-tiny-ziya.yaml").read_text())
+    demo["id"] = MODEL
+    demo["launch"] = [{**e, "port": free_port()} for e in demo["launch"] if e["name"] == "api"]
+    (manifests / f"{MODEL}.yaml").write_text(yaml.safe_dump(demo))
+    root = tmp_path_factory.mktemp("lock-root")
+    hub = tmp_path_factory.mktemp("lock-hub")
+    make_tiny_hub(hub, only=["modelrig-tiny/llama-meta", "modelrig-tiny/ziya-delta"])
+    (hub / "modelrig-tiny" / "llama-meta" / "main" / REMOTE_CODE).write_text("TINY = 1\n")
+    url, stop_hub = serve_in_thread(hub, token_file=hub / TOKEN_FILE)
+    config = yaml.safe_dump({"hub": {"hf_endpoint": url, "token_file": str(hub / TOKEN_FILE)},
+                             "pip": {"find_links": pip_find_links(), "use_torch_index": False}})
+    (root / "config.yaml").write_text(config)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UV_CACHE_DIR", str(CACHE / "uv"))
+        mp.setenv("MODELRIG_MANIFESTS", str(manifests))
+        mp.setenv("MODELRIG_NO_PROGRESS", "1")
+        code, _, err = run(root, "up", MODEL)
+        assert code == 0, err
+        lock = root / "locks" / f"{MODEL}.lock.yaml"
+        code, out, err = run(root, "lock", MODEL, "--json")
+        assert code == 0, err
+        assert json.loads(out)["path"] == str(lock)
+        try:
+            yield root, hub, lock, config
+        finally:
+            run(root, "down", MODEL)
+            stop_hub()
+
+
+def drift_of(root: Path, *args: object) -> list[str]:
+    """`verify --json` must fail with the `drift` code; the drift lines it reports."""
+    code, out, err = run(root, "verify", MODEL, *args, "--json")
+    assert code == 9, err
+    error = json.loads(out)["error"]
+    assert error["code"] == "drift" and err.startswith("modelrig: error: ") and err.count("\n") == 1
+    return error["fields"]["drift"]
+
+
+@contextlib.contextmanager
+def restored(path: Path):
+    """Put a file's bytes and times back after the block."""
+    data, stat = path.read_bytes(), path.stat()
+    try:
+        yield path
+    finally:
+        path.write_bytes(data)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_the_lock_records_every_piece_and_an_untouched_host_verifies_clean(host):
+    root, _, lock, _ = host
+    data = yaml.safe_load(lock.read_text())
+    assert data["schema"] == "modelrig-lock/1" and data["platform"]["accelerator"] == "cpu"
+    torch = next(p for p in data["env"]["packages"] if p["name"] == "torch")
+    assert torch["version"].startswith("2.13.0") and torch["hashes"]
+    assert all(len(h) == 64 for p in data["env"]["packages"] for h in p["hashes"])
+    assert {s["name"] for s in data["sources"]} == {"base", "delta"}
+    assert data["remote_code"] == [{"source": "base", "path": REMOTE_CODE,
+                                    "sha256": hashlib.sha256(b"TINY = 1\n").hexdigest()}]
+    assert [c["output"] for c in data["conversions"]] == ["final"]
+    assert {f["path"] for f in data["launch"]} >= {"start.sh", "app.py", "entry.json"}
+    assert str(root) not in lock.read_text().split("launch:")[1]
+    for mode in ([], ["--full"]):
+        code, out, err = run(root, "verify", MODEL, *mode, "--json")
+        assert code == 0, err
+        assert json.loads(out)["drift"] == []
+
+
+def test_a_changed_package_version_is_drift(host):
+    root, _, _, _ = host
+    env = next((root / "envs").glob("*/bin/python"))
+    locked = {f.name: f.version for f in freeze(env)}["tqdm"]
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent))
+
+    def install(version: str) -> None:
+        subprocess.run([uv, "pip", "install", "--no-config", "--no-deps", "--python", str(env), f"tqdm=={version}"],
+                       check=True, capture_output=True, env={**os.environ, "UV_CACHE_DIR": str(CACHE / "uv")})
+
+    install("4.66.4")
+    try:
+        assert drift_of(root) == [f"package tqdm: {locked} expected, found 4.66.4"]
+    finally:
+        install(locked)
+    assert run(root, "verify", MODEL)[0] == 0
+
+
+def test_one_flipped_byte_of_a_weight_file_is_found_by_full(host):
+    root, _, _, _ = host
+    delta = root / "store" / "huggingface" / "modelrig-tiny--ziya-delta"
+    shard = delta / "pytorch_model-00002-of-00003.bin"
+    locked = hashlib.sha256(shard.read_bytes()).hexdigest()
+    with restored(shard):
+        data = bytearray(shard.read_bytes())
+        data[100] ^= 1
+        shard.write_bytes(bytes(data))
+        assert drift_of(root, "--full") == [
+            f"weight delta: {shard.name} sha256 {locked} expected, found {hashlib.sha256(data).hexdigest()}"]
+        assert drift_of(root) == [f"weight delta: {shard.name} was modified after it was stamped (same size; "
+                                  "`modelrig verify --full` compares hashes)"]
+    assert run(root, "verify", MODEL, "--full")[0] == 0
+
+
+def test_a_hand_edited_launch_script_is_drift(host):
+    root, _, _, _ = host
+    script = root / "launch" / MODEL / "api" / "start.sh"
+    with restored(script):
+        script.write_text(script.read_text() + "# tuned by hand\n")
+        (line,) = drift_of(root)
+        assert line.startswith("launch api/start.sh: edited (sha256 ")
+    assert run(root, "verify", MODEL)[0] == 0
+
+
+def test_remote_code_changed_on_the_hub_is_drift(host):
+    root, hub, _, _ = host
+    code = hub / "modelrig-tiny" / "llama-meta" / "main" / REMOTE_CODE
+    with restored(code):
+        code.write_text("TINY = 2\n")
+        lines = drift_of(root, "--remote")
+        assert len(lines) == 2
+        assert lines[0].startswith("remote base: modelrig-tiny/llama-meta@main is commit ")
+        old, new = (hashlib.sha256(text).hexdigest() for text in (b"TINY = 1\n", b"TINY = 2\n"))
+        assert lines[1] == f"remote code base/{REMOTE_CODE}: sha256 {old} expected, upstream {new}"
+        assert run(root, "verify", MODEL)[0] == 0  # fast mode does not ask the hub
+    assert run(root, "verify", MODEL, "--full")[0] == 0
+
+
+def test_a_truncated_converted_file_is_drift(host):
+    root, _, _, _ = host
+    shard = root / "models" / MODEL / "final" / "model.safetensors"
+    size = shard.stat().st_size
+    with restored(shard):
+        with open(shard, "r+b") as f:
+            f.truncate(size - 7)
+        assert drift_of(root) == [f"converted final: model.safetensors has {size - 7} bytes, {size} expected "
+                                  "(truncated)"]
+    assert run(root, "verify", MODEL)[0] == 0
+
+
+def snapshot(root: Path) -> dict[str, object]:
+    """What a rebuild must reproduce: the env's packages, every weight and converted file, the launch files."""
+    env = next((root / "envs").glob("*/bin/python"))
+    files = {}
+    for top in ("store", "models", "launch"):
+        for path in sorted((root / top).rglob("*")):
+            if path.is_file() and ".cache" not in path.parts and path.name not in (".modelrig-stamp.json",
+                                                                                   ".modelrig-fetch.lock"):
+                files[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return {"packages": [f.requirement for f in freeze(env)], "files": files}
+
+
+def test_rebuild_from_the_lock_reproduces_everything_and_a_second_rebuild_changes_nothing(host):
+    root, _, lock, _ = host
+    before = snapshot(root)
+    assert run(root, "down", MODEL)[0] == 0
+    for top in ("envs", "store", "models", "launch"):
+        shutil.rmtree(root / top)
+    code, out, err = run(root, "rebuild", lock, "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["changed"] is True
+    assert snapshot(root) == before
+    assert chat(report["urls"]["api"], model=MODEL)
+    code, out, err = run(root, "rebuild", lock, "--json")
+    assert code == 0, err
+    again = json.loads(out)
+    assert again["changed"] is False, [s for s in again["stages"] if s["changed"]]
+    assert run(root, "verify", MODEL, "--full")[0] == 0
+
+
+def test_a_bundle_provisions_a_fresh_data_root_with_no_network_and_it_verifies_clean(host, tmp_path):
+    root, _, lock, config = host
+    bundle = tmp_path / "bundle.tar"
+    code, out, err = run(root, "bundle", lock, "--out", bundle, "--json")
+    assert code == 0, err
+    made = json.loads(out)
+    assert made["bytes"] > made["weights_bytes"]
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "config.yaml").write_text(config)
+    assert run(root, "down", MODEL)[0] == 0  # the fresh root's API takes the same port
+    modelrig = [sys.executable, "-m", "modelrig", "--data-root", str(fresh)]
+    script = (f"{' '.join(modelrig)} rebuild {lock} --bundle {bundle} && {' '.join(modelrig)} verify --lock {lock}; "
+              f"rc=$?; {' '.join(modelrig)} down {MODEL} >/dev/null; exit $rc")
+    env = {**os.environ, "UV_CACHE_DIR": str(tmp_path / "empty-uv-cache"), "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.run(offline(["sh", "-c", script]), capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "installed" in proc.stdout and "from the bundle" in proc.stdout
+    assert f"{MODEL}: matches its lock" in proc.stdout
+    assert snapshot(fresh)["packages"] == snapshot(root)["packages"]
