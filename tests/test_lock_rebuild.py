@@ -182,6 +182,20 @@ def test_a_truncated_converted_file_is_drift(host):
     assert run(root, "verify", MODEL)[0] == 0
 
 
+def test_a_rebuild_that_cannot_reproduce_a_file_stops_in_one_line_naming_it(host, tmp_path):
+    root, _, lock, _ = host
+    data = yaml.safe_load(lock.read_text())
+    delta = next(s for s in data["sources"] if s["name"] == "delta")
+    entry = next(f for f in delta["files"] if f["path"] == "config.json")
+    real, entry["sha256"] = entry["sha256"], "0" * 64
+    other = tmp_path / "other.lock.yaml"
+    other.write_text(yaml.safe_dump(data, sort_keys=False))
+    code, _, err = run(root, "rebuild", other)
+    assert code == 9
+    assert err == (f"modelrig: error: weight delta: config.json sha256 {'0' * 64} expected, found {real} "
+                   "[not_reproduced]\n")
+
+
 def snapshot(root: Path) -> dict[str, object]:
     """What a rebuild must reproduce: the env's packages, every weight and converted file, the launch files."""
     env = next((root / "envs").glob("*/bin/python"))

@@ -19,7 +19,7 @@ from modelrig.config import Context
 from modelrig.envs.build import ENV_STAMP_VERSION, _cache_vars, _run
 from modelrig.envs.smoke import smoke_check
 from modelrig.envs.tools import clean_environ
-from modelrig.errors import NotReproducedError
+from modelrig.errors import EnvBuildError, NotReproducedError
 from modelrig.lock.collect import Located, locate
 from modelrig.lock.packages import hashed_requirements, index_flags, uv_or_fail
 from modelrig.lock.schema import Lock
@@ -97,9 +97,12 @@ def rebuild_env(lock: Lock, where: Located, ctx: Context, *, wheels: Path | None
             (build.path / "modelrig-constraints.txt").write_text("\n".join(build.constraints) + "\n",
                                                                  encoding="utf-8")
         source = ["--offline", "--no-index", "--find-links", str(wheels)] if wheels else index_flags(where.indexes)
-        _run([uv_or_fail(), "pip", "install", "--no-config", "--python", str(build.python), "--require-hashes",
-              "--no-deps", *source, "-r", str(reqs)], env={**proc_env, "VIRTUAL_ENV": str(build.path)}, log=log,
-             what="uv pip install --require-hashes of the locked packages")
+        try:
+            _run([uv_or_fail(), "pip", "install", "--no-config", "--python", str(build.python), "--require-hashes",
+                  "--no-deps", *source, "-r", str(reqs)], env={**proc_env, "VIRTUAL_ENV": str(build.path)},
+                 log=log, what="uv pip install --require-hashes of the locked packages")
+        except EnvBuildError as exc:  # a locked wheel missing or with another hash: not reproducible here
+            raise NotReproducedError(f"packages: {exc}", log=str(log)) from None
         smoke = smoke_check(build.python, env_vars=build.spec["plan"].get("env_vars"))
     except BaseException:
         shutil.rmtree(build.path, ignore_errors=True)
