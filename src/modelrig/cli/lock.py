@@ -89,7 +89,7 @@ def _verify(args: argparse.Namespace, ctx: Context) -> int:
     from modelrig.lock.verify import verify
 
     lock, manifest, _ = _load(ctx, args.model, args.lock)
-    report = verify(lock, manifest, ctx, full=args.full, remote=args.remote)
+    report = verify(lock, manifest, ctx, full=args.full, remote=args.full or args.remote)
     if report.drift:
         if not ctx.as_json:
             for line in report.drift:

@@ -202,7 +202,7 @@ def rebuild_from_bundle(lock_path: Path, bundle: Path, ctx: Context) -> RebuildR
         ran = up(pinned_manifest(manifest, lock), ctx, options=UpOptions(offline=True, entries=entries))
         report.results += [r for r in ran.results if r.stage not in ("env", "fetch")]
         report.urls = ran.urls
-    drift = verify(lock, manifest, ctx).drift
+    drift = verify(lock, manifest, ctx, full=True, remote=False).drift
     if drift:
         raise NotReproducedError(drift[0] + (f" (and {len(drift) - 1} more)" if len(drift) > 1 else ""), drift=drift)
     report.seconds = time.perf_counter() - begun

@@ -23,7 +23,7 @@ from modelrig.errors import EnvBuildError, NotReproducedError
 from modelrig.lock.collect import Located, locate
 from modelrig.lock.packages import hashed_requirements, index_flags, uv_or_fail
 from modelrig.lock.schema import Lock
-from modelrig.lock.verify import check_packages, verify
+from modelrig.lock.verify import check_conversions, check_packages, check_weights, verify
 from modelrig.manifest import Manifest
 from modelrig.result import StageResult
 from modelrig.stamp import sha256_file, write_stamp
@@ -121,7 +121,7 @@ def rebuild_env(lock: Lock, where: Located, ctx: Context, *, wheels: Path | None
 
 def rebuild(lock: Lock, manifest: Manifest, ctx: Context, *, manifest_path: Path) -> RebuildReport:
     """Reproduce `lock` on this host; `NotReproducedError` names the first thing that differs."""
-    from modelrig.orchestrate.up import UpOptions, up
+    from modelrig.orchestrate.up import UpOptions, convert_stage, fetch_stage, up
 
     begun = time.perf_counter()
     found = sha256_file(manifest_path)
@@ -130,13 +130,28 @@ def rebuild(lock: Lock, manifest: Manifest, ctx: Context, *, manifest_path: Path
                                  expected=lock.manifest_sha256, found=found)
     report = RebuildReport(model=lock.model)
     report.results.append(rebuild_env(lock, locate(manifest, ctx), ctx))
-    ran = up(pinned_manifest(manifest, lock), ctx, options=UpOptions(entries=sorted({f.entry for f in lock.launch})))
-    report.results += [r for r in ran.results if r.stage != "env"]
+    pinned = pinned_manifest(manifest, lock)
+    options = UpOptions(entries=sorted({f.entry for f in lock.launch}))
+    early: list[StageResult] = []
+    if not any(source.model is not None for source in manifest.weights.values()):
+        # weights and conversions are checked against the lock before anything is rendered or started
+        early.append(fetch_stage(pinned, ctx, options=options))
+        _stop_on(check_weights(lock, manifest, ctx, full=True))
+        if manifest.convert:
+            early.append(convert_stage(pinned, ctx, fetched=early[0], options=options))
+            _stop_on(check_conversions(lock, manifest, ctx, full=True))
+    ran = up(pinned, ctx, options=options)
+    done = {r.stage for r in early}
+    report.results += [r for r in ran.results if r.stage == "plan"] + early + \
+        [r for r in ran.results if r.stage not in ("env", "plan", *done)]
     report.urls = ran.urls
-    drift = verify(lock, manifest, ctx, full=True).drift
-    if drift:
-        raise NotReproducedError(drift[0] + (f" (and {len(drift) - 1} more)" if len(drift) > 1 else ""),
-                                 drift=drift)
+    _stop_on(verify(lock, manifest, ctx, full=True, remote=False).drift)
     report.seconds = time.perf_counter() - begun
     return report
 
+
+def _stop_on(drift: list[str]) -> None:
+    """Raise `NotReproducedError` with the first difference (and how many more) when there is any."""
+    if drift:
+        raise NotReproducedError(drift[0] + (f" (and {len(drift) - 1} more)" if len(drift) > 1 else ""),
+                                 drift=drift)

@@ -46,9 +46,9 @@ class VerifyReport:
                 "drift": list(self.drift), "checked": dict(self.checked), "seconds": round(self.seconds, 3)}
 
 
-def verify(lock: Lock, manifest: Manifest, ctx: Context, *, full: bool = False, remote: bool = False,
+def verify(lock: Lock, manifest: Manifest, ctx: Context, *, full: bool = False, remote: bool | None = None,
            services: bool = True) -> VerifyReport:
-    """Every difference between this host and `lock`; touches nothing."""
+    """Every difference between this host and `lock`; touches nothing. `remote` (default: `full`) asks the hub."""
     import time
 
     begun = time.perf_counter()
@@ -56,44 +56,56 @@ def verify(lock: Lock, manifest: Manifest, ctx: Context, *, full: bool = False, 
     where = locate(manifest, ctx)
     report.drift += check_packages(lock, where.build.python if where.stamp else None)
     report.checked["packages"] = len(lock.env.packages)
-    folders = source_folders(manifest, ctx)
     total = sum(f.size for s in lock.sources for f in s.files) + sum(f.size for c in lock.conversions
                                                                       for f in c.files)
     from modelrig.progress import bar
 
     with bar(total, "verify --full") if full else contextlib.nullcontext() as progress:
-        for source in lock.sources:
-            folder = folders.get(source.name)
-            if folder is None:
-                report.drift.append(f"weights {source.name}: {source.repo}@{source.commit[:12]} expected, "
-                                    "not fetched")
-                continue
-            stamp = _stamp(folder)
-            if stamp.get("commit") != source.commit:
-                report.drift.append(f"weights {source.name}: commit {source.commit} expected, found "
-                                    f"{stamp.get('commit')}")
-            report.drift += check_files(f"weight {source.name}", folder, source.files, full=full,
-                                        progress=progress)
-        converted = conversion_folders(manifest, ctx)
-        for conv in lock.conversions:
-            folder = converted.get(conv.output) or ctx.data.output_dir(manifest.id, conv.output)
-            if conv.output not in converted:
-                report.drift.append(f"converted {conv.output}: expected ({conv.kind}), not built at {folder}")
-                continue
-            if _stamp(folder).get("key") != conv.key:
-                report.drift.append(f"converted {conv.output}: key {conv.key[:12]} expected, found "
-                                    f"{str(_stamp(folder).get('key'))[:12]}")
-            report.drift += check_files(f"converted {conv.output}", folder, conv.files, full=full,
-                                        progress=progress)
+        report.drift += check_weights(lock, manifest, ctx, full=full, progress=progress)
+        report.drift += check_conversions(lock, manifest, ctx, full=full, progress=progress)
     report.checked["files"] = sum(len(s.files) for s in lock.sources) + sum(len(c.files) for c in lock.conversions)
     report.drift += check_launch(lock, ctx, env_path=where.build.path)
     report.checked["launch_files"] = len(lock.launch)
     if services:
         report.drift += check_services(lock, ctx)
-    if full or remote:
+    if full if remote is None else remote:
         report.drift += check_remote(lock, manifest, ctx)
     report.seconds = time.perf_counter() - begun
     return report
+
+
+def check_weights(lock: Lock, manifest: Manifest, ctx: Context, *, full: bool, progress: Any = None) -> list[str]:
+    """Each locked source not fetched, at another commit, or with a file that differs."""
+    drift: list[str] = []
+    folders = source_folders(manifest, ctx)
+    for source in lock.sources:
+        folder = folders.get(source.name)
+        if folder is None:
+            drift.append(f"weights {source.name}: {source.repo}@{source.commit[:12]} expected, not fetched")
+            continue
+        stamp = _stamp(folder)
+        if stamp.get("commit") != source.commit:
+            drift.append(f"weights {source.name}: commit {source.commit} expected, found {stamp.get('commit')}")
+        drift += check_files(f"weight {source.name}", folder, source.files, full=full, progress=progress)
+    return drift
+
+
+def check_conversions(lock: Lock, manifest: Manifest, ctx: Context, *, full: bool,
+                      progress: Any = None) -> list[str]:
+    """Each locked conversion output not built, built from other inputs (another key), or with a file that
+    differs."""
+    drift: list[str] = []
+    converted = conversion_folders(manifest, ctx)
+    for conv in lock.conversions:
+        folder = converted.get(conv.output) or ctx.data.output_dir(manifest.id, conv.output)
+        if conv.output not in converted:
+            drift.append(f"converted {conv.output}: expected ({conv.kind}), not built at {folder}")
+            continue
+        key = str(_stamp(folder).get("key"))
+        if key != conv.key:
+            drift.append(f"converted {conv.output}: key {conv.key[:12]} expected, found {key[:12]}")
+        drift += check_files(f"converted {conv.output}", folder, conv.files, full=full, progress=progress)
+    return drift
 
 
 def _stamp(folder: Path) -> dict[str, Any]:
