@@ -225,6 +225,9 @@ def test_rebuild_from_the_lock_reproduces_everything_and_a_second_rebuild_change
     again = json.loads(out)
     assert again["changed"] is False, [s for s in again["stages"] if s["changed"]]
     assert run(root, "verify", MODEL, "--full")[0] == 0
+    relocked = root / "relocked.yaml"
+    assert run(root, "lock", MODEL, "--out", relocked)[0] == 0
+    assert relocked.read_text() == lock.read_text()
 
 
 def test_a_bundle_provisions_a_fresh_data_root_with_no_network_and_it_verifies_clean(host, tmp_path):

@@ -112,8 +112,11 @@ def fetched_sources(manifest: Manifest, ctx: Context) -> list[Source]:
                             "first", code="not_provisioned", source=name)
         files = [LockedFile(path=f["path"], size=f["size"], sha256=f.get("sha256") or sha256_file(folder / f["path"]))
                  for f in stamp.get("files", [])]
-        sources.append(Source(name=name, hub=folder.parent.name, repo=stamp["repo"], revision=stamp["revision"],
-                              commit=stamp["commit"], files=files))
+        # the revision the manifest asks for (a rebuild fetches at the locked commit, which its stamp records)
+        ref = dict(source.hubs).get(folder.parent.name)
+        sources.append(Source(name=name, hub=folder.parent.name, repo=stamp["repo"],
+                              revision=ref.revision if ref else stamp["revision"], commit=stamp["commit"],
+                              files=files))
     return sources
 
 
