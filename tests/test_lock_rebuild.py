@@ -112,6 +112,16 @@ def test_the_lock_records_every_piece_and_an_untouched_host_verifies_clean(host)
         assert json.loads(out)["drift"] == []
 
 
+def test_a_lock_taken_with_no_network_is_the_same_lock(host, tmp_path):
+    root, _, lock, _ = host
+    again = tmp_path / "offline.lock.yaml"
+    cmd = [sys.executable, "-m", "modelrig", "--data-root", str(root), "lock", MODEL, "--out", str(again)]
+    proc = subprocess.run(offline(cmd), capture_output=True, text=True, cwd=REPO, timeout=300, check=False,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert proc.returncode == 0, proc.stderr
+    assert again.read_text() == lock.read_text()
+
+
 def test_a_changed_package_version_is_drift(host):
     root, _, _, _ = host
     env = next((root / "envs").glob("*/bin/python"))

@@ -88,6 +88,10 @@ def hashes_for(frozen: list[Frozen], *, python: Path | str, indexes: Indexes,
         cmd = [uv_or_fail(), "pip", "compile", "--no-config", "--generate-hashes", "--no-deps", "--no-header",
                "--no-annotate", "--python", str(python), *index_flags(indexes), str(reqs)]
         out = subprocess.run(cmd, capture_output=True, text=True, env=clean_environ(env), check=False)
+        if out.returncode != 0:  # no index reachable: the hashes uv recorded in its cache are the same
+            cached = subprocess.run([*cmd, "--offline"], capture_output=True, text=True, env=clean_environ(env),
+                                    check=False)
+            out = cached if cached.returncode == 0 else out
     if out.returncode != 0:
         last = next((x for x in reversed(out.stderr.splitlines()) if x.strip()), "no output")
         raise EnvBuildError(f"cannot hash the env's packages (`uv pip compile --generate-hashes`): {last.strip()}")
