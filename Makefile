@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup system-deps demo test test-fast lint
+.PHONY: setup system-deps demo demo-engine test test-fast lint
 
 setup:
 	MODELRIG_VENV=$(VENV) bash scripts/bootstrap.sh
@@ -10,7 +10,12 @@ setup:
 system-deps:
 	bash scripts/system-deps.sh
 
+# The offline demo through the real Ansible path (site.yml on this machine); a second run reports changed=0.
 demo: setup
+	MODELRIG_VENV=$(VENV) bash scripts/demo-ansible.sh
+
+# The same demo through the engine alone (`modelrig demo`).
+demo-engine: setup
 	$(VENV)/bin/modelrig demo
 
 lint: setup

@@ -5,11 +5,15 @@
 # into a 0600 token file), the conversions, and a Gradio chat plus an OpenAI-compatible API. Then one chat
 # request, and the URLs. A second run changes nothing (the recap says changed=0).
 # Knobs: MODELRIG_VENV (controller toolkit env, default .venv), DEMO_ROOT (data root of the demo, default
-# ~/.local/share/modelrig-ansible-demo). Stop the demos: the last line printed says how.
+# ~/.local/share/modelrig-ansible-demo), DEMO_HUB_PORT (the local hub's port, default 17890). The wheel is built
+# into the demo root, so an unchanged checkout gives the same wheel and a second run reports changed=0. Stop the
+# demos: the last line printed says how.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${MODELRIG_VENV:-.venv}
 ROOT=${DEMO_ROOT:-$HOME/.local/share/modelrig-ansible-demo}
+# One port for the demo's local hub, so the host config written from it is the same on every run.
+HUB_PORT=${DEMO_HUB_PORT:-17890}
 BIN="$VENV/bin"
 [ -x "$BIN/ansible-playbook" ] || { echo "demo-ansible: $BIN/ansible-playbook missing: run make setup" >&2; exit 1; }
 mkdir -p "$ROOT"
@@ -23,7 +27,7 @@ trap cleanup EXIT
 
 echo "demo-ansible: writing the tiny repos and serving them on loopback"
 "$BIN/modelrig" -q hub make-tiny "$ROOT/hub" --only modelrig-tiny/llama-meta --only modelrig-tiny/ziya-delta
-"$BIN/modelrig" hub serve "$ROOT/hub" --port 0 --token-file "$ROOT/hub/.modelrig-hub-tokens" >"$work/hub.out" 2>&1 &
+"$BIN/modelrig" hub serve "$ROOT/hub" --port "$HUB_PORT" --token-file "$ROOT/hub/.modelrig-hub-tokens" >"$work/hub.out" 2>&1 &
 hub_pid=$!
 for _ in $(seq 1 100); do grep -q http:// "$work/hub.out" 2>/dev/null && break; sleep 0.1; done
 hub_url=$(grep -o 'http://[^ ]*' "$work/hub.out" | head -1)
@@ -42,7 +46,7 @@ umask 077
   echo "modelrig_data_root: $ROOT/data"
   echo "modelrig_hf_endpoint: $hub_url"
   echo "modelrig_hf_token: $(head -1 "$ROOT/hub/.modelrig-hub-tokens")"
-  echo "modelrig_wheel_build_dir: $work/wheel"
+  echo "modelrig_wheel_build_dir: $ROOT/wheel"
   echo "modelrig_uv_cache_dir: ${UV_CACHE_DIR:-$ROOT/data/cache/uv}"
   echo "modelrig_pip:"
   echo "  index_url: ''"

@@ -268,3 +268,21 @@ def test_every_stage_result_validates_against_the_documented_schema(pipeline):
         for stage in document.get("stages", []):
             seen.add(stage["stage"])
     assert seen == {"plan", "env", "fetch", "convert", "render", "launch", "up", "stop", "down", "model_not_found"}
+
+
+def test_a_host_config_port_overrides_the_manifest_and_a_bad_one_is_one_line(cli, tmp_path, data_root):
+    manifest, paths = _bluelm()
+    from modelrig.config import HostConfig
+
+    config = HostConfig.model_validate({"serve": {"ports": {"bluelm-7b-chat/chat": 6006}}})
+    result = render(manifest, plan_for(manifest), tmp_path / "launch", paths=paths, python="/e/bin/python",
+                    config=config)
+    assert result.details["entries"]["chat"]["port"] == 6006
+    info = json.loads((tmp_path / "launch" / "chat" / "entry.json").read_text())
+    assert info["port"] == 6006 and info["health"]["url"].endswith(":6006/_stcore/health")
+    bad = tmp_path / "config.yaml"
+    bad.write_text("serve:\n  ports:\n    bluelm-7b-chat/chat: abc\n")
+    code, _, err = cli("--config", bad, "plan", "bluelm-7b-chat", "--facts",
+                       Path(__file__).parent / "fixtures" / "hosts" / "a100-80gb.json")
+    assert code == 2 and err.count("\n") == 1
+    assert "serve.ports.bluelm-7b-chat/chat" in err and str(bad) in err

@@ -174,11 +174,11 @@ def test_loopback_down_is_named_with_the_command_that_brings_it_up(tmp_path, dat
                             capture_output=True, text=True, env=env, timeout=120, check=False)
     loop = by_name(json.loads(doctor.stdout))["loopback"]
     assert loop["status"] == "fail" and loop["fix"] == LOOPBACK_HINT
-    assert "unshare -n sh -c 'ip link set lo up && make demo'" in LOOPBACK_HINT
+    assert "unshare -n sh -c 'ip link set lo up && make demo-engine'" in LOOPBACK_HINT
     demo = subprocess.run(["unshare", "-n", sys.executable, "-m", "modelrig", "demo"], capture_output=True,
                           text=True, env=env, timeout=120, check=False)
     assert demo.returncode == 8
-    assert demo.stderr.count("\n") == 1 and "ip link set lo up && make demo" in demo.stderr
+    assert demo.stderr.count("\n") == 1 and "ip link set lo up && make demo-engine" in demo.stderr
     assert "[loopback_down]" in demo.stderr
     assert not (data_root / "demo-hub").exists()
 

@@ -6,10 +6,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from modelrig.errors import ConfigError, UsageError
 from modelrig.manifest import LocalRef
@@ -65,6 +65,9 @@ class ServeSettings(_Strict):
 
     bind: str = "127.0.0.1"
     supervisor: Literal["auto", "systemd", "launchd", "process"] = "auto"
+    #: Ports by `MODEL/ENTRY`, over the manifest's (e.g. AutoDL forwards only 6006: `bluelm-7b-chat/chat: 6006`).
+    ports: dict[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*/[a-z][a-z0-9_-]*$")],
+                Annotated[int, Field(ge=1, le=65535)]] = {}
 
 
 class HostConfig(_Strict):

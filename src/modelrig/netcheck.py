@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 #: What to do when loopback is down: a fresh network namespace (`unshare -n`) starts with `lo` down.
 LOOPBACK_HINT = ("loopback is down (a new network namespace such as `unshare -n` starts with it down): bring it up "
-                 "first, e.g. `unshare -n sh -c 'ip link set lo up && make demo'`")
+                 "first, e.g. `unshare -n sh -c 'ip link set lo up && make demo-engine'`")
 #: Where hub downloads can come from when the public hubs are blocked or slow.
 MIRROR_HINT = ("use a mirror: `hub.hf_endpoint: https://hf-mirror.com` in the host config (or --hf-endpoint, "
                "HF_ENDPOINT), ModelScope (--hub modelscope, hub.modelscope_endpoint), or a local "

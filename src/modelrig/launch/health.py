@@ -58,8 +58,9 @@ def ensure_port_free(info: dict[str, Any]) -> None:
     holders = port_holders(int(port))
     who = f" by pid {', '.join(map(str, holders))}" if holders else ""
     raise PortBusyError(f"{info['model']}/{info['entry']}: port {port} is already in use{who}; stop that process "
-                        f"or give the entry another port (launch[].port in the manifest, or serve.ports in the host "
-                        f"config)", port=int(port), pids=holders, model=info["model"], entry=info["entry"])
+                        f"or give the entry another port (launch[].port in the manifest, or `serve.ports: "
+                        f"{{{info['model']}/{info['entry']}: PORT}}` in the host config)", port=int(port), pids=holders,
+                        model=info["model"], entry=info["entry"])
 
 
 def owns_port(pid: int, port: int) -> bool | None:

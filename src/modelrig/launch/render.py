@@ -45,6 +45,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def entry_port(model_id: str, entry: LaunchEntry, config: HostConfig) -> int | None:
+    """The port an entry listens on: the host config's `serve.ports` for `MODEL/ENTRY`, else the manifest's, else
+    the kind's default (None for jobs that listen nowhere)."""
+    return config.serve.ports.get(f"{model_id}/{entry.name}") or entry.port or launch_kind(entry.kind).default_port
+
+
 def unit_name(model_id: str, entry: str) -> str:
     """The systemd unit name of an entry."""
     return f"modelrig-{model_id}-{entry}.service"
@@ -162,7 +168,7 @@ def render_entry(manifest: Manifest, entry: LaunchEntry, plan: Plan, paths: Mapp
 
     python = Path(python)
     env_prefix = python.parent.parent
-    port = entry.port or spec.default_port
+    port = entry_port(manifest.id, entry, config)
     generation = {k: entry.options.get(k, v) for k, v in GENERATION_KEYS.items()}
     script = spec.script
     context: dict[str, Any] = {
@@ -343,7 +349,7 @@ def render(manifest: Manifest, plan: Plan, out_dir: Path, *, paths: Mapping[str,
             write_stamp(entry_dir, {"key": key, "files": sorted(files)})
         changed = changed or bool(written or removed)
         report[name] = {"dir": str(entry_dir), "written": sorted(written), "removed": removed,
-                        "kind": entry.kind, "port": entry.port or launch_kind(entry.kind).default_port,
+                        "kind": entry.kind, "port": entry_port(manifest.id, entry, config),
                         "bind": entry_bind,
                         "secrets": str(entry_dir / SECRETS_FILE) if values else None}
     rendered = sum(bool(r["written"] or r["removed"]) for r in report.values())
