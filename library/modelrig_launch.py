@@ -113,7 +113,14 @@ code:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.modelrig_runner import ModelrigRunner, argument_spec, as_list, as_opt, as_pairs
+from ansible.module_utils.modelrig_runner import (
+    ModelrigRunner,
+    argument_spec,
+    as_list,
+    as_opt,
+    as_pairs,
+    entry_results,
+)
 
 FORMATS = dict(entries=as_list("--entry"), bind=as_opt("--bind"), weights=as_pairs("--weights"),
                supervisor=as_opt("--supervisor"), timeout=as_opt("--timeout"))
@@ -123,7 +130,7 @@ def urls_of(answers):
     """Entry name -> URL, from whatever the engine's launch answer carries."""
     urls = {}
     for answer in answers:
-        for item in answer.get("results", []) or []:
+        for item in entry_results(answer):
             details = item.get("details") or {}
             url = details.get("url") or item.get("url")
             name = details.get("entry") or item.get("entry")
@@ -172,7 +179,7 @@ def main():
         answers.append(runner.run("launch", [model, entry], ["supervisor", "timeout"]))
         extra["urls"] = urls_of(answers[-1:])
         extra["started_entries"] = sorted(
-            (item.get("details") or {}).get("entry") for item in answers[-1].get("results", []) or []
+            (item.get("details") or {}).get("entry") for item in entry_results(answers[-1])
             if item.get("changed") and (item.get("details") or {}).get("entry"))
     runner.exit(answers, **extra)
 

@@ -141,12 +141,18 @@ def parse_answer(out):
     return value if isinstance(value, dict) else None
 
 
+def entry_results(answer):
+    """The per-entry results of a `launch`/`stop` answer (`details.results`, docs/result-json.md)."""
+    nested = (answer.get("details") or {}).get("results")
+    return [item for item in nested if isinstance(item, dict)] if isinstance(nested, list) else []
+
+
 def reasons_of(answer):
     """What the engine did or would do: its `reasons`, else its summary (and those of nested results)."""
     if answer.get("reasons"):
         return [str(r) for r in answer["reasons"]]
-    nested = answer.get("results")
-    if isinstance(nested, list):
+    nested = entry_results(answer)
+    if nested:
         return [r for item in nested if isinstance(item, dict) and item.get("changed") for r in reasons_of(item)]
     if answer.get("changed") and answer.get("summary"):
         return [str(answer["summary"])]

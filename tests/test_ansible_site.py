@@ -182,6 +182,34 @@ def test_only_the_entry_whose_script_changed_is_restarted(site):
     assert all(after.values())
 
 
+def _starts(site: Site) -> dict[str, int]:
+    """How often each entry's supervised process was started (the markers of its log)."""
+    run = site.host.home / "modelrig" / "run" / MODEL
+    return {log.stem: log.read_text().count("--- modelrig start") for log in run.glob("*.log")}
+
+
+def test_a_changed_pin_builds_a_new_env_beside_the_old_and_restarts_once(site):
+    envs = site.host.home / "modelrig" / "envs"
+    old_envs = {p.name for p in envs.iterdir() if p.is_dir()}
+    before, starts = _pids(site), _starts(site)
+    manifest = site.tmp / "manifests" / f"{MODEL}.yaml"
+    data = yaml.safe_load(manifest.read_text())
+    data["env"]["packages"] = [p for p in data["env"]["packages"] if not p.startswith("protobuf")] + ["protobuf<6"]
+    manifest.write_text(yaml.safe_dump(data, sort_keys=False))
+    run = site.run()
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    assert "health: ok, 2/2 demos healthy" in run.stdout
+    new_envs = {p.name for p in envs.iterdir() if p.is_dir()}
+    assert old_envs < new_envs and len(new_envs - old_envs) == 1  # built beside the old one, which stays
+    after = _pids(site)
+    assert all(after[e] != before[e] for e in before)
+    assert _starts(site) == {entry: count + 1 for entry, count in starts.items()}  # restarted exactly once
+    command = Path(f"/proc/{after['api']}/cmdline").read_bytes().split(b"\0")[0].decode()
+    assert command.startswith(str(envs / (new_envs - old_envs).pop()))  # the service now runs in the new env
+    again = site.run()
+    assert recap(again.stdout)["tiny"]["changed"] == 0 and _pids(site) == after
+
+
 def test_down_stops_the_demos(site):
     down = site.run("down.yml")
     assert down.returncode == 0, down.stdout[-4000:] + down.stderr[-2000:]
