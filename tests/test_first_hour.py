@@ -35,6 +35,9 @@ from tests.helpers.hub import write_manifest, write_repo
 from tests.helpers.offline import offline
 from tests.helpers.venvs import CACHE
 
+#: The toolkit env running these tests (`make test` builds it: the checkout's .venv, or CI's own).
+TOOLKIT = Path(sys.executable).parent.parent
+
 TOOLKIT_TORCH = REPO / "scripts" / "toolkit_torch.py"
 REAL_HOME = Path.home()
 
@@ -133,7 +136,8 @@ def test_bootstrap_falls_back_to_pip_configuration_when_the_cpu_index_is_unreach
 
 def login_env(home: Path, **extra: str) -> dict[str, str]:
     """A new user's environment: a fresh HOME (no ~/.profile yet), this machine's pip and uv caches."""
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("VIRTUAL_ENV", "PYTHONPATH", "VENV", "MODELRIG_VENV", "MODELRIG_BIN_DIR")}
     env.update(HOME=str(home), UV_CACHE_DIR=str(CACHE / "uv"), SHELL="/bin/bash",
                PIP_CONFIG_FILE=str(REAL_HOME / ".config" / "pip" / "pip.conf"), **extra)
     env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
@@ -141,9 +145,10 @@ def login_env(home: Path, **extra: str) -> dict[str, str]:
 
 
 def make_setup(home: Path) -> subprocess.CompletedProcess[str]:
-    """The README's setup, `make setup`, as that user (the toolkit env itself is the checkout's `.venv`)."""
-    return subprocess.run(["make", "-C", str(REPO), "setup"], capture_output=True, text=True, env=login_env(home),
-                          timeout=900, check=False)
+    """The README's setup, `make setup`, as that user; the toolkit env is the one running these tests (the
+    checkout's `.venv`, or CI's), so setup finds it built and only links the command."""
+    return subprocess.run(["make", "-C", str(REPO), "setup", f"VENV={TOOLKIT}"], capture_output=True, text=True,
+                          env=login_env(home), timeout=900, check=False)
 
 
 @pytest.mark.slow
@@ -153,7 +158,7 @@ def test_make_setup_puts_modelrig_on_path_for_new_login_shells_once(tmp_path):
     first = make_setup(home)
     assert first.returncode == 0, first.stderr
     link = home / ".local" / "bin" / "modelrig"
-    assert link.is_symlink() and link.resolve() == (REPO / ".venv" / "bin" / "modelrig").resolve()
+    assert link.is_symlink() and link.resolve() == (TOOLKIT / "bin" / "modelrig").resolve()
     assert f"added {home}/.local/bin to PATH in {home}/.profile" in first.stdout
     found = subprocess.run(["bash", "-lc", "command -v modelrig && modelrig --version"], capture_output=True,
                            text=True, env=login_env(home), check=True)
@@ -241,7 +246,7 @@ def test_the_demo_advice_works_as_printed_in_new_login_shells_and_up_reuses_the_
     warm_root.mkdir()
     (warm_root / "config.yaml").write_text(yaml.safe_dump(
         {"pip": {"find_links": pip_find_links(), "use_torch_index": False}}))
-    warm = subprocess.run([str(REPO / ".venv" / "bin" / "modelrig"), "--data-root", str(warm_root), "env",
+    warm = subprocess.run([str(TOOLKIT / "bin" / "modelrig"), "--data-root", str(warm_root), "env",
                            DEMO_MODEL], env=login_env(home), capture_output=True, text=True, timeout=900)
     assert warm.returncode == 0, warm.stderr
     root = tmp_path / "root"
