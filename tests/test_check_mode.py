@@ -3,9 +3,7 @@ the reason; the data root is byte-identical before and after a check."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 import time
@@ -15,14 +13,10 @@ import pytest
 import yaml
 
 from modelrig.catalog import manifest_paths
-from modelrig.cli import main
-from modelrig.hub.server import serve_in_thread
-from modelrig.hub.tiny_repos import TOKEN_FILE, make_tiny_hub
 from modelrig.launch.render import render
 from modelrig.manifest import load_manifest
-from modelrig.orchestrate.demo import pip_find_links
-from tests.helpers.launching import free_port, plan_for
-from tests.helpers.venvs import CACHE
+from tests.helpers.demo_root import demo_root, run
+from tests.helpers.launching import plan_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -97,13 +91,6 @@ MODEL = "check-tiny-ziya"
 STAGES = ["plan", "env", "fetch", "convert", "render", "launch"]
 
 
-def run(root: Path, *args: object) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(["--data-root", str(root), *map(str, args)])
-    return code, out.getvalue(), err.getvalue()
-
-
 def checked(root: Path, *args: object) -> dict:
     """`modelrig ARGS --check --json` on `root`, which must leave `root` exactly as it was."""
     before = data_root_snapshot(root)
@@ -126,28 +113,8 @@ def data_root_snapshot(root: Path) -> dict[str, tuple[str, int, int]]:
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory):
     """A data root after a real `up` of a copy of the demo model (its API on a free port), and its local hub."""
-    manifests = tmp_path_factory.mktemp("manifests")
-    demo = yaml.safe_load((REPO / "model_manifests" / "demo-tiny-ziya.yaml").read_text())
-    demo["id"] = MODEL
-    demo["launch"] = [{**e, "port": free_port()} for e in demo["launch"] if e["name"] == "api"]
-    (manifests / f"{MODEL}.yaml").write_text(yaml.safe_dump(demo))
-    root = tmp_path_factory.mktemp("check-root")
-    hub = tmp_path_factory.mktemp("check-hub")
-    make_tiny_hub(hub, only=["modelrig-tiny/llama-meta", "modelrig-tiny/ziya-delta"])
-    url, stop_hub = serve_in_thread(hub, token_file=hub / TOKEN_FILE)
-    config = yaml.safe_dump({"hub": {"hf_endpoint": url, "token_file": str(hub / TOKEN_FILE)},
-                             "pip": {"find_links": pip_find_links(), "use_torch_index": False}})
-    (root / "config.yaml").write_text(config)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("UV_CACHE_DIR", str(CACHE / "uv"))
-        mp.setenv("MODELRIG_MANIFESTS", str(manifests))
-        code, _, err = run(root, "up", MODEL)
-        assert code == 0, err
-        try:
-            yield root, config, manifests
-        finally:
-            run(root, "down", MODEL)
-            stop_hub()
+    with demo_root(tmp_path_factory, MODEL) as demo:
+        yield demo.root, demo.config, demo.manifests
 
 
 @pytest.mark.slow

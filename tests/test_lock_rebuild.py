@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -18,12 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modelrig.cli import main
-from modelrig.hub.server import serve_in_thread
-from modelrig.hub.tiny_repos import TOKEN_FILE, make_tiny_hub
 from modelrig.lock.packages import freeze
-from modelrig.orchestrate.demo import chat, pip_find_links
-from tests.helpers.launching import free_port
+from modelrig.orchestrate.demo import chat
+from tests.helpers.demo_root import demo_root, run
 from tests.helpers.offline import offline
 from tests.helpers.venvs import CACHE
 
@@ -33,44 +29,18 @@ MODEL = "lock-tiny-ziya"
 REMOTE_CODE = "configuration_tiny.py"
 
 
-def run(root: Path, *args: object) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(["--data-root", str(root), *map(str, args)])
-    return code, out.getvalue(), err.getvalue()
-
-
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory):
     """A data root after `up` of a copy of the demo model whose base repo carries remote code, and its lock."""
-    manifests = tmp_path_factory.mktemp("manifests")
-    demo = yaml.safe_load((REPO / "model_manifests" / "demo-tiny-ziya.yaml").read_text())
-    demo["id"] = MODEL
-    demo["launch"] = [{**e, "port": free_port()} for e in demo["launch"] if e["name"] == "api"]
-    (manifests / f"{MODEL}.yaml").write_text(yaml.safe_dump(demo))
-    root = tmp_path_factory.mktemp("lock-root")
-    hub = tmp_path_factory.mktemp("lock-hub")
-    make_tiny_hub(hub, only=["modelrig-tiny/llama-meta", "modelrig-tiny/ziya-delta"])
-    (hub / "modelrig-tiny" / "llama-meta" / "main" / REMOTE_CODE).write_text("TINY = 1\n")
-    url, stop_hub = serve_in_thread(hub, token_file=hub / TOKEN_FILE)
-    config = yaml.safe_dump({"hub": {"hf_endpoint": url, "token_file": str(hub / TOKEN_FILE)},
-                             "pip": {"find_links": pip_find_links(), "use_torch_index": False}})
-    (root / "config.yaml").write_text(config)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("UV_CACHE_DIR", str(CACHE / "uv"))
-        mp.setenv("MODELRIG_MANIFESTS", str(manifests))
-        mp.setenv("MODELRIG_NO_PROGRESS", "1")
-        code, _, err = run(root, "up", MODEL)
-        assert code == 0, err
-        lock = root / "locks" / f"{MODEL}.lock.yaml"
-        code, out, err = run(root, "lock", MODEL, "--json")
+    def remote_code(hub: Path) -> None:
+        (hub / "modelrig-tiny" / "llama-meta" / "main" / REMOTE_CODE).write_text("TINY = 1\n")
+
+    with demo_root(tmp_path_factory, MODEL, prepare_hub=remote_code) as demo:
+        lock = demo.root / "locks" / f"{MODEL}.lock.yaml"
+        code, out, err = run(demo.root, "lock", MODEL, "--json")
         assert code == 0, err
         assert json.loads(out)["path"] == str(lock)
-        try:
-            yield root, hub, lock, config
-        finally:
-            run(root, "down", MODEL)
-            stop_hub()
+        yield demo.root, demo.hub, lock, demo.config
 
 
 def drift_of(root: Path, *args: object) -> list[str]:
