@@ -18,7 +18,7 @@ import yaml
 from modelrig.hub.layout import write_index
 from tests import remote_code_doubles
 from tests.helpers.hub import served
-from tests.helpers.sshhosts import playbook, recap, ssh_hosts_fixture  # noqa: F401
+from tests.helpers.sshhosts import SshHost, playbook, recap, ssh_hosts_fixture  # noqa: F401
 
 pytestmark = pytest.mark.slow
 MODEL = "autodl-tiny-bluelm"
@@ -108,19 +108,19 @@ def _free_port(address: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def test_autodl_like_host_serves_a_modelscope_remote_code_model_as_streamlit(ssh_hosts, tmp_path, proxy,
-                                                                            modelscope_hub):
-    proxy_url, targets = proxy
-    host = ssh_hosts.add("autodl")
+def autodl_knobs(tmp: Path, host: SshHost, proxy_url: str, hub_url: str) -> tuple[dict[str, object], str]:
+    """The host variables of an AutoDL-like `host` serving the BlueLM-style double from the ModelScope hub at
+    `hub_url`: the data root on its stand-in data disk, a proxy file (`~/network_turbo`) for download tasks, the
+    process supervisor, the Streamlit chat on a free port of the host's address. Returns them and the chat's URL."""
     turbo = host.home / "network_turbo"  # stands in for AutoDL's /etc/network_turbo
     turbo.write_text(f"export http_proxy={proxy_url}\nexport https_proxy={proxy_url}\n")
     data_root = host.home / "autodl-tmp" / "modelrig"  # stands in for the data disk /root/autodl-tmp
     port = _free_port(host.address)
-    inventory = ssh_hosts.inventory(tmp_path / "hosts.yml", hostvars={"autodl": {
+    return {
         "modelrig_models": [MODEL],
         "modelrig_data_root": str(data_root),
-        "modelrig_manifests_dir": str(_manifest(tmp_path / "manifests", port)),
-        "modelrig_modelscope_endpoint": modelscope_hub,
+        "modelrig_manifests_dir": str(_manifest(tmp / f"manifests-{host.name}", port)),
+        "modelrig_modelscope_endpoint": hub_url,
         "modelrig_hub_prefer": "modelscope",
         "modelrig_bind": host.address,
         "modelrig_supervisor": "process",
@@ -129,14 +129,22 @@ def test_autodl_like_host_serves_a_modelscope_remote_code_model_as_streamlit(ssh
                          "use_torch_index": False},
         "modelrig_torch_index_url": "",
         "modelrig_uv_cache_dir": str(host.slot / "uv"),
-        "modelrig_wheel_build_dir": str(tmp_path / "wheel"),
+        "modelrig_wheel_build_dir": str(tmp / "wheel"),
         "model_weights_hub": "modelscope",
         "model_weights_store": str(data_root / "store"),
-    }})
+    }, f"http://{host.address}:{port}/"
+
+
+def test_autodl_like_host_serves_a_modelscope_remote_code_model_as_streamlit(ssh_hosts, tmp_path, proxy,
+                                                                            modelscope_hub):
+    proxy_url, targets = proxy
+    host = ssh_hosts.add("autodl")
+    data_root = host.home / "autodl-tmp" / "modelrig"
+    knobs, url = autodl_knobs(tmp_path, host, proxy_url, modelscope_hub)
+    inventory = ssh_hosts.inventory(tmp_path / "hosts.yml", hostvars={"autodl": knobs})
     run = playbook(tmp_path, inventory, "site.yml")
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert recap(run.stdout)["autodl"]["failed"] == 0
-    url = f"http://{host.address}:{port}/"
     assert f"{MODEL}/chat  {url}  healthy" in run.stdout
     assert "health: ok, 1/1 demos healthy" in run.stdout
     with urllib.request.urlopen(f"{url}_stcore/health", timeout=30) as answer:

@@ -60,15 +60,15 @@ def user_manifest(folder: Path, address: str) -> Path:
     return folder
 
 
-def write_inventory(hosts: SshHosts, tmp: Path, host: SshHost, hub_url: str, token: str, **extra: object) -> Path:
-    """An inventory folder: hosts.yml with every knob for `host`, and group_vars/all/vault.yml encrypted."""
-    folder = tmp / "inventory"
-    (folder / "group_vars" / "all").mkdir(parents=True, exist_ok=True)
-    knobs = {
+def demo_knobs(tmp: Path, host: SshHost, hub_url: str, manifests: str = "manifests") -> dict[str, object]:
+    """The host variables that provision the demo model on `host` from the hub at `hub_url` (all but the token):
+    its data root in the host's home, its user manifest (in `tmp/manifests`) with free ports on the host's
+    address, local wheels only (the wheel built once into `tmp/wheel`)."""
+    return {
         "modelrig_models": [MODEL],
         "modelrig_data_root": f"{host.home}/modelrig",
         "modelrig_hf_endpoint": hub_url,
-        "modelrig_manifests_dir": str(user_manifest(tmp / "manifests", host.address)),
+        "modelrig_manifests_dir": str(user_manifest(tmp / manifests, host.address)),
         "modelrig_bind": host.address,
         "modelrig_backend": "venv",
         "modelrig_pip": {"index_url": "", "extra_index_urls": [], "find_links": ["/opt/wheels"],
@@ -76,9 +76,14 @@ def write_inventory(hosts: SshHosts, tmp: Path, host: SshHost, hub_url: str, tok
         "modelrig_torch_index_url": "",
         "modelrig_uv_cache_dir": str(host.slot / "uv"),
         "modelrig_wheel_build_dir": str(tmp / "wheel"),
-        "modelrig_hf_token": "{{ vault_modelrig_hf_token }}",
-        **extra,
     }
+
+
+def write_inventory(hosts: SshHosts, tmp: Path, host: SshHost, hub_url: str, token: str, **extra: object) -> Path:
+    """An inventory folder: hosts.yml with every knob for `host`, and group_vars/all/vault.yml encrypted."""
+    folder = tmp / "inventory"
+    (folder / "group_vars" / "all").mkdir(parents=True, exist_ok=True)
+    knobs = {**demo_knobs(tmp, host, hub_url), "modelrig_hf_token": "{{ vault_modelrig_hf_token }}", **extra}
     hosts.inventory(folder / "hosts.yml", hostvars={host.name: knobs})
     vault = folder / "group_vars" / "all" / "vault.yml"
     vault.write_text(yaml.safe_dump({"vault_modelrig_hf_token": token}))
