@@ -1,0 +1,111 @@
+"""site.yml interrupted with SIGINT (Ctrl-C) while a host downloads its weights from a slow hub, then run again:
+the second run completes, the demos are healthy, and the files that were complete at the interruption are neither
+downloaded again (the hub's access log shows no second GET of them) nor rewritten (same inode and mtime)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from openai import OpenAI
+
+from tests.helpers.hub import served
+from tests.helpers.sshhosts import BIN, REPO_ROOT, ansible_env, playbook, recap, ssh_hosts_fixture  # noqa: F401
+from tests.test_ansible_site import MODEL, demo_knobs
+
+pytestmark = pytest.mark.slow
+#: Bytes per second per connection: the demo's ~660 KB of weights take about a minute with two workers.
+THROTTLE = 5_000
+WEIGHTS = (".bin", ".pth")
+
+
+def weight_files(store: Path) -> dict[str, tuple[int, int, int]]:
+    """Complete weight files in the store (renamed into place): {repo/file: (inode, mtime_ns, size)}."""
+    found = {}
+    for path in store.rglob("*"):
+        if path.suffix in WEIGHTS and ".cache" not in path.parts and path.is_file():
+            stat = path.stat()
+            found[f"{path.parent.name}/{path.name}"] = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    return found
+
+
+def partial_files(store: Path) -> list[Path]:
+    """Downloads in progress: huggingface_hub's temporary `.incomplete` files."""
+    return [p for p in store.rglob("*.incomplete") if p.is_file()] if store.is_dir() else []
+
+
+def fetching(uid: int) -> bool:
+    """Whether a process of `uid` is running a `modelrig ... fetch`."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if proc.stat().st_uid == uid and b"fetch" in (proc / "cmdline").read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def gets(log: str, name: str) -> int:
+    """How many GET requests of a file named `name` the hub's access log holds."""
+    return sum(1 for line in log.splitlines() if '"GET ' in line and f"/{name} " in line)
+
+
+def test_interrupted_download_resumes_without_fetching_complete_files_again(ssh_hosts, tmp_path):
+    hub_dir = tmp_path / "hub"
+    subprocess.run([sys.executable, "-m", "modelrig", "hub", "make-tiny", str(hub_dir), "--only",
+                    "modelrig-tiny/llama-meta", "--only", "modelrig-tiny/ziya-delta"], check=True,
+                   capture_output=True)
+    tokens = hub_dir / ".modelrig-hub-tokens"
+    access = tmp_path / "access.log"
+    host = ssh_hosts.add("slow")
+    store = host.home / "modelrig" / "store"
+    with served(hub_dir, "--token-file", str(tokens), "--throttle", str(THROTTLE), access_log=access) as url:
+        knobs = {**demo_knobs(tmp_path, host, url), "modelrig_hf_token": tokens.read_text().split()[0]}
+        inventory = ssh_hosts.inventory(tmp_path / "hosts.yml", hostvars={"slow": knobs})
+        command = [str(BIN / "ansible-playbook"), "-i", str(inventory), str(REPO_ROOT / "playbooks" / "site.yml")]
+        # Its own session, as a terminal's foreground job: Ctrl-C reaches ansible-playbook and its ssh clients.
+        first = subprocess.Popen(command, cwd=REPO_ROOT, env=ansible_env(tmp_path), stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        deadline = time.monotonic() + 1200
+        while not (weight_files(store) and partial_files(store)):
+            assert first.poll() is None, f"site.yml ended before the download could be interrupted:\n" \
+                                         f"{first.communicate()[0][-6000:]}"
+            assert time.monotonic() < deadline, "no download in progress within 20 minutes"
+            time.sleep(0.05)
+        complete = weight_files(store)  # complete when the play is interrupted
+        os.killpg(first.pid, signal.SIGINT)
+        out = first.communicate(timeout=120)[0]
+        assert first.returncode != 0, out[-4000:]
+        assert "User interrupted execution" in out, out[-4000:]
+        hub_weights = {p.name for p in hub_dir.rglob("*") if p.suffix in WEIGHTS}
+        missing = hub_weights - {key.split("/")[1] for key in complete}
+        assert complete and missing, f"the interruption should leave some files complete, some not: {complete}"
+        log_before = access.read_text()
+
+        # At once, as a user would after Ctrl-C: the host may still be finishing the interrupted download.
+        wheel = next((tmp_path / "wheel").glob("modelrig-*.whl"))
+        again = playbook(tmp_path, inventory, "site.yml", "-e", f"modelrig_wheel={wheel}")
+        assert again.returncode == 0, again.stdout[-6000:] + again.stderr[-3000:]
+        assert recap(again.stdout)["slow"]["failed"] == 0
+        assert "health: ok, 2/2 demos healthy" in again.stdout
+        log_after = access.read_text()[len(log_before):]
+
+    after = weight_files(store)
+    assert {key: after[key] for key in complete} == complete  # same inode, mtime and size: not rewritten
+    for key in complete:
+        assert gets(log_after, key.split("/")[1]) == 0, f"{key} was downloaded again:\n{log_after}"
+    assert {key.split("/")[1] for key in after} == hub_weights
+    assert partial_files(store) == []  # no temporary file left behind
+    assert not fetching(host.uid)
+    api = next(line.split()[1].strip('",') for line in again.stdout.splitlines() if f"{MODEL}/api  http" in line)
+    client = OpenAI(base_url=api, api_key="unused-on-loopback", timeout=120)
+    answer = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hello"}],
+                                            max_tokens=8)
+    assert answer.choices[0].message.content.strip()
