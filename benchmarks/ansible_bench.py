@@ -1,0 +1,144 @@
+"""Provisioning through Ansible vs `modelrig up`: the demo model from a local hub on a fresh data root, by
+playbooks/site.yml over SSH to a test host on this machine (one user + one sshd on 127.0.0.N, as the tests make
+them) and by `modelrig up` run here; the second site.yml run (changed=0); three hosts in one run vs one host.
+Writes its section of BENCHMARKS.md. Needs root (test hosts are Unix users).
+
+Usage: `.venv/bin/python benchmarks/ansible_bench.py [--no-write]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.report import write_section  # noqa: E402
+from modelrig.hub.server import serve_in_thread  # noqa: E402
+from modelrig.hub.tiny_repos import TOKEN_FILE, make_tiny_hub  # noqa: E402
+from tests.helpers.sshhosts import SshHost, SshHosts, available, playbook, recap  # noqa: E402
+from tests.test_ansible_site import MODEL, demo_knobs, user_manifest  # noqa: E402
+
+SECTION = "## Ansible provisioning (benchmarks/ansible_bench.py)"
+#: A uv cache holding fewer bytes than this is counted as cold (the demo env's wheels are about 1 GiB).
+WARM_CACHE_BYTES = 200 << 20
+
+
+def size_of(folder: Path) -> int:
+    """Bytes of every file under `folder` (0 when it does not exist)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+
+
+def cache_state(hosts: list[SshHost]) -> str:
+    """`warm`/`cold` of each host's uv cache (its persistent slot), before a run."""
+    return ", ".join("warm" if size_of(h.slot / "uv") >= WARM_CACHE_BYTES else "cold" for h in hosts)
+
+
+def site(tmp: Path, inventory: Path, *args: str) -> tuple[float, dict[str, dict[str, int]]]:
+    """Seconds of one site.yml run and its recap; it must succeed."""
+    start = time.perf_counter()
+    run = playbook(tmp, inventory, "site.yml", *args)
+    seconds = time.perf_counter() - start
+    if run.returncode != 0:
+        raise SystemExit(f"site.yml failed ({run.returncode}):\n{run.stdout[-6000:]}\n{run.stderr[-2000:]}")
+    return seconds, recap(run.stdout)
+
+
+def fleet(tmp: Path, hub_url: str, token: str, names: list[str],
+          up_too: bool = False) -> tuple[float, float, str, int, float]:
+    """Fresh hosts `names` provisioned by one site.yml run, then run again: (first s, second s, their uv caches
+    before the first run, changed tasks of the second run, seconds of `modelrig up` on the first host when
+    `up_too`, else 0)."""
+    with SshHosts(tmp / "ssh-hosts") as hosts:
+        made = [hosts.add(name) for name in names]
+        caches = cache_state(made)
+        inventory = hosts.inventory(tmp / "hosts.yml", hostvars={
+            h.name: {**demo_knobs(tmp, h, hub_url, f"manifests-{h.name}"), "modelrig_hf_token": token} for h in made})
+        first, _ = site(tmp, inventory)
+        wheel = next((tmp / "wheel").glob("modelrig-*.whl"))
+        second, counts = site(tmp, inventory, "-e", f"modelrig_wheel={wheel}")
+        playbook(tmp, inventory, "down.yml", "-e", f"modelrig_wheel={wheel}")
+        up = modelrig_up(hosts, made[0], hub_url) if up_too else 0.0
+    return first, second, caches, sum(c["changed"] for c in counts.values()), up
+
+
+def modelrig_up(hosts: SshHosts, host: SshHost, hub_url: str) -> float:
+    """Seconds of `modelrig up` of the same user manifest on a fresh data root of `host`, run there as its user
+    with the toolkit env and uv cache site.yml used (then `modelrig down`)."""
+    root = host.home / "up-root"
+    root.mkdir()
+    token_file = host.home / "modelrig" / "secrets" / "hf_token"
+    (root / "config.yaml").write_text(yaml.safe_dump({
+        "hub": {"hf_endpoint": hub_url, "token_file": str(token_file)},
+        "pip": {"find_links": ["/opt/wheels"], "use_torch_index": False}}))
+    manifest = user_manifest(root / "manifests", host.address) / f"{MODEL}.yaml"
+    subprocess.run(["chown", "-R", f"{host.uid}:{host.uid}", str(root)], check=True)
+    command = (f"UV_CACHE_DIR={host.slot / 'uv'} MODELRIG_NO_PROGRESS=1 {host.home}/modelrig/toolkit/bin/modelrig "
+               f"--data-root {root}")
+    start = time.perf_counter()
+    up = hosts.ssh(host.name, f"{command} up {manifest}", check=False)
+    seconds = time.perf_counter() - start
+    hosts.ssh(host.name, f"{command} down {manifest}", check=False)
+    if up.returncode != 0:
+        raise SystemExit(f"modelrig up failed ({up.returncode}): {up.stderr[-3000:]}")
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--no-write", action="store_true", help="print the table, leave BENCHMARKS.md alone")
+    args = parser.parse_args()
+    reason = available()
+    if reason:
+        raise SystemExit(reason)
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="modelrig-ansiblebench-") as name:
+        tmp = Path(name)
+        hub = tmp / "hub"
+        make_tiny_hub(hub, only=["modelrig-tiny/llama-meta", "modelrig-tiny/ziya-delta"])
+        url, stop_hub = serve_in_thread(hub, token_file=hub / TOKEN_FILE)
+        token = (hub / TOKEN_FILE).read_text().split()[0]
+        try:
+            (tmp / "one").mkdir()
+            one_first, one_second, one_cache, one_changed, up = fleet(tmp / "one", url, token, ["one"], up_too=True)
+            (tmp / "three").mkdir()
+            three_first, three_second, three_cache, three_changed, _ = fleet(tmp / "three", url, token,
+                                                                             ["a", "b", "c"])
+        finally:
+            stop_hub()
+    load = f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+    table = "\n".join([
+        SECTION, "",
+        f"The demo model as a user manifest ({MODEL}: Gradio chat + OpenAI API, 2 demos) from a local hub, each host "
+        "a Unix user with its own sshd on 127.0.0.N of this machine (2 CPU cores), fresh data roots, local wheels "
+        "(/opt/wheels) and each host's own persistent uv cache; seconds of wall time, one run each "
+        f"(1-minute load average of the machine: {load}).", "",
+        "| what | seconds |", "|---|---|",
+        f"| `modelrig up` on the host, fresh data root (env, fetch, convert, render, start) | {up:.1f} |",
+        f"| first site.yml, one host (uv cache {one_cache}; also builds the toolkit wheel and env) | "
+        f"{one_first:.1f} |",
+        f"| Ansible / `modelrig up` | {one_first / up:.2f}x |",
+        f"| second site.yml, one host (changed={one_changed}) | {one_second:.1f} |",
+        f"| first site.yml, three hosts in one run (uv caches {three_cache}) | {three_first:.1f} |",
+        f"| second site.yml, three hosts (changed={three_changed}) | {three_second:.1f} |",
+        f"| three hosts / one host, first run | {three_first / one_first:.2f}x |",
+        f"| three hosts / one host, second run | {three_second / one_second:.2f}x |", "",
+        "The second run is the cost of checking: facts, the toolkit env and every stage asked for its plan "
+        "(`modelrig ... --json`), no change. Three hosts share the two cores, so their first runs overlap only "
+        "partly (env installs and conversions are CPU-bound). The goal for a second run on localhost is under "
+        "15 s.", ""])
+    print(table)
+    if not args.no_write:
+        write_section(SECTION, table)
+
+
+if __name__ == "__main__":
+    main()
