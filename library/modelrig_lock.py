@@ -99,6 +99,11 @@ urls:
   description: The URLs of the started entries after a rebuild, by entry name.
   returned: when O(state=rebuilt)
   type: dict
+cmd:
+  description: The rebuild's command line (with O(offline), inside C(unshare -n)).
+  returned: when O(state=rebuilt)
+  type: list
+  elements: str
 reasons:
   description: What changed (or would change).
   returned: always
@@ -258,7 +263,8 @@ def main():
                              model=model)
         module.params["lock_path"] = path
         answer = runner.run("rebuild", [], ["lock_path", "bundle"])
-        runner.exit(answer, lock=shown, urls=answer.get("urls") or {})
+        runner.exit(answer, lock=shown, urls=answer.get("urls") or {},
+                    cmd=runner.command("rebuild", [], ["lock_path", "bundle"]))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -5,6 +5,8 @@ bad lock is refused on the controller before any change, naming the variable, th
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers.sshhosts import SshHost, SshHosts, available, playbook, recap
+from tests.helpers.sshhosts import BIN, SshHost, SshHosts, available, playbook, recap
 from tests.test_ansible_site import MODEL, free_port, tiny_hub, write_inventory  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -22,11 +24,12 @@ pytestmark = pytest.mark.slow
 
 @dataclass
 class Fleet:
-    """Host A provisioned by site.yml, host B still bare; one inventory holding both."""
+    """Host A provisioned by site.yml, hosts B and C (root, for `unshare -n`) still bare; one inventory."""
 
     hosts: SshHosts
     a: SshHost
     b: SshHost
+    c: SshHost
     inventory: Path
     tmp: Path
     first: subprocess.CompletedProcess[str]
@@ -49,7 +52,10 @@ def _inventory(hosts: SshHosts, tmp: Path, url: str, token: str) -> Path:
     knobs = dict(data["all"]["hosts"]["a"])
     for name, host in hosts.hosts.items():
         own = {k: v for k, v in knobs.items() if not k.startswith("ansible_")}
-        own.update(modelrig_data_root=f"{host.home}/modelrig", modelrig_uv_cache_dir=str(host.slot / "uv"))
+        home = tmp / "root-home" if host.is_root else host.home  # never root's real home
+        # One Python for every host (root's PATH here finds another one first): a lock is of one Python.
+        own.update(modelrig_data_root=f"{home}/modelrig", modelrig_uv_cache_dir=str(host.slot / "uv"),
+                   modelrig_python="/usr/bin/python3")
         data["all"]["hosts"][name].update(own)
     (folder / "hosts.yml").write_text(yaml.safe_dump(data, sort_keys=False))
     manifest = tmp / "manifests" / f"{MODEL}.yaml"  # ports free on 127.0.0.1, where both hosts serve
@@ -68,11 +74,12 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, tiny_hub: tuple[str, str]) -
     tmp = tmp_path_factory.mktemp("lock")
     url, token = tiny_hub
     with SshHosts(tmp / "ssh-hosts") as hosts:
-        a, b = hosts.add("a"), hosts.add("b")
+        # Root's shell here puts pyenv's shims first: its sessions use the system Python, as the users' do.
+        a, b, c = hosts.add("a"), hosts.add("b"), hosts.add("c", root=True, env={"PYENV_VERSION": "system"})
         inventory = _inventory(hosts, tmp, url, token)
         first = playbook(tmp, inventory, "site.yml", "--limit", "a", "--vault-password-file",
                          str(tmp / "vault-pass"))
-        yield Fleet(hosts=hosts, a=a, b=b, inventory=inventory, tmp=tmp, first=first)
+        yield Fleet(hosts=hosts, a=a, b=b, c=c, inventory=inventory, tmp=tmp, first=first)
 
 
 def test_site_copies_the_lock_back_and_a_second_run_changes_nothing(fleet):
@@ -126,7 +133,8 @@ def test_verify_fails_naming_an_edited_launch_script_and_a_flipped_weight_byte(f
         run = fleet.run("verify.yml", "--limit", "b", "-e", f"modelrig_lock={fleet.lock}")
         assert run.returncode != 0
         assert recap(run.stdout)["b"]["failed"] == 1 and recap(run.stdout)["b"]["changed"] == 0
-        assert "difference(s) from its lock" in run.stdout and script.name in run.stdout, run.stdout[-6000:]
+        assert "difference(s) from its lock" in run.stdout, run.stdout[-6000:]
+        assert f"launch {script.parent.name}/{script.name}: edited" in run.stdout, run.stdout[-6000:]
     finally:
         script.write_bytes(original)
     weight = max((p for p in (root / "store").rglob("*") if p.is_file() and p.suffix in (".bin", ".safetensors")),
@@ -142,8 +150,39 @@ def test_verify_fails_naming_an_edited_launch_script_and_a_flipped_weight_byte(f
         full = fleet.run("verify.yml", "--limit", "b", "-e", f"modelrig_lock={fleet.lock}",
                          "-e", "modelrig_verify_full=true")
         assert full.returncode != 0 and recap(full.stdout)["b"]["changed"] == 0
-        assert weight.name in full.stdout and "sha256" in full.stdout, full.stdout[-6000:]
+        assert f"{weight.name} sha256 " in full.stdout and "expected, found" in full.stdout, full.stdout[-6000:]
     finally:
         shutil.copy2(saved, weight)
     clean = fleet.run("verify.yml", "--limit", "b")  # the host's own lock, as rebuild.yml left it
     assert clean.returncode == 0 and recap(clean.stdout)["b"]["changed"] == 0, clean.stdout[-6000:]
+
+
+def test_a_bundle_made_on_the_controller_rebuilds_a_fresh_host_with_no_network(fleet):
+    bundle = fleet.tmp / "bundle" / f"{MODEL}.tar"
+    env = {**os.environ, "MODELRIG_MANIFESTS": str(fleet.tmp / "manifests"),
+           "UV_CACHE_DIR": str(fleet.tmp / "controller-uv")}
+    made = subprocess.run([str(BIN / "modelrig"), "--data-root", str(fleet.a.home / "modelrig"), "bundle",
+                           str(fleet.lock), "--out", str(bundle), "--json"], capture_output=True, text=True,
+                          env=env, timeout=900, check=False)
+    assert made.returncode == 0, made.stdout + made.stderr
+    wrong = fleet.run("rebuild.yml", "--limit", "c", "-e", f"modelrig_lock={fleet.lock}",
+                      "-e", f"modelrig_bundle={fleet.lock}")
+    assert wrong.returncode != 0 and f"modelrig_bundle={fleet.lock}: not a modelrig bundle" in wrong.stdout, \
+        wrong.stdout[-4000:]
+    root = fleet.tmp / "root-home" / "modelrig"
+    assert not root.exists()
+    try:
+        run = fleet.run("rebuild.yml", "--limit", "c", "-e", f"modelrig_lock={fleet.lock}",
+                        "-e", f"modelrig_bundle={bundle}", "-e", "modelrig_rebuild_offline=true", "-v")
+        assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-3000:]
+        assert recap(run.stdout)["c"]["changed"] > 0
+        compact = re.sub(r"\s+", "", run.stdout)  # the module's result (-v), whatever its indentation
+        assert '"cmd":["unshare","-n","--"' in compact and '"--bundle"' in compact, run.stdout[-8000:]
+        assert (root / "bundles" / bundle.name).read_bytes() == bundle.read_bytes()
+        verify = fleet.run("verify.yml", "--limit", "c", "-e", f"modelrig_lock={fleet.lock}",
+                           "-e", "modelrig_verify_full=true")
+        assert verify.returncode == 0, verify.stdout[-6000:]
+        assert recap(verify.stdout)["c"]["changed"] == 0
+    finally:
+        down = fleet.run("down.yml", "--limit", "c")  # the root host's demos outlive the test otherwise
+        assert down.returncode == 0, down.stdout[-4000:]

@@ -68,18 +68,23 @@ def check_bundle(path: Path, model: str) -> None:
         raise ValueError(f"{path}: bundle.json: model: expected {model!r} (the lock's), found {found!r}")
 
 
+def _line(exc: Exception) -> str:
+    """The message on one line (tar and YAML errors can span several)."""
+    return " ".join(str(exc).split())
+
+
 def main(argv: list[str]) -> int:
     variable, lock, source_dir = argv[0], Path(argv[1]), Path(argv[2])
     try:
         model = check_lock(lock, source_dir)
     except ValueError as exc:
-        print(f"{variable}={exc}")
+        print(f"{variable}={_line(exc)}")
         return 1
     if len(argv) > 4 and argv[4]:
         try:
             check_bundle(Path(argv[4]), model)
         except ValueError as exc:
-            print(f"{argv[3]}={exc}")
+            print(f"{argv[3]}={_line(exc)}")
             return 1
     print(json.dumps({"model": model, "path": str(lock)}))
     return 0

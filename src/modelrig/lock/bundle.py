@@ -127,13 +127,29 @@ def _same_device(a: Path, b: Path) -> bool:
     return a.stat().st_dev == b.stat().st_dev
 
 
+def safe_extract(tar: tarfile.TarFile, into: Path, bundle: Path) -> None:
+    """Extract only plain files and folders that stay inside `into` (what the "data" filter allows of a bundle);
+    any other member (a link, a device, an absolute or `..` path) is refused naming it."""
+    root = into.resolve()
+    members = tar.getmembers()
+    for member in members:
+        target = (root / member.name).resolve()
+        if not (member.isfile() or member.isdir()) or member.name.startswith("/") or \
+                (target != root and root not in target.parents):
+            raise UsageError(f"--bundle {bundle}: member {member.name}: not a plain file or folder inside the bundle")
+    tar.extractall(into, members=members)
+
+
 def unpack(bundle: Path, into: Path) -> dict[str, Any]:
     """Extract `bundle` into `into` and check every member against `bundle.json`."""
     if not bundle.is_file():
         raise UsageError(f"--bundle {bundle}: file not found")
     try:
         with tarfile.open(bundle) as tar:
-            tar.extractall(into, filter="data")
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(into, filter="data")
+            else:  # Python before 3.10.12 / 3.11.4 has no extraction filters
+                safe_extract(tar, into, bundle)
     except tarfile.TarError as exc:
         raise UsageError(f"--bundle {bundle}: not a modelrig bundle ({exc})") from None
     try:
