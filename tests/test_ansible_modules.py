@@ -14,7 +14,7 @@ from tests.helpers.hub import served
 from tests.helpers.sshhosts import BIN, REPO_ROOT, ansible_env, playbook, recap, ssh_hosts_fixture  # noqa: F401
 
 pytestmark = pytest.mark.slow
-MODULES = ("modelrig_env", "modelrig_fetch", "modelrig_convert", "modelrig_launch", "modelrig_facts")
+MODULES = ("modelrig_env", "modelrig_fetch", "modelrig_convert", "modelrig_launch", "modelrig_facts", "modelrig_lock")
 TOOLKIT = Path(sys.executable).parent.parent
 
 
