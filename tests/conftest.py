@@ -1,13 +1,17 @@
-"""Shared fixtures: an isolated data root per test, the CLI in-process, and cached real venvs."""
+"""Shared fixtures: an isolated data root per test, the CLI in-process, cached real venvs, and the demo's tiny
+repos on a local hub."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.hub import served
 from tests.helpers.venvs import VenvFactory
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,3 +91,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="module")
+def tiny_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """The demo model's two tiny repos (one gated) on a local hub; yields (url, token)."""
+    root = tmp_path_factory.mktemp("hub")
+    subprocess.run([sys.executable, "-m", "modelrig", "hub", "make-tiny", str(root), "--only",
+                    "modelrig-tiny/llama-meta", "--only", "modelrig-tiny/ziya-delta"], check=True,
+                   capture_output=True)
+    tokens = root / ".modelrig-hub-tokens"
+    with served(root, "--token-file", str(tokens)) as url:
+        yield url, tokens.read_text().split()[0]

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from tests.helpers.sshhosts import BIN, REPO_ROOT, ansible_env, playbook, recap, ssh_hosts_fixture  # noqa: F401
-from tests.test_ansible_site import tiny_hub, write_inventory  # noqa: F401
+from tests.test_ansible_site import write_inventory
 
 pytestmark = pytest.mark.slow
 #: yamllint settings that agree with ansible-lint's own YAML rules.
@@ -20,7 +20,7 @@ YAMLLINT = json.dumps({"extends": "default", "rules": {
     "truthy": {"allowed-values": ["true", "false"]}}})
 
 
-def test_check_diff_on_a_fresh_host_changes_nothing(ssh_hosts, tmp_path, tiny_hub):  # noqa: F811
+def test_check_diff_on_a_fresh_host_changes_nothing(ssh_hosts, tmp_path, tiny_hub):
     host = ssh_hosts.add("fresh")
     url, token = tiny_hub
     inventory = write_inventory(ssh_hosts, tmp_path, host, url, token)
@@ -45,7 +45,7 @@ def test_check_diff_on_a_fresh_host_changes_nothing(ssh_hosts, tmp_path, tiny_hu
     ({"model_launch_timeout": "abc"}, "model_launch_timeout"),
     ({"modelrig_ports": {"demo/chat": "abc"}}, 'modelrig_ports: "demo/chat": "abc" must be MODEL/ENTRY mapped to'),
 ])
-def test_a_wrong_variable_is_refused_by_name_before_any_change(ssh_hosts, tmp_path, tiny_hub, override,  # noqa: F811
+def test_a_wrong_variable_is_refused_by_name_before_any_change(ssh_hosts, tmp_path, tiny_hub, override,
                                                                named):
     host = ssh_hosts.add("wrong")
     url, token = tiny_hub

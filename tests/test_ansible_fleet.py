@@ -21,7 +21,7 @@ from tests.helpers.sshhosts import SshHosts, available, playbook, recap
 from tests.test_ansible_autodl import MODEL as BLUELM
 from tests.test_ansible_autodl import autodl_knobs, modelscope_hub, proxy  # noqa: F401
 from tests.test_ansible_site import MODEL as DEMO
-from tests.test_ansible_site import demo_knobs, tiny_hub  # noqa: F401
+from tests.test_ansible_site import demo_knobs
 
 pytestmark = pytest.mark.slow
 HOSTS = ("cpu", "autodl", "admin")
@@ -55,7 +55,7 @@ def url_of(lines: list[str], demo: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory, tiny_hub: tuple[str, str],  # noqa: F811
+def fleet(tmp_path_factory: pytest.TempPathFactory, tiny_hub: tuple[str, str],
           proxy: tuple[str, list[str]], modelscope_hub: str) -> Iterator[Fleet]:  # noqa: F811
     """The three hosts provisioned by one site.yml run (the first); their demos are stopped afterwards (the root
     host's would outlive its sshd otherwise)."""

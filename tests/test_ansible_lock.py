@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.helpers.sshhosts import BIN, SshHost, SshHosts, available, playbook, recap
-from tests.test_ansible_site import MODEL, free_port, tiny_hub, write_inventory  # noqa: F401
+from tests.test_ansible_site import MODEL, free_port, write_inventory
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +67,7 @@ def _inventory(hosts: SshHosts, tmp: Path, url: str, token: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory, tiny_hub: tuple[str, str]) -> Iterator[Fleet]:  # noqa: F811
+def fleet(tmp_path_factory: pytest.TempPathFactory, tiny_hub: tuple[str, str]) -> Iterator[Fleet]:
     reason = available()
     if reason:
         pytest.fail(reason)

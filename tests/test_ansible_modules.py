@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers.hub import served
 from tests.helpers.sshhosts import BIN, REPO_ROOT, ansible_env, playbook, recap, ssh_hosts_fixture  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -26,18 +25,6 @@ def test_ansible_doc_shows_documentation_examples_and_return_values(module, tmp_
     assert f"MODULE {module}" in run.stdout.replace("\x1b[1m", "").replace("\x1b[0m", "")
     for section in ("OPTIONS", "EXAMPLES", "RETURN VALUES", "toolkit_env", "hf_token", "check_mode"):
         assert section in run.stdout, section
-
-
-@pytest.fixture(scope="module")
-def tiny_hub(tmp_path_factory):
-    """The demo model's two tiny repos (one gated) on a local hub; yields (url, token)."""
-    root = tmp_path_factory.mktemp("hub")
-    subprocess.run([sys.executable, "-m", "modelrig", "hub", "make-tiny", str(root), "--only",
-                    "modelrig-tiny/llama-meta", "--only", "modelrig-tiny/ziya-delta"], check=True,
-                   capture_output=True)
-    tokens = root / ".modelrig-hub-tokens"
-    with served(root, "--token-file", str(tokens)) as url:
-        yield url, tokens.read_text().split()[0]
 
 
 def _book(tmp: Path, tasks: list[dict]) -> Path:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +15,6 @@ import pytest
 import yaml
 from openai import OpenAI
 
-from tests.helpers.hub import served
 from tests.helpers.sshhosts import BIN, REPO_ROOT, SshHost, SshHosts, ansible_env, available, playbook, recap
 
 pytestmark = pytest.mark.slow
@@ -91,18 +89,6 @@ def write_inventory(hosts: SshHosts, tmp: Path, host: SshHost, hub_url: str, tok
     subprocess.run([str(BIN / "ansible-vault"), "encrypt", "--vault-password-file", str(tmp / "vault-pass"),
                     str(vault)], check=True, capture_output=True, env=ansible_env(tmp))
     return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """The demo model's two tiny repos (one gated) on a local hub; yields (url, token)."""
-    root = tmp_path_factory.mktemp("hub")
-    subprocess.run([sys.executable, "-m", "modelrig", "hub", "make-tiny", str(root), "--only",
-                    "modelrig-tiny/llama-meta", "--only", "modelrig-tiny/ziya-delta"], check=True,
-                   capture_output=True)
-    tokens = root / ".modelrig-hub-tokens"
-    with served(root, "--token-file", str(tokens)) as url:
-        yield url, tokens.read_text().split()[0]
 
 
 @pytest.fixture(scope="module")
