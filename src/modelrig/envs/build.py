@@ -239,9 +239,9 @@ def build_env(
 
 
 def _run_build(plan: EnvBuildPlan, env: EnvPlan, *, data: DataRoot, log: Path) -> dict[str, Any]:
-    proc_env = clean_environ(_cache_vars(data))
+    proc_env = installer_environ(data)
     create, *installs = plan.commands
-    _run(create, env=proc_env, log=log, what="create the env")
+    run_logged(create, env=proc_env, log=log, what="create the env")
     if plan.constraints:
         (plan.path / CONSTRAINTS_NAME).write_text("\n".join(plan.constraints) + "\n", encoding="utf-8")
     offline = any("--offline" in c or "--no-index" in c for c in installs)
@@ -251,7 +251,7 @@ def _run_build(plan: EnvBuildPlan, env: EnvPlan, *, data: DataRoot, log: Path) -
     for index, cmd in enumerate(installs):
         first_torch = index == 0 and plan.torch_index_url and not offline
         hint = torch_index_hint(plan.torch_index_url, config_file=data.config_file) if first_torch else ""
-        _run(cmd, env={**proc_env, "VIRTUAL_ENV": str(plan.path)}, log=log, what=what, hint=hint,
+        run_logged(cmd, env={**proc_env, "VIRTUAL_ENV": str(plan.path)}, log=log, what=what, hint=hint,
              fields={"torch_index_url": plan.torch_index_url} if hint else None)
     return smoke_check(plan.python, env_vars=env.env_vars)
 
@@ -265,13 +265,17 @@ def torch_index_hint(torch_index_url: str, *, config_file: Path | str = "<data r
             "<a mirror of download.pytorch.org/whl>`")
 
 
-def _cache_vars(data: DataRoot) -> dict[str, str]:
-    return {"UV_CACHE_DIR": os.environ.get("UV_CACHE_DIR") or str(data.cache / "uv"),
-            "PIP_CACHE_DIR": os.environ.get("PIP_CACHE_DIR") or str(data.cache / "pip")}
+def installer_environ(data: DataRoot) -> dict[str, str]:
+    """The environment installers (uv, pip, conda) run with: isolated from the toolkit, caches under the data root
+    unless UV_CACHE_DIR / PIP_CACHE_DIR say otherwise."""
+    return clean_environ({"UV_CACHE_DIR": os.environ.get("UV_CACHE_DIR") or str(data.cache / "uv"),
+                          "PIP_CACHE_DIR": os.environ.get("PIP_CACHE_DIR") or str(data.cache / "pip")})
 
 
-def _run(cmd: list[str], *, env: dict[str, str], log: Path, what: str, hint: str = "",
-         fields: dict[str, Any] | None = None) -> None:
+def run_logged(cmd: list[str], *, env: dict[str, str], log: Path, what: str, hint: str = "",
+               fields: dict[str, Any] | None = None) -> None:
+    """Run one build command with its output appended to `log`; EnvBuildError naming `what`, the reason found in
+    the output and the log when it fails."""
     with open(log, "a", encoding="utf-8") as out:
         out.write("$ " + " ".join(cmd) + "\n")
         out.flush()

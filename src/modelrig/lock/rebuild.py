@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from modelrig.config import Context
-from modelrig.envs.build import ENV_STAMP_VERSION, _cache_vars, _run
+from modelrig.envs.build import ENV_STAMP_VERSION, installer_environ, run_logged
 from modelrig.envs.smoke import smoke_check
-from modelrig.envs.tools import clean_environ
 from modelrig.errors import EnvBuildError, NotReproducedError
 from modelrig.lock.collect import Located, locate
 from modelrig.lock.packages import hashed_requirements, index_flags, uv_or_fail
@@ -87,9 +86,9 @@ def rebuild_env(lock: Lock, where: Located, ctx: Context, *, wheels: Path | None
         shutil.rmtree(build.path)
     log = ctx.data.envs / f"{build.key}.log"
     log.write_text("", encoding="utf-8")
-    proc_env = clean_environ(_cache_vars(ctx.data))
+    proc_env = installer_environ(ctx.data)
     try:
-        _run(build.commands[0], env=proc_env, log=log, what="create the env")
+        run_logged(build.commands[0], env=proc_env, log=log, what="create the env")
         reqs = build.path / "modelrig-lock-requirements.txt"
         reqs.write_text(hashed_requirements([(p.requirement, p.hashes) for p in lock.env.packages]),
                         encoding="utf-8")
@@ -98,9 +97,10 @@ def rebuild_env(lock: Lock, where: Located, ctx: Context, *, wheels: Path | None
                                                                  encoding="utf-8")
         source = ["--offline", "--no-index", "--find-links", str(wheels)] if wheels else index_flags(where.indexes)
         try:
-            _run([uv_or_fail(), "pip", "install", "--no-config", "--python", str(build.python), "--require-hashes",
-                  "--no-deps", *source, "-r", str(reqs)], env={**proc_env, "VIRTUAL_ENV": str(build.path)},
-                 log=log, what="uv pip install --require-hashes of the locked packages")
+            run_logged([uv_or_fail(), "pip", "install", "--no-config", "--python", str(build.python),
+                        "--require-hashes", "--no-deps", *source, "-r", str(reqs)],
+                       env={**proc_env, "VIRTUAL_ENV": str(build.path)}, log=log,
+                       what="uv pip install --require-hashes of the locked packages")
         except EnvBuildError as exc:  # a locked wheel missing or with another hash: not reproducible here
             raise NotReproducedError(f"packages: {exc}", log=str(log)) from None
         smoke = smoke_check(build.python, env_vars=build.spec["plan"].get("env_vars"))
