@@ -14,6 +14,7 @@ from pathlib import Path
 from modelrig import __version__
 from modelrig.config import Context, DataRoot, default_data_root, load_host_config
 from modelrig.errors import DiskFullError, ManifestError, ModelrigError, UsageError
+from modelrig.facts import HostFacts
 
 #: Modules under `modelrig.cli` that each add their verbs with a `register(subparsers)` function.
 COMMAND_MODULES: tuple[str, ...] = ("manifests", "plan", "facts", "fetch", "hub", "up", "render", "launch", "convert",
@@ -47,6 +48,15 @@ def add_check_flag(parser: argparse.ArgumentParser) -> None:
     nothing (no download, no build, no write, no start)."""
     parser.add_argument("--check", action="store_true",
                         help="only report whether this would change anything and why; touch nothing")
+
+
+def facts_option(args: argparse.Namespace) -> HostFacts | None:
+    """The host facts given with `--facts FILE`, or None for this host's own."""
+    if not getattr(args, "facts", None):
+        return None
+    from modelrig.facts import read_facts
+
+    return read_facts(args.facts)
 
 
 def parse_pairs(items: Sequence[str], flag: str) -> dict[str, str]:

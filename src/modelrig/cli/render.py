@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from modelrig.catalog import load_model
-from modelrig.cli import parse_pairs
+from modelrig.cli import facts_option, parse_pairs
 from modelrig.config import Context
 
 
@@ -39,13 +39,12 @@ def _env_python(plan: Any, ctx: Context) -> Path:
 
 
 def _render(args: argparse.Namespace, ctx: Context) -> int:
-    from modelrig.cli.up import _facts
     from modelrig.fetch.locate import weight_paths
     from modelrig.launch.render import render
     from modelrig.plan import plan_model
 
     manifest = load_model(args.model)
-    plan = plan_model(manifest, ctx, facts=_facts(args))
+    plan = plan_model(manifest, ctx, facts=facts_option(args))
     python = args.python.expanduser().absolute() if args.python else _env_python(plan, ctx)
     given = parse_pairs(args.weights, "--weights")
     paths = {**weight_paths(manifest, ctx), **{n: Path(v).expanduser().absolute() for n, v in given.items()}}

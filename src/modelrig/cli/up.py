@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from modelrig.catalog import load_model
-from modelrig.cli import parse_pairs
+from modelrig.cli import facts_option, parse_pairs
 from modelrig.config import Context
-from modelrig.facts import HostFacts
 from modelrig.result import StageResult
 
 
@@ -71,21 +70,13 @@ def _env_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--facts", type=Path, help="host facts JSON instead of this host's")
 
 
-def _facts(args: argparse.Namespace) -> HostFacts | None:
-    if not getattr(args, "facts", None):
-        return None
-    from modelrig.facts import read_facts
-
-    return read_facts(args.facts)
-
-
 def _env(args: argparse.Namespace, ctx: Context) -> int:
     from modelrig.envs import build_env
     from modelrig.envs.build import prepare_env_build
     from modelrig.plan import plan_model
 
     manifest = load_model(args.model)
-    plan = plan_model(manifest, ctx, facts=_facts(args), env_only=True)
+    plan = plan_model(manifest, ctx, facts=facts_option(args), env_only=True)
     for warning in plan.warnings:
         print(f"modelrig: warning: {warning}", file=sys.stderr)
     if args.dry_run:
@@ -132,7 +123,7 @@ def _up(args: argparse.Namespace, ctx: Context) -> int:
     options = UpOptions(store=args.store, hub=args.hub, hf_endpoint=args.hf_endpoint,
                         modelscope_endpoint=args.modelscope_endpoint, local=parse_pairs(args.local, '--local'),
                         backend=args.backend, python=args.python, installer=args.installer, offline=args.offline,
-                        entries=args.entries, facts=_facts(args))
+                        entries=args.entries, facts=facts_option(args))
     report = (check_up if args.check else up)(manifest, ctx, options=options, on_stage=_printer(ctx))
     if ctx.as_json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
