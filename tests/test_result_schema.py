@@ -69,7 +69,7 @@ def test_error_codes_in_the_document_are_the_engine_s():
 
 def test_typed_outputs_read_back_what_stages_write():
     fetched = {"sources": [{"name": "base", "hub": "huggingface", "repo": "o/m", "revision": "main",
-                            "commit": "a" * 40, "path": "/s/o--m", "ref_kind": "branch",
+                            "commit": "a" * 40, "path": "/s/o--m", "ref_kind": "branch", "pruned": False,
                             "files": [{"path": "config.json", "size": 2, "sha256": "b" * 64}]}],
                "store": "/s", "notes": [], "disk": {}}
     validate({"ok": True, "stage": "fetch", "changed": True, "check": False, "reasons": [], "summary": "s",

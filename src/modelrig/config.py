@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from modelrig.errors import ConfigError, UsageError
 from modelrig.manifest import LocalRef
@@ -70,6 +70,14 @@ class ServeSettings(_Strict):
                 Annotated[int, Field(ge=1, le=65535)]] = {}
 
 
+class ConvertSettings(_Strict):
+    """What conversions do with their inputs."""
+
+    #: Delete the hub-fetched sources a finished, stamped conversion read (`--prune-sources`): the fetch stamps
+    #: keep every file's sha256, and they are downloaded again when the conversion must run again.
+    prune_sources: StrictBool = False
+
+
 class HostConfig(_Strict):
     """Everything about this host that is not in a manifest."""
 
@@ -77,6 +85,7 @@ class HostConfig(_Strict):
     pip: PipSettings = PipSettings()
     conda: CondaSettings = CondaSettings()
     serve: ServeSettings = ServeSettings()
+    convert: ConvertSettings = ConvertSettings()
     #: Paths of user-supplied weights, by the `var` a manifest's `local:` source names.
     local: dict[str, str] = {}
 

@@ -40,6 +40,8 @@ class FetchedSource:
     path: str
     files: list[FileRecord]
     ref_kind: str | None = None
+    #: The files were deleted after the conversion that read them (`--prune-sources`); `files` is the stamp's.
+    pruned: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class ConvertOutput:
 
     output: str
     steps: list[dict[str, Any]]
+    #: With `--prune-sources`: the sources pruned (`name`, `path`, `files`, `bytes`), `freed_bytes`, `summary`.
+    pruned: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,10 @@ def _parser(verb: str) -> argparse.ArgumentParser:
         p.add_argument("--keep-intermediates", action="store_true",
                        help="write every step's output to its own folder instead of fusing steps that feed each "
                             "other into one pass (as `keep: true` on every step)")
+        p.add_argument("--prune-sources", action=argparse.BooleanOptionalAction, default=None,
+                       help="once the conversion is done and stamped, delete the hub-fetched sources only it reads "
+                            "(their fetch stamps keep every sha256; default: the host config's "
+                            "convert.prune_sources)")
     elif verb == "llama-meta":
         p.add_argument("--input", required=True, type=Path, help="folder with params.json and consolidated.NN.pth")
         p.add_argument("--size", choices=("7B", "13B", "30B", "33B", "65B"),
@@ -90,13 +94,24 @@ def _parser(verb: str) -> argparse.ArgumentParser:
 def _run_model(args: argparse.Namespace, ctx: Context, model: str) -> StageResult:
     from modelrig.catalog import load_model
     from modelrig.convert.pipeline import check_pipeline, run_pipeline
+    from modelrig.orchestrate.prune import prune_enabled, prune_sources
 
     manifest = load_model(model)
     inputs, local = parse_pairs(args.input, "--input"), parse_pairs(args.local, "--local")
     if args.check:
-        return check_pipeline(manifest, ctx, inputs=inputs, local=local, keep_intermediates=args.keep_intermediates)
-    return run_pipeline(manifest, ctx, inputs=inputs, local=local, tf_python=args.tf_python,
-                        keep_intermediates=args.keep_intermediates)
+        result = check_pipeline(manifest, ctx, inputs=inputs, local=local, keep_intermediates=args.keep_intermediates)
+    else:
+        result = run_pipeline(manifest, ctx, inputs=inputs, local=local, tf_python=args.tf_python,
+                              keep_intermediates=args.keep_intermediates)
+    if prune_enabled(args.prune_sources, ctx):
+        report = prune_sources(manifest, ctx, inputs=inputs, local=local, keep_intermediates=args.keep_intermediates,
+                               check=args.check)
+        result.details["pruned"] = report.to_dict()
+        if report.freed_bytes:
+            result.changed = True
+            if args.check:
+                result.reasons.append(f"prune: {report.summary()}")
+    return result
 
 
 def _run_step(verb: str, args: argparse.Namespace, ctx: Context) -> StageResult:
@@ -145,4 +160,8 @@ def _convert(args: argparse.Namespace, ctx: Context) -> int:
         print(result.to_json())
     else:
         print(result.line())
+        if "pruned" in result.details:
+            from modelrig.orchestrate.prune import prune_line
+
+            print(prune_line(result.details["pruned"]))
     return 0

@@ -31,19 +31,25 @@ def register(sub: Any) -> None:
                    help="path of user-supplied weights named by a manifest's local: var (repeatable)")
     p.add_argument("--headroom", default=None, metavar="SIZE",
                    help=f"free disk to keep beyond the download (default {human(DEFAULT_HEADROOM)})")
+    p.add_argument("--restore-pruned", action="store_true",
+                   help="download sources pruned after conversion again (done by itself when the conversion that "
+                   "read them is no longer current)")
     add_json_flag(p)
     add_check_flag(p)
     p.set_defaults(func=_fetch)
 
 
 def _fetch(args: argparse.Namespace, ctx: Context) -> int:
+    from modelrig.orchestrate.prune import restore_needed
+
     manifest = load_model(args.model)
     local = parse_pairs(args.local, "--local")
     quiet_log = (lambda line: None) if ctx.quiet else None
     options = FetchOptions(hub=args.hub, store=args.store, dry_run=args.dry_run, verify=args.verify,
                            hf_endpoint=args.hf_endpoint, modelscope_endpoint=args.modelscope_endpoint, local=local,
                            headroom=parse_size(args.headroom) if args.headroom else DEFAULT_HEADROOM,
-                           check=args.check)
+                           check=args.check, restore_pruned=args.restore_pruned
+                           or restore_needed(manifest, ctx, store=args.store, local=local))
     if quiet_log is not None:
         options.log = quiet_log
     result = fetch_model(manifest, ctx, options=options)

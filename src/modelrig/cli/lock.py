@@ -90,6 +90,9 @@ def _verify(args: argparse.Namespace, ctx: Context) -> int:
 
     lock, manifest, _ = _load(ctx, args.model, args.lock)
     report = verify(lock, manifest, ctx, full=args.full, remote=args.full or args.remote)
+    if not ctx.as_json:
+        for line in report.pruned:
+            print(f"pruned: {line}")
     if report.drift:
         if not ctx.as_json:
             for line in report.drift:

@@ -38,6 +38,9 @@ def register(sub: Any) -> None:
                    help="path of user-supplied weights named by a manifest's local: var (repeatable)")
     p.add_argument("--entry", action="append", dest="entries", metavar="NAME",
                    help="launch only this entry (repeatable; default: every entry for this host)")
+    p.add_argument("--prune-sources", action=argparse.BooleanOptionalAction, default=None,
+                   help="once converted, delete the fetched sources only the conversion reads (default: the host "
+                   "config's convert.prune_sources); they are downloaded again when it must run again")
     _env_options(p)
     add_json_flag(p)
     add_check_flag(p)
@@ -117,13 +120,15 @@ def _summary(model: str, changed: bool, seconds: float, urls: dict[str, str]) ->
 
 
 def _up(args: argparse.Namespace, ctx: Context) -> int:
+    from modelrig.orchestrate.prune import prune_enabled
     from modelrig.orchestrate.up import UpOptions, check_up, up
 
     manifest = load_model(args.model)
     options = UpOptions(store=args.store, hub=args.hub, hf_endpoint=args.hf_endpoint,
                         modelscope_endpoint=args.modelscope_endpoint, local=parse_pairs(args.local, '--local'),
                         backend=args.backend, python=args.python, installer=args.installer, offline=args.offline,
-                        entries=args.entries, facts=facts_option(args))
+                        entries=args.entries, facts=facts_option(args),
+                        prune_sources=prune_enabled(args.prune_sources, ctx))
     report = (check_up if args.check else up)(manifest, ctx, options=options, on_stage=_printer(ctx))
     if ctx.as_json:
         print(json.dumps(report.to_dict(), indent=2, default=str))

@@ -15,6 +15,7 @@ from modelrig.convert.product import Product, write_product
 from modelrig.convert.readers import open_checkpoint_file
 from modelrig.convert.step import run_step
 from modelrig.errors import ConversionError
+from modelrig.fetch.prune import recorded_files
 from modelrig.result import StageResult
 
 #: LLaMA-1 sizes: (hidden size, tensor-parallel shards) of Meta's release.
@@ -329,7 +330,13 @@ def meta_product(input_dir: Path, *, size: str | None = None, llama_version: str
 
 
 def meta_sources(input_dir: Path, *, size: str | None = None) -> dict[str, Path]:
-    """The files a Meta conversion reads, by role (for the step's stamp)."""
+    """The files a Meta conversion reads, by role (for the step's stamp); for a folder pruned after its
+    conversion, as its fetch stamp records them (the tokenizer there, else one level up)."""
+    recorded = recorded_files(Path(input_dir))
+    if recorded and not (Path(input_dir) / "params.json").is_file():
+        inside = Path(input_dir) / "tokenizer.model"
+        return {"checkpoint": Path(input_dir),
+                "tokenizer": inside if "tokenizer.model" in recorded else Path(input_dir).parent / "tokenizer.model"}
     layout = read_layout(Path(input_dir), size=size)
     return {"checkpoint": Path(input_dir), "tokenizer": layout.tokenizer}
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from modelrig.convert.shards import ensure_free_space
+from modelrig.errors import ConversionError
+from modelrig.fetch.prune import is_pruned_path, recorded_files
 from modelrig.result import StageResult, timed
 from modelrig.stamp import STAMP_NAME, atomic_dir, atomic_write_text, digest, read_stamp, sha256_file, write_stamp
 
@@ -20,15 +22,20 @@ FORMAT_VERSION = 1
 
 
 def input_files(*sources: Path) -> list[Path]:
-    """Every regular file under the given files/directories (hidden files and stamps excluded), sorted."""
+    """Every regular file under the given files/directories (hidden files and stamps excluded), sorted.
+
+    A fetched folder pruned after its conversion (`modelrig.fetch.prune`) lists the files its stamp records,
+    as they were before pruning, so the idempotency key of a conversion does not change when its sources go.
+    """
     files: list[Path] = []
     for source in sources:
         source = Path(source)
-        if source.is_file():
+        if source.is_file() or (not source.exists() and is_pruned_path(source)):
             files.append(source)
         elif source.is_dir():
-            files += sorted(p for p in source.rglob("*") if p.is_file()
-                            and not any(part.startswith(".") for part in p.relative_to(source).parts))
+            found = {p for p in source.rglob("*") if p.is_file()}
+            found |= {source / rel for rel in recorded_files(source)}
+            files += sorted(p for p in found if not any(part.startswith(".") for part in p.relative_to(source).parts))
     return files
 
 
@@ -46,12 +53,15 @@ def stamped_digests(directory: Path) -> dict[str, str]:
     for name, sha in (stamp.get("outputs") or {}).items():
         recorded[name] = (sha, None)
     stamp_time = stamp_path.stat().st_mtime_ns
+    pruned = recorded_files(directory)
     out: dict[str, str] = {}
     for rel, (sha, size) in recorded.items():
         f = directory / rel
         try:
             st = f.stat()
         except OSError:
+            if rel in pruned:  # deleted after the conversion that read it: its recorded digest stands for it
+                out[str(f)] = sha
             continue
         if (size is None or st.st_size == size) and st.st_mtime_ns <= stamp_time:
             out[str(f)] = sha
@@ -127,8 +137,9 @@ def step_differences(kind: str, *, out: Path, params: dict[str, Any], sources: d
     stamp = read_stamp(out)
     if stamp is None:
         return [f"{out.name}: not built yet"]
-    if any(not Path(s).exists() for s in sources.values()):
-        missing = ", ".join(f"{role} ({s})" for role, s in sources.items() if not Path(s).exists())
+    if any(not Path(s).exists() and not is_pruned_path(Path(s)) for s in sources.values()):
+        missing = ", ".join(f"{role} ({s})" for role, s in sources.items()
+                            if not Path(s).exists() and not is_pruned_path(Path(s)))
         return [f"{out.name}: input {missing} not there yet"]
     key, inputs = step_key(kind, params, sources, cache=cache, persist=False)
     why = []
@@ -188,6 +199,7 @@ def run_step(kind: str, *, out: Path, params: dict[str, Any], sources: dict[str,
             hash_alongside = False
         else:
             hash_alongside = True
+        refuse_pruned(sources, out=out, model=model)
         ensure_free_space(out.parent, needed_bytes())
         with atomic_dir(out) as tmp:
             # Nothing finished to compare with: hash the inputs while converting (hashing releases the GIL).
@@ -206,6 +218,25 @@ def run_step(kind: str, *, out: Path, params: dict[str, Any], sources: dict[str,
     details.update({"kind": kind, "out": str(out), "files": outputs})
     return StageResult(stage="convert", changed=True, model=model, seconds=t["seconds"], summary=summary,
                        details=details)
+
+
+def refuse_pruned(sources: dict[str, Path], *, out: Path, model: str | None) -> None:
+    """A `ConversionError` (code `sources_pruned`) when a step that must run reads a source pruned after an
+    earlier conversion: it names the source and the command that downloads it again."""
+    gone = [(role, Path(path)) for role, path in sorted(sources.items()) if _pruned_input(Path(path))]
+    if not gone:
+        return
+    role, path = gone[0]
+    name = model or "MODEL"
+    raise ConversionError(f"{out.name} must be built again but its input {role} ({path}) was pruned after an earlier "
+                          f"conversion: run `modelrig fetch {name} --restore-pruned` first (`modelrig up {name}` "
+                          "does it itself)", code="sources_pruned", input=role, path=str(path))
+
+
+def _pruned_input(path: Path) -> bool:
+    if is_pruned_path(path):
+        return True
+    return path.is_dir() and any(not (path / rel).exists() for rel in recorded_files(path))
 
 
 def _fsync_dir(path: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from modelrig.config import Context, local_weights_dir
 from modelrig.errors import DiskSpaceError, FetchError, HubUnreachableError, UsageError
 from modelrig.fetch.download import download, locked, plan_matches_stamp, stamp_is_current
+from modelrig.fetch.prune import PRUNED_KEY, pinned_pruned_stamp, plan_pruned_stamp, pruned_note
 from modelrig.fetch.remote import Endpoints, HubUnreachable, endpoints_for, resolve_source
 from modelrig.fetch.sources import (
     DEFAULT_HEADROOM,
@@ -27,6 +28,7 @@ from modelrig.fetch.sources import (
 )
 from modelrig.manifest import Manifest, WeightSource
 from modelrig.netcheck import unreachable_hint
+from modelrig.plan.steps import reads_directly
 from modelrig.result import StageResult, timed
 from modelrig.stamp import read_stamp, sha256_file, write_json
 
@@ -45,6 +47,9 @@ class FetchOptions:
     headroom: int = DEFAULT_HEADROOM
     #: Only say whether a fetch would download anything, and why; download and write nothing.
     check: bool = False
+    #: Download sources pruned after their conversion again (else they stay pruned, reported as such; a source
+    #: the model's launch reads directly is always restored).
+    restore_pruned: bool = False
     log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
 
 
@@ -62,6 +67,7 @@ def fetch_model(manifest: Manifest, ctx: Context, *, options: FetchOptions) -> S
     sources: list[dict[str, Any]] = []
     with timed() as clock:
         current: list[tuple[str, dict[str, Any]]] = []
+        pruned: list[tuple[str, dict[str, Any]]] = []
         plans: list[SourcePlan] = []
         for name, source in manifest.weights.items():
             if source.model is not None:
@@ -74,6 +80,11 @@ def fetch_model(manifest: Manifest, ctx: Context, *, options: FetchOptions) -> S
             if done is not None:
                 current.append((name, done))
                 continue
+            kept = None if _restore(manifest, name, options) else pinned_pruned_stamp(source, store,
+                                                                                     requested=options.hub)
+            if kept is not None:
+                pruned.append((name, kept))
+                continue
             try:
                 plans.append(_plan_with_fallback(name, source, store, endpoints, options,
                                                  prefer=ctx.config.hub.prefer))
@@ -81,12 +92,23 @@ def fetch_model(manifest: Manifest, ctx: Context, *, options: FetchOptions) -> S
                 earlier = _fetched_moving_ref(source, store, options)
                 if earlier is None:
                     raise
+                if earlier.get(PRUNED_KEY) and not _restore(manifest, name, options):
+                    pruned.append((name, earlier))
+                    continue
                 note = (f"{name}: no hub reachable; using commit {earlier['commit']} of "
                         f"{earlier['repo']}@{earlier['revision']} fetched earlier (run fetch with a hub reachable "
                         "to move to the ref's newest commit)")
                 options.log(f"modelrig: warning: {note}")
                 notes.append(note)
                 current.append((name, earlier))
+        for plan in list(plans):
+            kept = None if _restore(manifest, plan.name, options) else plan_pruned_stamp(plan)
+            if kept is not None:
+                plans.remove(plan)
+                pruned.append((plan.name, kept))
+        for name, stamp in pruned:
+            notes.append(pruned_note(name, stamp, manifest.id))
+            sources.append(_source_record(name, stamp, store))
         for plan in plans:
             if plan.ref_kind == "branch":
                 options.log(f"modelrig: warning: {plan.name}: {plan.hub} revision {plan.revision!r} of {plan.repo} "
@@ -118,7 +140,7 @@ def fetch_model(manifest: Manifest, ctx: Context, *, options: FetchOptions) -> S
             sources.append(_source_record(plan.name, stamp, store))
     changed = downloaded_files > 0
     hub_sources = [s for s in sources if s.get("hub") in HUBS]
-    total_files = sum(len(s["files"]) for s in hub_sources)
+    total_files = sum(len(s["files"]) for s in hub_sources if not s.get("pruned"))
     rate = downloaded_bytes / clock["seconds"] / 1e6 if clock["seconds"] > 0 else 0.0
     verb = "re-verified" if options.verify else "verified"
     if changed:
@@ -127,6 +149,8 @@ def fetch_model(manifest: Manifest, ctx: Context, *, options: FetchOptions) -> S
     else:
         summary = f"{len(hub_sources)} sources, {total_files} files in place" + (", all re-verified"
                                                                                   if options.verify else "")
+    if pruned:
+        summary += f", {len(pruned)} pruned after conversion"
     return StageResult(stage="fetch", changed=changed, summary=summary, model=manifest.id,
                        seconds=clock["seconds"],
                        details={"sources": sources, "notes": notes, "disk": disk, "store": str(store)})
@@ -161,15 +185,32 @@ def check_fetch(manifest: Manifest, ctx: Context, *, options: FetchOptions) -> S
             if done is not None:
                 sources.append({**_source_record(name, done, store), "state": "in place"})
                 continue
+            restore = _restore(manifest, name, options)
+            kept = pinned_pruned_stamp(source, store, requested=options.hub)
+            if kept is not None and not restore:
+                sources.append({**_source_record(name, kept, store), "state": "pruned after conversion"})
+                continue
             plan = _plan_with_fallback(name, source, store, endpoints, options, prefer=ctx.config.hub.prefer)
-            why = _stamp_differences(plan)
+            kept = kept or plan_pruned_stamp(plan)
+            if kept is not None and not restore:
+                sources.append({**_source_record(name, kept, store), "state": "pruned after conversion"})
+                continue
+            why = [f"pruned after conversion, would be downloaded again ({plan.hub} {plan.repo}@{plan.commit[:12]})"] \
+                if kept is not None else _stamp_differences(plan)
             reasons.extend(f"{name}: {reason}" for reason in why)
             sources.append({"name": name, "hub": plan.hub, "repo": plan.repo, "commit": plan.commit,
                             "path": str(plan.target), "state": "to download" if why else "in place"})
+    kept = sum(s.get("state") == "pruned after conversion" for s in sources)
     summary = (f"would download {sum(s.get('state') == 'to download' for s in sources)} of {len(sources)} sources"
-               if reasons else f"{len(sources)} sources in place")
+               if reasons else f"{len(sources)} sources in place") + (f", {kept} pruned after conversion" if kept
+                                                                     else "")
     return StageResult(stage="fetch", changed=bool(reasons), check=True, reasons=reasons, summary=summary,
                        model=manifest.id, seconds=clock["seconds"], details={"sources": sources, "store": str(store)})
+
+
+def _restore(manifest: Manifest, name: str, options: FetchOptions) -> bool:
+    """Whether a pruned source is downloaded again: when asked, or when the launch reads it directly."""
+    return options.restore_pruned or reads_directly(manifest, name)
 
 
 def _stamp_differences(plan: SourcePlan) -> list[str]:
@@ -223,8 +264,9 @@ def _fetched_moving_ref(source: WeightSource, store: Path, options: FetchOptions
             continue
         if stamp.get("include") != list(source.include) or stamp.get("exclude") != list(source.exclude):
             continue
-        if all((target / e["path"]).is_file() and (target / e["path"]).stat().st_size == e["size"]
-               for e in stamp.get("files", [])):
+        if stamp.get(PRUNED_KEY) or all((target / e["path"]).is_file()
+                                        and (target / e["path"]).stat().st_size == e["size"]
+                                        for e in stamp.get("files", [])):
             return stamp
     return None
 
@@ -272,7 +314,7 @@ def _source_record(name: str, stamp: dict[str, Any], store: Path) -> dict[str, A
     return {"name": name, "hub": stamp["hub"], "repo": stamp["repo"], "revision": stamp["revision"],
             "ref_kind": stamp.get("ref_kind", "commit"), "commit": stamp["commit"],
             "path": str(store / stamp["hub"] / stamp["repo"].replace("/", "--")),
-            "files": stamp["files"]}
+            "files": stamp["files"], "pruned": isinstance(stamp.get(PRUNED_KEY), dict)}
 
 
 def _local_source(name: str, source: WeightSource, ctx: Context, options: FetchOptions,
@@ -284,7 +326,7 @@ def _local_source(name: str, source: WeightSource, ctx: Context, options: FetchO
     if not files:
         raise FetchError(f"{name}: local weights {var}={path}: the folder is empty")
     return {"name": name, "hub": "local", "repo": None, "revision": None, "commit": None, "path": str(path),
-            "files": files}
+            "files": files, "pruned": False}
 
 
 def _dry_run_result(manifest: Manifest, plans: list[SourcePlan], current: list[tuple[str, dict[str, Any]]],

@@ -21,6 +21,7 @@ from typing import Any
 from modelrig.config import Context
 from modelrig.envs.tools import clean_environ
 from modelrig.errors import EnvBuildError, NotReproducedError, UsageError
+from modelrig.fetch.prune import pruned_record
 from modelrig.lock.collect import locate
 from modelrig.lock.packages import hashed_requirements, index_flags, normalise, uv_or_fail
 from modelrig.lock.rebuild import RebuildReport, pinned_manifest, rebuild_env
@@ -101,6 +102,9 @@ def make_bundle(lock_path: Path, out: Path, ctx: Context) -> dict[str, Any]:
             for item in [*source.files, None]:
                 rel = item.path if item else STAMP_NAME
                 (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+                if not (src / rel).is_file() and pruned_record(src) is not None:
+                    raise NotReproducedError(f"weights {source.name}: pruned after conversion; run `modelrig fetch "
+                                             f"{lock.model} --restore-pruned` first to bundle it", path=str(src))
                 if not (src / rel).is_file():
                     raise NotReproducedError(f"weights {source.name}: {src / rel} missing; run `modelrig verify "
                                              "--full` and `modelrig rebuild` first", path=str(src / rel))

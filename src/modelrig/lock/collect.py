@@ -116,7 +116,7 @@ def fetched_sources(manifest: Manifest, ctx: Context) -> list[Source]:
         ref = dict(source.hubs).get(folder.parent.name)
         sources.append(Source(name=name, hub=folder.parent.name, repo=stamp["repo"],
                               revision=ref.revision if ref else stamp["revision"], commit=stamp["commit"],
-                              files=files))
+                              files=files, pruned=isinstance(stamp.get("pruned"), dict)))
     return sources
 
 

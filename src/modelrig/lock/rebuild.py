@@ -131,7 +131,9 @@ def rebuild(lock: Lock, manifest: Manifest, ctx: Context, *, manifest_path: Path
     report = RebuildReport(model=lock.model)
     report.results.append(rebuild_env(lock, locate(manifest, ctx), ctx))
     pinned = pinned_manifest(manifest, lock)
-    options = UpOptions(entries=sorted({f.entry for f in lock.launch}))
+    # sources the lock records as pruned (or the host config says to prune) are pruned again once converted
+    options = UpOptions(entries=sorted({f.entry for f in lock.launch}),
+                        prune_sources=any(s.pruned for s in lock.sources) or ctx.config.convert.prune_sources)
     early: list[StageResult] = []
     if not any(source.model is not None for source in manifest.weights.values()):
         # weights and conversions are checked against the lock before anything is rendered or started

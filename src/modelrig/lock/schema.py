@@ -76,6 +76,9 @@ class Source(_Strict):
     revision: str
     commit: Commit
     files: list[LockedFile]
+    #: The files were deleted after the conversion that read them (`--prune-sources`); still listed with their
+    #: sha256, fetched again when needed. Written only when true.
+    pruned: bool = False
 
 
 class Conversion(_Strict):
@@ -127,6 +130,8 @@ def dump_lock(lock: Lock) -> str:
     data["env"]["packages"].sort(key=lambda p: p["name"])
     for source in data["sources"]:
         source["files"].sort(key=lambda f: f["path"])
+        if not source.get("pruned"):
+            source.pop("pruned", None)
     data["sources"].sort(key=lambda s: s["name"])
     for conv in data["conversions"]:
         conv["files"].sort(key=lambda f: f["path"])

@@ -17,6 +17,7 @@ from typing import Any
 
 from modelrig.config import Context
 from modelrig.errors import ModelrigError
+from modelrig.fetch.prune import recorded_files
 from modelrig.lock.collect import (
     UNLOCKED_LAUNCH_FILES,
     conversion_folders,
@@ -39,11 +40,14 @@ class VerifyReport:
     drift: list[str] = field(default_factory=list)
     checked: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    #: One line per source pruned after its conversion (not drift: its files are gone on purpose).
+    pruned: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The `--json` result of a clean verify."""
         return {"ok": not self.drift, "stage": "verify", "model": self.model, "mode": self.mode,
-                "drift": list(self.drift), "checked": dict(self.checked), "seconds": round(self.seconds, 3)}
+                "drift": list(self.drift), "checked": dict(self.checked), "pruned": list(self.pruned),
+                "seconds": round(self.seconds, 3)}
 
 
 def verify(lock: Lock, manifest: Manifest, ctx: Context, *, full: bool = False, remote: bool | None = None,
@@ -61,7 +65,7 @@ def verify(lock: Lock, manifest: Manifest, ctx: Context, *, full: bool = False, 
     from modelrig.progress import bar
 
     with bar(total, "verify --full") if full else contextlib.nullcontext() as progress:
-        report.drift += check_weights(lock, manifest, ctx, full=full, progress=progress)
+        report.drift += check_weights(lock, manifest, ctx, full=full, progress=progress, pruned=report.pruned)
         report.drift += check_conversions(lock, manifest, ctx, full=full, progress=progress)
     report.checked["files"] = sum(len(s.files) for s in lock.sources) + sum(len(c.files) for c in lock.conversions)
     report.drift += check_launch(lock, ctx, env_path=where.build.path)
@@ -74,8 +78,11 @@ def verify(lock: Lock, manifest: Manifest, ctx: Context, *, full: bool = False, 
     return report
 
 
-def check_weights(lock: Lock, manifest: Manifest, ctx: Context, *, full: bool, progress: Any = None) -> list[str]:
-    """Each locked source not fetched, at another commit, or with a file that differs."""
+def check_weights(lock: Lock, manifest: Manifest, ctx: Context, *, full: bool, progress: Any = None,
+                  pruned: list[str] | None = None) -> list[str]:
+    """Each locked source not fetched, at another commit, or with a file that differs. A source pruned after its
+    conversion is compared by the sha256 and size its fetch stamp records (its files are gone on purpose) and
+    named in `pruned`."""
     drift: list[str] = []
     folders = source_folders(manifest, ctx)
     for source in lock.sources:
@@ -86,6 +93,18 @@ def check_weights(lock: Lock, manifest: Manifest, ctx: Context, *, full: bool, p
         stamp = _stamp(folder)
         if stamp.get("commit") != source.commit:
             drift.append(f"weights {source.name}: commit {source.commit} expected, found {stamp.get('commit')}")
+        recorded = recorded_files(folder)
+        if recorded:
+            drift += _check_recorded(source, recorded)
+            if pruned is not None:
+                pruned.append(f"weights {source.name}: {len(source.files)} files pruned after conversion, their "
+                              f"sha256 recorded in {folder / STAMP_NAME}")
+            gone = [f for f in source.files if not (folder / f.path).exists()]
+            if progress is not None:
+                progress.update(sum(f.size for f in gone))
+            present = [f for f in source.files if f not in gone]
+            drift += check_files(f"weight {source.name}", folder, present, full=full, progress=progress)
+            continue
         drift += check_files(f"weight {source.name}", folder, source.files, full=full, progress=progress)
     return drift
 
@@ -105,6 +124,19 @@ def check_conversions(lock: Lock, manifest: Manifest, ctx: Context, *, full: boo
         if key != conv.key:
             drift.append(f"converted {conv.output}: key {conv.key[:12]} expected, found {key[:12]}")
         drift += check_files(f"converted {conv.output}", folder, conv.files, full=full, progress=progress)
+    return drift
+
+
+def _check_recorded(source: Any, recorded: dict[str, tuple[str, int]]) -> list[str]:
+    """Locked files of a pruned source whose recorded sha256 or size differs from the lock, or not recorded."""
+    drift = []
+    for locked in source.files:
+        sha, size = recorded.get(locked.path, (None, None))
+        if sha is None:
+            drift.append(f"weight {source.name}: {locked.path} not recorded in its pruned fetch stamp")
+        elif (sha, size) != (locked.sha256, locked.size):
+            drift.append(f"weight {source.name}: {locked.path} recorded as sha256 {sha} ({size} bytes) when pruned, "
+                         f"{locked.sha256} ({locked.size} bytes) expected")
     return drift
 
 

@@ -47,6 +47,8 @@ class UpOptions:
     entries: list[str] | None = None
     #: Recorded host facts instead of collecting this host's.
     facts: HostFacts | None = None
+    #: Delete the fetched sources only conversions read once they are converted (`--prune-sources`).
+    prune_sources: bool = False
 
 
 @dataclass
@@ -89,10 +91,12 @@ def env_stage(manifest: Manifest, plan: Plan, ctx: Context, *, options: UpOption
 def fetch_stage(manifest: Manifest, ctx: Context, *, options: UpOptions, check: bool = False) -> StageResult:
     """Download (or find) the model's weights; with `check`, only say whether that would change anything."""
     from modelrig.fetch import FetchOptions, fetch_model
+    from modelrig.orchestrate.prune import restore_needed
 
     fetch_options = FetchOptions(hub=options.hub, store=options.store, hf_endpoint=options.hf_endpoint,
                                  modelscope_endpoint=options.modelscope_endpoint, local=dict(options.local),
-                                 check=check)
+                                 check=check, restore_pruned=restore_needed(manifest, ctx, store=options.store,
+                                                                            local=options.local))
     fetch_options.log = lambda line: None
     return fetch_model(manifest, ctx, options=fetch_options)
 
@@ -116,11 +120,19 @@ def render_stage(manifest: Manifest, plan: Plan, ctx: Context, *, python: Path, 
 
 
 def convert_stage(manifest: Manifest, ctx: Context, *, fetched: StageResult, options: UpOptions) -> StageResult:
-    """Run the manifest's conversion steps (each idempotent on its own) on the folders fetch reported."""
+    """Run the manifest's conversion steps (each idempotent on its own) on the folders fetch reported; with
+    `options.prune_sources`, then prune the sources only they read (`details.pruned`, one more summary clause)."""
     from modelrig.convert.pipeline import run_pipeline
+    from modelrig.orchestrate.prune import prune_sources
 
     inputs = {s.name: s.path for s in read(FetchOutput, fetched).sources if s.name in manifest.weights}
-    return run_pipeline(manifest, ctx, inputs=inputs, local=options.local)
+    result = run_pipeline(manifest, ctx, inputs=inputs, local=options.local)
+    if options.prune_sources:
+        report = prune_sources(manifest, ctx, store=options.store, inputs=inputs, local=options.local)
+        result.details["pruned"] = report.to_dict()
+        result.summary += f"; prune: {report.summary()}"
+        result.changed = result.changed or report.freed_bytes > 0
+    return result
 
 
 def dependency_stages(manifest: Manifest, plan: Plan, ctx: Context, *, options: UpOptions) -> list[StageResult]:
@@ -204,8 +216,9 @@ def up(manifest: Manifest, ctx: Context, *, options: UpOptions | None = None,
     paths = weight_paths(manifest, ctx, options=options)
     converted = done(convert_stage(manifest, ctx, fetched=fetched, options=options)) if manifest.convert else None
     rendered = done(render_stage(manifest, plan, ctx, python=python, paths=paths, options=options))
-    underneath = env.changed or fetched.changed or bool(converted and converted.changed) or \
-        any(r.changed for r in dependencies)
+    # pruning the sources alone changes nothing the services read
+    reconverted = bool(converted and any(step["changed"] for step in converted.details.get("steps", [])))
+    underneath = env.changed or fetched.changed or reconverted or any(r.changed for r in dependencies)
     # entries started by an earlier `up --entry ...` stay recorded, so `down` still stops them; the entries about
     # to start are recorded before they start, so `down` can stop them even when a later one fails to come up
     entries = {**previous.get("entries", {}), **{n: {"dir": e.dir, "pid": None, "kind": e.kind}
@@ -259,7 +272,16 @@ def check_up(manifest: Manifest, ctx: Context, *, options: UpOptions | None = No
                              reasons=[f"{dep.id}: its output {dep.output_name} is not built yet"]))
     fetched = done(fetch_stage(manifest, ctx, options=options, check=True))
     if manifest.convert:
-        done(check_pipeline(manifest, ctx, local=options.local, upstream_changed=fetched.changed))
+        converting = check_pipeline(manifest, ctx, local=options.local, upstream_changed=fetched.changed)
+        if options.prune_sources:
+            from modelrig.orchestrate.prune import prune_sources
+
+            report = prune_sources(manifest, ctx, store=options.store, local=options.local, check=True)
+            converting.details["pruned"] = report.to_dict()
+            if report.freed_bytes:
+                converting.changed = True
+                converting.reasons.append(f"prune: {report.summary()}")
+        done(converting)
     paths = weight_paths(manifest, ctx, options=options)
     rendered = done(render_stage(manifest, plan, ctx, python=Path(read(EnvOutput, env).python), paths=paths,
                                  options=options, check=True))

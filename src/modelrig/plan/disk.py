@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from modelrig.errors import HostCannotRunError
 from modelrig.manifest import Manifest
 from modelrig.plan.precision import GB, sixteen_bit_memory_gb
-from modelrig.plan.steps import group_steps
+from modelrig.plan.steps import group_steps, prunable_sources
 
 #: Disk kept free beyond what the plan writes: 10% plus 2 GB for caches and temporary files.
 DISK_HEADROOM = 0.10
@@ -29,6 +29,8 @@ class DiskPlan:
     needed_bytes: int
     #: What writing the outputs of fused steps too (`keep: true`, --keep-intermediates) would add.
     intermediate_bytes: int = 0
+    #: Downloads `--prune-sources` deletes once the conversions that read them are done (the peak is unchanged).
+    prunable_bytes: int = 0
 
 
 def model_size_gb(manifest: Manifest) -> float:
@@ -58,6 +60,7 @@ def plan_disk(
     """
     manifests = manifests or {}
     download, converted, intermediates = _own_sizes(manifest)
+    prunable = _prunable_gb(manifest)
     own_total = manifest.resources.disk_gb or (download + converted)
     for dep in dependency_chain(manifest, manifests):
         if dep.id in built:
@@ -66,10 +69,17 @@ def plan_disk(
         download += dep_download
         converted += dep_converted
         intermediates += dep_intermediates
+        prunable += _prunable_gb(dep)
         own_total += dep.resources.disk_gb or (dep_download + dep_converted)
     needed = own_total * (1 + DISK_HEADROOM) + DISK_RESERVE_GB
     return DiskPlan(download_bytes=int(download * GB), convert_bytes=int(converted * GB),
-                    needed_bytes=int(needed * GB), intermediate_bytes=int(intermediates * GB))
+                    needed_bytes=int(needed * GB), intermediate_bytes=int(intermediates * GB),
+                    prunable_bytes=int(prunable * GB))
+
+
+def _prunable_gb(manifest: Manifest) -> float:
+    """Download GB of the sources `--prune-sources` would delete after conversion (`steps.prunable_sources`)."""
+    return sum(manifest.weights[name].size_gb or 0.0 for name in prunable_sources(manifest))
 
 
 def dependency_chain(manifest: Manifest, manifests: Mapping[str, Manifest]) -> list[Manifest]:

@@ -63,6 +63,8 @@ class Plan:
     gpus: int = 0
     #: Ids of the `model:` dependencies built (or reused) first, in build order.
     dependencies: list[str] = field(default_factory=list)
+    #: Downloaded bytes `--prune-sources` frees once the conversions that read them are done.
+    prunable_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

@@ -148,6 +148,7 @@ def make_plan(
         disk_needed_bytes=disk.needed_bytes, disk_free_bytes=facts.disk_free_bytes, steps=steps,
         launch=[e.name for e in launch], fits=not refusals, refusal="; ".join(refusals) or None,
         warnings=_unique(warnings), gpus=precision.gpus, dependencies=[d.id for d in deps],
+        prunable_bytes=disk.prunable_bytes,
     )
 
 

@@ -57,3 +57,20 @@ def _joins(manifest: Manifest, steps: list[ConvertStep], i: int, *, keep_interme
         return False
     readers = sum(1 for j in range(i, len(steps)) if _reads(steps[j], name, steps[j - 1].output_name))
     return readers == 1 and _references(manifest, name) == 0
+
+
+def reads_directly(manifest: Manifest, name: str) -> bool:
+    """Whether something besides the conversion steps reads weight source `name`: the model's output (a manifest
+    without steps serves a source as it is) or a launch entry's `weights`."""
+    return _references(manifest, name) > 0
+
+
+def prunable_sources(manifest: Manifest) -> list[str]:
+    """The weight sources `--prune-sources` may delete once the conversion is done: hub-fetched sources (never
+    `local:` or `model:` ones) that a conversion step reads and nothing else reads directly. Sources of
+    `tf_to_pt` steps are kept (that step opens its checkpoint before it knows whether it must run)."""
+    read = {name for step in manifest.convert for name in step.inputs}
+    tf_read = {name for step in manifest.convert if step.kind == "tf_to_pt" for name in step.inputs}
+    return [name for name, source in manifest.weights.items()
+            if source.hubs and source.local is None and source.model is None and name in read - tf_read
+            and not reads_directly(manifest, name)]
