@@ -33,6 +33,13 @@ options:
   tf_python:
     description: A Python with tensorflow-cpu for TF1 checkpoints (default, an env the engine builds).
     type: path
+  prune_sources:
+    description:
+      - Once the conversion is done and stamped, delete the hub-fetched sources only it reads (C(--prune-sources));
+        their fetch stamps keep every file's sha256 and C(modelrig_fetch) downloads them again when the conversion
+        must run again. False leaves it to the host config's C(convert.prune_sources).
+    type: bool
+    default: false
 """
 
 EXAMPLES = r"""
@@ -73,9 +80,10 @@ results:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.modelrig_runner import ModelrigRunner, argument_spec, as_opt, as_pairs
+from ansible.module_utils.modelrig_runner import ModelrigRunner, argument_spec, as_bool, as_opt, as_pairs
 
-FORMATS = dict(input=as_pairs("--input"), local=as_pairs("--local"), tf_python=as_opt("--tf-python"))
+FORMATS = dict(input=as_pairs("--input"), local=as_pairs("--local"), tf_python=as_opt("--tf-python"),
+               prune_sources=as_bool("--prune-sources"))
 
 
 def main():
@@ -85,6 +93,7 @@ def main():
             input=dict(type="dict", default={}),
             local=dict(type="dict", default={}),
             tf_python=dict(type="path"),
+            prune_sources=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
