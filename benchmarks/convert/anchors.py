@@ -73,14 +73,19 @@ def blob_id(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+def check_bytes(anchor: Anchor, data: bytes, where: str) -> None:
+    """Refuse (SystemExit naming `where`) bytes that are not the upstream script's."""
+    got = blob_id(data)
+    if got != anchor.blob:
+        raise SystemExit(f"anchors: {where} is not {anchor.repo}'s {anchor.path} at {anchor.commit[:12]} "
+                         f"(git blob {got}, expected {anchor.blob}); it must be run unmodified")
+
+
 def check_unmodified(anchor: Anchor, file: Path) -> None:
-    """Refuse (SystemExit naming the file) a script that is not byte for byte the upstream one."""
+    """Refuse (SystemExit naming the file) a script that is missing or not byte for byte the upstream one."""
     if not file.is_file():
         raise SystemExit(f"anchors: {anchor.title} script {file} does not exist")
-    got = blob_id(file.read_bytes())
-    if got != anchor.blob:
-        raise SystemExit(f"anchors: {file} is not {anchor.repo}'s {anchor.path} at {anchor.commit[:12]} "
-                         f"(git blob {got}, expected {anchor.blob}); it must be run unmodified")
+    check_bytes(anchor, file.read_bytes(), str(file))
 
 
 def from_git(anchor: Anchor, git_dir: Path) -> bytes:
@@ -122,16 +127,18 @@ def build_venv(venv: Path, *, python: str = "3.11") -> dict[str, str]:
     return dict(line.split("==", 1) for line in freeze.splitlines() if "==" in line)
 
 
-def prepare(out: Path, scripts: dict[str, bytes]) -> dict:
-    """Write the scripts (checked) and the venv under `out`, and out/anchors.json describing them."""
+def prepare(out: Path, scripts: dict[str, tuple[bytes, str]]) -> dict:
+    """Write the scripts (each given as its bytes and where they came from, checked first) and the venv under
+    `out`, and out/anchors.json describing them."""
+    for key, (data, where) in scripts.items():
+        check_bytes(ANCHORS[key], data, where)
     out.mkdir(parents=True, exist_ok=True)
     record: dict = {"anchors": {}}
-    for key, data in scripts.items():
+    for key, (data, _) in scripts.items():
         anchor = ANCHORS[key]
         file = out / key / "apply_delta.py"
         file.parent.mkdir(exist_ok=True)
         file.write_bytes(data)
-        check_unmodified(anchor, file)
         record["anchors"][key] = {**asdict(anchor), "file": str(file), "url": anchor.url}
     packages = build_venv(out / "venv")
     record["python"] = str(out / "venv" / "bin" / "python")
@@ -154,7 +161,8 @@ def main() -> None:
         git_dir, file = getattr(args, f"{key}_git"), getattr(args, key)
         if file is not None and not file.is_file():
             raise SystemExit(f"anchors: --{key} {file}: no such file")
-        scripts[key] = from_git(anchor, git_dir) if git_dir else file.read_bytes()
+        scripts[key] = ((from_git(anchor, git_dir), f"{anchor.path} at {anchor.commit[:12]} in {git_dir}") if git_dir
+                        else (file.read_bytes(), str(file)))
     record = prepare(args.dir, scripts)
     print(json.dumps(record, indent=2))
 

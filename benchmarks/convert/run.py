@@ -8,12 +8,21 @@ measurement runs in its own subprocess, which reports its wall time, peak RSS (V
 Inputs are read once before every measurement (warm page cache). Rounds are interleaved (every approach once per
 round, in rotating order) and medians reported, since the machine is shared.
 
+With `--anchors-dir DIR` (made by `benchmarks/convert/anchors.py`) the delta merge also runs the public scripts that
+do the same job, unmodified, from their own venv: FastChat's `apply_delta.py` (both modes; `--low-cpu-mem` reads
+only `.bin` shards, so it gets `.bin` copies of the same tensors) and Fengshenbang-LM's (embed_tokens/lm_head
+replaced, the rest added: modelrig's `replace`). Their outputs are compared tensor by tensor with modelrig's merge
+of the same inputs (`add`, and `replace` for Fengshenbang's). Without it the anchor rows are reported as not run.
+
     .venv/bin/python benchmarks/convert/run.py [--layers 4] [--rounds 3] [--only merge,meta,...] [--no-write]
+        [--anchors-dir DIR | --anchor-python PY --anchor-fastchat FILE --anchor-fengshenbang FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import platform
@@ -23,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,18 +141,23 @@ def _write_ziya_delta(out: Path, shape: Shape, base: dict) -> None:
     (out / "tokenizer.model").write_bytes(_sp_model(shape.vocab))
 
 
-def generate(work: Path, shape: Shape, *, only: set[str]) -> dict[str, Path]:
-    """Write the inputs the chosen operations read."""
+def generate(work: Path, shape: Shape, *, only: set[str], bin_copies: bool = False) -> dict[str, Path]:
+    """Write the inputs the chosen operations read. The merge's base and delta are HF folders (safetensors shards,
+    config, sentencepiece tokenizer, as the anchors expect); `bin_copies` adds `.bin` copies of both (`base-bin`,
+    `delta-bin`) for FastChat's `--low-cpu-mem` mode, which reads nothing else."""
     from huggingface_hub import save_torch_state_dict
 
-    paths = {k: work / k for k in ("base", "delta", "meta", "bin", "ziya")}
+    paths = {k: work / k for k in ("base", "delta", "meta", "bin", "ziya", "base-bin", "delta-bin")}
     work.mkdir(parents=True, exist_ok=True)
     base = _hf_state(shape, 0, 0.02)
     if "merge" in only:
+        tokenizer = _sp_model(shape.vocab)
         for key, state in (("base", base), ("delta", _hf_state(shape, 1, 0.001))):
-            paths[key].mkdir()
-            save_torch_state_dict(state, paths[key], max_shard_size="700MB")
-            (paths[key] / "config.json").write_text(json.dumps(_config(shape)))
+            for folder, safe in ((key, True), (f"{key}-bin", False)) if bin_copies else ((key, True),):
+                paths[folder].mkdir()
+                save_torch_state_dict(state, paths[folder], max_shard_size="700MB", safe_serialization=safe)
+                (paths[folder] / "config.json").write_text(json.dumps(_config(shape)))
+                (paths[folder] / "tokenizer.model").write_bytes(tokenizer)
     if "safetensors" in only:
         paths["bin"].mkdir()
         save_torch_state_dict(base, paths["bin"], max_shard_size="700MB", safe_serialization=False)
@@ -217,10 +232,20 @@ def child(task: str, paths: dict[str, Path], out: Path, extra: dict) -> None:
     import torch
 
     cache = Path(extra["cache"]) if extra.get("cache") else None
-    if task in ("merge", "merge-known"):
+    if task in ("merge", "merge-known", "merge-replace"):
         from modelrig.convert.delta import apply_delta
 
-        apply_delta(base=paths["base"], delta=paths["delta"], out=out, convention="add", check=False, cache=cache)
+        convention = "replace" if task == "merge-replace" else "add"
+        apply_delta(base=paths["base"], delta=paths["delta"], out=out, convention=convention, check=False,
+                    cache=cache)
+    elif task.startswith("anchor-"):
+        import runpy
+
+        # The public script, as it is, in this process (so that its memory and writes are measured like ours).
+        base, delta = ("base-bin", "delta-bin") if task.endswith("-lowmem") else ("base", "delta")
+        sys.argv = [extra["script"], "--base-model-path", str(paths[base]), "--target-model-path", str(out),
+                    "--delta-path", str(paths[delta]), *(["--low-cpu-mem"] if "-lowmem" in task else [])]
+        runpy.run_path(extra["script"], run_name="__main__")
     elif task == "merge-naive":
         from transformers import LlamaForCausalLM
 
@@ -305,25 +330,122 @@ def _final_bytes(out: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
-def measure(task: str, paths: dict[str, Path], work: Path, inputs: list[Path], extra: dict | None = None) -> dict:
+def _run_child(task: str, paths: dict[str, Path], out: Path, extra: dict | None,
+               python: str | None) -> tuple[subprocess.CompletedProcess, float]:
+    """Run one measurement's process: this script's child mode, under the anchors' interpreter when `python` is
+    given (then without the toolkit's sources on the path, offline, its temporary files in the work folder)."""
+    env = {**os.environ, "MODELRIG_NO_PROGRESS": "1", "PYTHONPATH": str(REPO / "src")}
+    if python:
+        tmp = out.parent / "anchor-tmp"
+        tmp.mkdir(exist_ok=True)
+        env.pop("PYTHONPATH")
+        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
+                   HF_HOME=str(out.parent / "anchor-hf-home"), TMPDIR=str(tmp))
+    cmd = [python or sys.executable, __file__, "--child", task, "--paths",
+           json.dumps({k: str(v) for k, v in paths.items()}), "--out", str(out), "--extra", json.dumps(extra or {})]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    return proc, time.perf_counter() - start
+
+
+def _last_error(stderr: str) -> str:
+    """The exception line of a traceback (the last line that is not blank or a progress bar)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip() and "it/s]" not in line]
+    return lines[-1] if lines else "no output"
+
+
+def measure(task: str, paths: dict[str, Path], work: Path, inputs: list[Path], extra: dict | None = None, *,
+            python: str | None = None, compare: Path | None = None) -> dict:
+    """One measured run. A failing anchor (`python` given) gives a row with its `error` instead of stopping the
+    benchmark; `compare` (a modelrig output) adds `same`, the tensor-by-tensor comparison of the outputs."""
     out = work / f"out-{task}"
     shutil.rmtree(out, ignore_errors=True)
     _warm(inputs)
-    env = {**os.environ, "MODELRIG_NO_PROGRESS": "1", "PYTHONPATH": str(REPO / "src")}
-    cmd = [sys.executable, __file__, "--child", task, "--paths", json.dumps({k: str(v) for k, v in paths.items()}),
-           "--out", str(out), "--extra", json.dumps(extra or {})]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - start
+    proc, wall = _run_child(task, paths, out, extra, python)
     if proc.returncode != 0:
+        shutil.rmtree(out, ignore_errors=True)
+        if python:
+            row = {"task": task, "error": _last_error(proc.stderr)}
+            print(json.dumps(row), file=sys.stderr)
+            return row
         raise SystemExit(f"{task} failed:\n{proc.stderr[-3000:]}")
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     row = {"task": task, "wall_s": round(wall, 2), "peak_rss_mib": round(report["peak_rss_mib"]),
            "read_bytes": sum(p.stat().st_size for p in inputs), "written_bytes": report["wchar"],
            "output_bytes": _final_bytes(out)}
+    if compare is not None:
+        row["same"] = compare_outputs(compare, out)
     shutil.rmtree(out, ignore_errors=True)
     print(json.dumps(row), file=sys.stderr)
     return row
+
+
+def _tensors(directory: Path, stack: contextlib.ExitStack) -> dict[str, Callable[[], object]]:
+    """Every tensor of a model folder by name, as a loader: safetensors opened lazily, weight-only pickles
+    memory-mapped."""
+    import torch
+    from safetensors import safe_open
+
+    found: dict[str, Callable[[], object]] = {}
+    for f in sorted(directory.glob("*.safetensors")):
+        handle = stack.enter_context(safe_open(str(f), "pt"))
+        found.update({name: functools.partial(handle.get_tensor, name) for name in handle.keys()})
+    for f in sorted(directory.glob("*.bin")):
+        state = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+        found.update({name: functools.partial(state.__getitem__, name) for name in state})
+    return found
+
+
+def _ordered_bits(t):
+    """The tensor's bit patterns as integers ordered like the floats (so a difference counts ulps)."""
+    import torch
+
+    kind, wide, sign = {2: (torch.int16, torch.int32, 0x7FFF), 4: (torch.int32, torch.int64, 0x7FFFFFFF)}[
+        t.element_size()]
+    bits = t.contiguous().view(kind).to(wide)
+    return torch.where(bits < 0, -(bits & sign), bits)
+
+
+def compare_outputs(ours: Path, theirs: Path) -> dict:
+    """Compare two model folders tensor by tensor: names, dtypes, shapes, bit-identical tensors, and for the rest
+    how many elements differ and by at most how many ulps (of the stored dtype, 2- or 4-byte floats)."""
+
+    with contextlib.ExitStack() as stack:
+        mine, other = _tensors(ours, stack), _tensors(theirs, stack)
+        identical, differing, max_ulp, mismatched = 0, 0, 0, []
+        for name in sorted(set(mine) & set(other)):
+            o, t = mine[name](), other[name]()
+            if o.dtype != t.dtype or o.shape != t.shape:
+                mismatched.append(f"{name}: {t.dtype} {tuple(t.shape)} vs {o.dtype} {tuple(o.shape)}")
+                continue
+            ulps = (_ordered_bits(o) - _ordered_bits(t)).abs()
+            if not bool(ulps.any()):
+                identical += 1
+                continue
+            differing += int((ulps > 0).sum())
+            max_ulp = max(max_ulp, int(ulps.max()))
+    return {"tensors": len(mine), "identical": identical, "differing_elements": differing, "max_ulp": max_ulp,
+            "missing": sorted(set(mine) - set(other)), "extra": sorted(set(other) - set(mine)),
+            "mismatched": mismatched}
+
+
+def same_summary(same: dict, convention: str) -> str:
+    """One phrase for a comparison from `compare_outputs`."""
+    n, problems = same["tensors"], []
+    if same["missing"]:
+        problems.append(f"{len(same['missing'])} tensors missing ({', '.join(same['missing'][:3])})")
+    if same["extra"]:
+        problems.append(f"{len(same['extra'])} extra tensors ({', '.join(same['extra'][:3])})")
+    if same["mismatched"]:
+        problems.append(f"{len(same['mismatched'])} with another dtype or shape ({same['mismatched'][0]})")
+    if same["identical"] == n and not problems:
+        return f"bit-identical to modelrig's `{convention}` merge (all {n} tensors)"
+    if not problems and same["max_ulp"] <= 1:
+        return (f"equal to modelrig's `{convention}` merge within fp16 rounding ({same['identical']} of {n} "
+                f"tensors bit-identical, {same['differing_elements']} elements 1 ulp apart)")
+    return (f"differs from modelrig's `{convention}` merge: {same['identical']} of {n} tensors bit-identical, "
+            f"{same['differing_elements']} elements up to {same['max_ulp']} ulps apart"
+            + (f"; {'; '.join(problems)}" if problems else ""))
 
 
 def _median(rows: list[dict]) -> dict:
@@ -342,16 +464,38 @@ def _cache_digests(work: Path, inputs: list[Path]) -> str:
     return str(cache)
 
 
-def run(work: Path, shape: Shape, *, rounds: int, only: set[str]) -> dict:
+def _references(paths: dict[str, Path], work: Path, conventions: set[str]) -> dict[str, Path]:
+    """modelrig's merges of the benchmark's base and delta that the anchors' outputs are compared with."""
+    refs = {}
+    for convention in sorted(conventions):
+        out = work / f"ref-{convention}"
+        proc, _ = _run_child("merge" if convention == "add" else "merge-replace", paths, out, {}, None)
+        if proc.returncode != 0:
+            raise SystemExit(f"modelrig's {convention} merge (the anchors' reference) failed:\n{proc.stderr[-3000:]}")
+        refs[convention] = out
+    return refs
+
+
+def run(work: Path, shape: Shape, *, rounds: int, only: set[str], anchors: dict | None = None) -> dict:
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
-    paths = generate(work / "synthetic", shape, only=only - {"wide"}) if only - {"wide"} else {}
+    with_anchors = bool(anchors) and "merge" in only
+    paths = generate(work / "synthetic", shape, only=only - {"wide"}, bin_copies=with_anchors) \
+        if only - {"wide"} else {}
     gen_s = time.perf_counter() - t0
     st, bins, pth = ("*.safetensors",), ("*.bin",), ("*.pth", "tokenizer.model")
     groups: dict[str, tuple[list[Path], list[str]]] = {}
+    #: anchor task -> (script, the inputs it reads, the modelrig convention its output is compared with)
+    anchor_tasks: dict[str, tuple[str, list[Path], str]] = {}
     if "merge" in only:
         inputs = _files(paths["base"], st) + _files(paths["delta"], st)
-        groups["merge"] = (inputs, ["merge", "merge-known", "merge-naive"])
+        if with_anchors:
+            bin_inputs = _files(paths["base-bin"], bins) + _files(paths["delta-bin"], bins)
+            for key, script in anchors["scripts"].items():
+                anchor_tasks[f"anchor-{key}"] = (script, inputs, "replace" if key == "fengshenbang" else "add")
+                if key == "fastchat":
+                    anchor_tasks["anchor-fastchat-lowmem"] = (script, bin_inputs, "add")
+        groups["merge"] = (inputs, ["merge", "merge-known", "merge-naive", *anchor_tasks])
     if "meta" in only:
         groups["meta"] = (_files(paths["meta"], pth), ["meta", "meta-known", "meta-naive"])
     if "safetensors" in only:
@@ -363,6 +507,8 @@ def run(work: Path, shape: Shape, *, rounds: int, only: set[str]) -> dict:
     for op, (inputs, _tasks) in groups.items():
         every = inputs + [p for d in {f.parent for f in inputs} for p in d.glob("*.json")]
         caches[op] = _cache_digests(work / op, every)
+    refs = _references(paths, work, {c for _, _, c in anchor_tasks.values()}) if anchor_tasks else {}
+    failed: dict[str, str] = {}
     rows: dict[str, list[dict]] = {}
     for r in range(rounds):
         start = time.perf_counter()
@@ -373,12 +519,33 @@ def run(work: Path, shape: Shape, *, rounds: int, only: set[str]) -> dict:
         for op, (inputs, tasks) in groups.items():
             order = tasks[r % len(tasks):] + tasks[:r % len(tasks)]
             for task in order:
+                if task in failed:
+                    continue
+                if task in anchor_tasks:
+                    script, task_inputs, convention = anchor_tasks[task]
+                    row = measure(task, paths, work, task_inputs, {"script": script}, python=anchors["python"],
+                                  compare=refs.get(convention) if r == 0 else None)
+                    if "error" in row:
+                        failed[task] = row["error"]
+                        continue
+                    rows.setdefault(task, []).append(row)
+                    continue
                 extra = {"cache": caches[op]} if task.endswith("-known") else {}
                 rows.setdefault(task, []).append(measure(task, paths, work, inputs, extra))
             out_bytes = int(statistics.median(x["output_bytes"] for x in rows[tasks[0]]))
             rows.setdefault(f"floor-{op}", []).append(measure(
                 f"floor-{op}", paths, work, inputs, {"inputs": [str(p) for p in inputs], "out_bytes": out_bytes}))
-    results = {task: _median(r) for task, r in rows.items()}
+        if r == 0 and refs:
+            for ref in refs.values():
+                shutil.rmtree(ref, ignore_errors=True)
+            refs = {}
+    results = {task: _median(r) for task, r in rows.items() if task not in failed}
+    results.update({task: {"task": task, "error": error} for task, error in failed.items()})
+    if with_anchors and "fastchat" in anchors["scripts"]:
+        # FastChat's --low-cpu-mem mode on the safetensors folders the other approaches read: does it run at all?
+        tried = measure("anchor-fastchat-lowmem-st", paths, work, inputs, {"script": anchors["scripts"]["fastchat"]},
+                        python=anchors["python"])
+        anchors = {**anchors, "lowmem_on_safetensors": tried.get("error", "ran")}
     wide = None
     if "wide" in only:
         wide_paths = generate(work / "wide", WIDE_13B, only={"wide"})
@@ -386,11 +553,16 @@ def run(work: Path, shape: Shape, *, rounds: int, only: set[str]) -> dict:
         wide = _median([measure("wide", wide_paths, work, inputs) for _ in range(rounds)])
         wide["largest_tensor_bytes"] = WIDE_13B.largest_tensor_bytes
         shutil.rmtree(work / "wide", ignore_errors=True)
-    meta = paths.get("meta")
-    model_bytes = sum(p.stat().st_size for p in _files(meta, ("*.pth",))) if meta and meta.exists() else 0
+    model_bytes = 0
+    for folder, patterns in ((paths.get("meta"), ("*.pth",)), (paths.get("base"), st)):
+        if folder and folder.exists():
+            model_bytes = sum(p.stat().st_size for p in _files(folder, patterns))
+            break
     return {"results": results, "wide": wide, "largest_tensor_bytes": shape.largest_tensor_bytes,
             "model_bytes": model_bytes, "layers": shape.layers, "rounds": rounds, "generate_s": round(gen_s, 1),
-            "load": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
+            "load": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+            "anchors": ({k: v for k, v in anchors.items() if k != "scripts"} if with_anchors else None),
+            "measured": sorted(only)}
 
 
 #: Real sizes for the projections (GB, 1e9 bytes): Meta LLaMA-13B shards, the Ziya delta (28 .bin shards), the
@@ -400,7 +572,12 @@ LABELS = {
     "merge": ("delta merge (`add`)", {
         "merge": "modelrig streaming (first run: hashes its inputs)",
         "merge-known": "modelrig streaming, input digests known (after `fetch`)",
-        "merge-naive": "transformers: load base + delta, add, `save_pretrained`"}),
+        "merge-naive": "transformers: load base + delta, add, `save_pretrained`",
+        "anchor-fastchat": "FastChat `apply_delta.py`: loads base + delta whole, `+=`, `save_pretrained`",
+        "anchor-fastchat-lowmem": "FastChat `apply_delta.py --low-cpu-mem` (`.bin` copies: re-splits both into "
+                                  "4 GiB files in TMPDIR, adds split by split)",
+        "anchor-fengshenbang": "Fengshenbang-LM `apply_delta.py`: loads both whole, keeps the delta's "
+                               "embed_tokens/lm_head, `+=` the rest, `save_pretrained`"}),
     "meta": ("llama-meta (2 shards)", {
         "meta": "modelrig streaming (first run: hashes its inputs)",
         "meta-known": "modelrig streaming, input digests known (cache)",
@@ -442,7 +619,14 @@ def markdown(data: dict) -> str:
             continue
         floor = res[f"floor-{op}"]["wall_s"]
         for task, label in [*approaches.items(), (f"floor-{op}", "I/O floor")]:
+            if task not in res:
+                continue
             r = res[task]
+            if "error" in r:
+                lines.append(f"| {name} | {label} | did not run: `{r['error']}` | - | - | - | - | - | - | - |")
+                continue
+            if "same" in r:
+                label += f"; output {_same_short(r['same'])}"
             lines.append(f"| {name} | {label} | {r['wall_s']:.1f} | {r['peak_rss_mib']:.0f} | "
                          f"{r['read_bytes'] / 1e9:.2f} | {r['written_bytes'] / 1e9:.2f} | {r['wall_s'] / floor:.2f}x | "
                          f"{_paired(res, task, op):.2f}x | {r['peak_rss_mib'] / largest_mib:.1f}x | "
@@ -460,10 +644,127 @@ def markdown(data: dict) -> str:
         lines += ["", f"Starting Python and importing torch alone took {imp['wall_s']:.1f} s (median; walls "
                       f"{', '.join(f'{w:.1f}' for w in imp['walls'])} s) in the same rounds: a fixed cost every "
                       "approach but the I/O floor pays (the floor process imports nothing)."]
+    if "merge" in data.get("measured", ["merge"]):
+        lines += ["", _anchors_paragraph(data)]
     if "chain-known" in res:
-        lines += ["", _projection(data)]
+        lines += ["", _projection(data) + (" " + _anchor_projection(data) if data.get("anchors") else "")]
+    elif data.get("anchors") and "merge" in res:
+        lines += ["", _anchor_projection(data)]
     lines += ["", _verdicts(data), "", _noise(data), ""]
     return "\n".join(lines)
+
+
+def _same_short(same: dict) -> str:
+    if same["identical"] == same["tensors"] and not (same["missing"] or same["extra"] or same["mismatched"]):
+        return "bit-identical to modelrig's"
+    if not (same["missing"] or same["extra"] or same["mismatched"]) and same["max_ulp"] <= 1:
+        return "within fp16 rounding of modelrig's"
+    return "differs from modelrig's (below)"
+
+
+ANCHOR_NAMES = {"anchor-fastchat": "FastChat", "anchor-fastchat-lowmem": "FastChat `--low-cpu-mem`",
+                "anchor-fengshenbang": "Fengshenbang"}
+
+
+def _anchor_rows(res: dict) -> dict[str, dict]:
+    return {task: res[task] for task in ANCHOR_NAMES if task in res}
+
+
+def _anchors_paragraph(data: dict) -> str:
+    """What the anchors are, whether their outputs equal modelrig's, and how their memory and time compare."""
+    info, res = data.get("anchors"), data["results"]
+    if not info:
+        return ("The public anchors' rows (FastChat's and Fengshenbang-LM's `apply_delta.py`) were not run in this "
+                "run: they run with `--anchors-dir DIR`, which `benchmarks/convert/anchors.py` prepares (the "
+                "unmodified scripts and a throwaway venv).")
+    v, scripts = info["versions"], info["anchors"]
+    named = []
+    if "fastchat" in scripts:
+        a = scripts["fastchat"]
+        named.append(f"FastChat's [`{a['path']}`]({a['url']}) at `{a['commit'][:8]}`")
+    if "fengshenbang" in scripts:
+        a = scripts["fengshenbang"]
+        named.append(f"Fengshenbang-LM's [`{a['path']}`]({a['url']}) at `{a['commit'][:8]}` (Ziya's merge script, "
+                     "a fork of FastChat's whose `apply_delta` keeps the delta's embed_tokens and "
+                     "lm_head as they are and adds the rest: modelrig's `replace`)")
+    text = [f"Anchors: {' and '.join(named)}, run unmodified (their git blob ids are checked) from a throwaway venv "
+            f"made by `benchmarks/convert/anchors.py` (Python {v['python']}, torch {v['torch']}, transformers "
+            f"{v['transformers']}), in the same rounds and on the same base and delta folders as modelrig (each "
+            "with config and the sentencepiece tokenizer the scripts load), each run measured like the others."]
+    same = []
+    for task, row in _anchor_rows(res).items():
+        if "same" in row:
+            convention = "replace" if task == "anchor-fengshenbang" else "add"
+            same.append(f"{ANCHOR_NAMES[task]} {same_summary(row['same'], convention)}")
+        elif "error" in row:
+            same.append(f"{ANCHOR_NAMES[task]} did not run (`{row['error']}`)")
+    if same:
+        text.append("Their outputs, compared tensor by tensor with modelrig's merge of the same inputs: "
+                    + "; ".join(same) + ".")
+    if "lowmem_on_safetensors" in info:
+        tried = info["lowmem_on_safetensors"]
+        text.append("`--low-cpu-mem` globs `pytorch_model-*.bin` only: on the safetensors folders the other rows "
+                    + ("read it ran anyway" if tried == "ran" else f"read it stops with `{tried}`")
+                    + ", so its row reads `.bin` copies of the same tensors.")
+    text.append(_anchors_compared(data))
+    return " ".join(text)
+
+
+def _anchors_compared(data: dict) -> str:
+    """The anchors' memory and time against modelrig's first-run merge and the floor (same-round medians)."""
+    res = data["results"]
+    ours, model_gb = res["merge"], data["model_bytes"] / 1e9
+    ran = {t: r for t, r in _anchor_rows(res).items() if "walls" in r}
+    if not ran:
+        return ""
+    mem = [f"{ANCHOR_NAMES[t]} {r['peak_rss_mib']:.0f} MiB ({r['peak_rss_mib'] * 2**20 / data['model_bytes']:.1f}x "
+           "the model)" for t, r in ran.items()]
+    speed = [f"{ANCHOR_NAMES[t]} {_ratio(r['walls'], ours['walls']):.2f}x modelrig's wall "
+             f"({_paired(res, t, 'merge'):.2f}x the floor)" for t, r in ran.items()]
+    text = (f"Memory: the anchors load whole models, so their peak RSS grows with the model ({model_gb:.2f} GB "
+            "here): " + ", ".join(mem) + f", against modelrig's {ours['peak_rss_mib']:.0f} MiB, which streams "
+            "8 MiB chunks and stays flat whatever the model's size.")
+    low = ran.get("anchor-fastchat-lowmem")
+    if low:
+        split_note = ("its 4 GiB splits are larger than this whole model, so here it holds both models whole as "
+                      "well" if data["model_bytes"] < 4 * 2**30 else "it holds one 4 GiB split of each")
+        text += (f" `--low-cpu-mem` bounds memory by its splits, not the model ({split_note}), and pays in disk: it "
+                 f"wrote {low['written_bytes'] / 1e9:.2f} GB (the split copies of base and delta, then the output) "
+                 f"for a {low['output_bytes'] / 1e9:.2f} GB result.")
+    text += (" Time, same-round medians against modelrig's first run (which also hashes every input byte): "
+             + "; ".join(speed) + ".")
+    return text
+
+
+def _ratio(walls: list[float], ours: list[float]) -> float:
+    """The median over rounds of one approach's wall divided by another's in the same round."""
+    return statistics.median(a / b for a, b in zip(walls, ours, strict=True))
+
+
+def _anchor_projection(data: dict) -> str:
+    """The anchors' measured throughput beside modelrig's, for the real Ziya-LLaMA-13B merge step."""
+    res = data["results"]
+    moved_real = (ZIYA_META_GB + ZIYA_DELTA_GB + ZIYA_FINAL_GB) * 1e9
+    base_mib = res["floor-merge"]["peak_rss_mib"]
+    parts = []
+    for task, label in (("merge", "modelrig's streaming merge (first run)"),
+                        ("merge-known", "modelrig's, digests known"),
+                        *((t, ANCHOR_NAMES[t]) for t in _anchor_rows(res) if "walls" in res[t])):
+        if task not in res:
+            continue
+        r = res[task]
+        rate = (r["read_bytes"] + r["output_bytes"]) / r["wall_s"]
+        # Whole-model loaders: the peak above the bare interpreter with torch (the floor row) scales with the model.
+        above = (r["peak_rss_mib"] - base_mib) * 2**20 / data["model_bytes"] * ZIYA_FINAL_GB * 1e9
+        mem = (f"{r['peak_rss_mib']:.0f} MiB RAM" if task.startswith("merge") else
+               "RAM bounded by its 4 GiB splits (its help: under 10 GB), plus 52 GB of split copies on disk"
+               if task.endswith("-lowmem") else
+               f"about {(above + base_mib * 2**20) / 1e9:.0f} GB RAM (its peak above the interpreter's, "
+               f"{(r['peak_rss_mib'] - base_mib) * 2**20 / data['model_bytes']:.1f}x the model here, scaled to 26 GB)")
+        parts.append(f"{label} {rate / 1e9:.2f} GB/s, about {moved_real / rate / 60:.0f} min, {mem}")
+    return ("The merge step alone at real size (Ziya-LLaMA-13B: the 26 GB HF base and the "
+            f"{ZIYA_DELTA_GB:g} GB delta read, {ZIYA_FINAL_GB:g} GB written), at the delta-merge throughputs "
+            "measured above (bytes read + written per second): " + "; ".join(parts) + ".")
 
 
 def _noise(data: dict) -> str:
@@ -531,6 +832,41 @@ def _verdicts(data: dict) -> str:
            "largest tensor), same-round medians: " + "; ".join(parts) + "."
 
 
+def resolve_anchors(anchors_dir: Path | None, python: str | None, scripts: dict[str, Path | None]) -> dict | None:
+    """The anchors to run: `anchors_dir` (made by anchors.py) and/or explicit paths (which win). Every script is
+    checked unmodified (git blob id) and the interpreter asked for its versions; None when nothing is given."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks.convert.anchors import ANCHORS, check_unmodified
+
+    record: dict = {}
+    if anchors_dir is not None:
+        index = anchors_dir / "anchors.json"
+        if not index.is_file():
+            raise SystemExit(f"run.py: --anchors-dir {anchors_dir}: no anchors.json there "
+                             "(make it with benchmarks/convert/anchors.py)")
+        record = json.loads(index.read_text(encoding="utf-8"))
+    chosen = {k: str(v["file"]) for k, v in record.get("anchors", {}).items()}
+    chosen.update({k: str(v) for k, v in scripts.items() if v is not None})
+    python = python or record.get("python")
+    if not chosen:
+        return None
+    if not python or not Path(python).exists():
+        raise SystemExit(f"run.py: --anchor-python: no interpreter for the anchors ({python or 'none given'}; "
+                         "benchmarks/convert/anchors.py makes one)")
+    for key, file in chosen.items():
+        check_unmodified(ANCHORS[key], Path(file))
+    probe = subprocess.run([python, "-c", "import json, platform, torch, transformers; print(json.dumps({"
+                            "'python': platform.python_version(), 'torch': torch.__version__, "
+                            "'transformers': transformers.__version__}))"],
+                           capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        raise SystemExit(f"run.py: --anchor-python {python} cannot import torch and transformers: "
+                         f"{_last_error(probe.stderr)}")
+    return {"python": python, "scripts": chosen, "versions": json.loads(probe.stdout),
+            "anchors": {k: {"title": ANCHORS[k].title, "repo": ANCHORS[k].repo, "commit": ANCHORS[k].commit,
+                            "path": ANCHORS[k].path, "url": ANCHORS[k].url} for k in chosen}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=4)
@@ -539,6 +875,12 @@ def main() -> None:
                         help="comma-separated operations: merge, meta, safetensors, chain, wide")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "modelrig-bench-convert")
     parser.add_argument("--no-write", action="store_true", help="print the table, leave BENCHMARKS.md alone")
+    parser.add_argument("--anchors-dir", type=Path, help="the public anchors of the delta merge, as "
+                        "benchmarks/convert/anchors.py prepares them (scripts, venv, anchors.json)")
+    parser.add_argument("--anchor-python", help="the interpreter that runs the anchors (default: the anchors dir's)")
+    parser.add_argument("--anchor-fastchat", type=Path, help="FastChat's fastchat/model/apply_delta.py, unmodified")
+    parser.add_argument("--anchor-fengshenbang", type=Path, help="Fengshenbang-LM's fengshen/utils/apply_delta.py, "
+                        "unmodified")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--paths", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -547,11 +889,13 @@ def main() -> None:
     if args.child:
         child(args.child, {k: Path(v) for k, v in json.loads(args.paths).items()}, args.out, json.loads(args.extra))
         return
+    anchors = resolve_anchors(args.anchors_dir, args.anchor_python, {"fastchat": args.anchor_fastchat,
+                                                                      "fengshenbang": args.anchor_fengshenbang})
     args.workdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-", dir=args.workdir))
     shape = Shape(SYNTHETIC.hidden, SYNTHETIC.ffn, SYNTHETIC.vocab, SYNTHETIC.heads, args.layers)
     try:
-        data = run(work, shape, rounds=args.rounds, only=set(args.only.split(",")))
+        data = run(work, shape, rounds=args.rounds, only=set(args.only.split(",")), anchors=anchors)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     (args.workdir / "last.json").write_text(json.dumps(data, indent=2))
