@@ -108,7 +108,8 @@ def fetch_model(manifest: Manifest, ctx: Context, *, options: FetchOptions) -> S
                 pruned.append((plan.name, kept))
         for name, stamp in pruned:
             notes.append(pruned_note(name, stamp, manifest.id))
-            sources.append(_source_record(name, stamp, store))
+            sources.append({**_source_record(name, stamp, store),
+                            **({"state": "pruned after conversion"} if options.dry_run else {})})
         for plan in plans:
             if plan.ref_kind == "branch":
                 options.log(f"modelrig: warning: {plan.name}: {plan.hub} revision {plan.revision!r} of {plan.repo} "

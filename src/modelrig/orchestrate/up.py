@@ -293,7 +293,9 @@ def check_up(manifest: Manifest, ctx: Context, *, options: UpOptions | None = No
             continue
         launch_reasons.extend(check_entry(folder, supervisor=ctx.config.serve.supervisor,
                                           run_dir=ctx.data.run / manifest.id).reasons)
-    underneath = [r.stage for r in results if r.changed and r.stage in ("env", "fetch", "convert", "render")]
+    # pruning the sources alone restarts nothing
+    underneath = [r.stage for r in results if r.changed and r.stage in ("env", "fetch", "convert", "render")
+                  and not (r.reasons and all(why.startswith("prune: ") for why in r.reasons))]
     if underneath and not launch_reasons:
         launch_reasons.append(f"restart: {', '.join(underneath)} would change under the running services")
     done(StageResult(stage="launch", changed=bool(launch_reasons), model=manifest.id, reasons=launch_reasons,
