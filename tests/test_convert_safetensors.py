@@ -135,6 +135,31 @@ def test_conversion_is_deterministic_and_idempotent(tmp_path):
     assert len(ModelReader.open(tmp_path / "a").tensors) == len(ModelReader.open(tmp_path / "delta").tensors)
 
 
+def test_kernel_copied_spans_and_the_buffered_fallback_write_the_same_bytes_and_digests(tmp_path, monkeypatch):
+    from modelrig.convert import io
+    from modelrig.stamp import sha256_file
+
+    base = tiny.write_llama_hf(tmp_path / "base")
+    tiny.write_ziya_delta(base, tmp_path / "delta")
+    copied = []
+    real = os.copy_file_range
+
+    def counting(*args):
+        copied.append(real(*args))
+        return copied[-1]
+
+    monkeypatch.setattr(os, "copy_file_range", counting)
+    kernel = convert_to_safetensors(source=tmp_path / "delta", out=tmp_path / "kernel", max_shard_size="100KB")
+    index = json.loads((tmp_path / "kernel" / "model.safetensors.index.json").read_text())
+    assert sum(copied) == index["metadata"]["total_size"]
+    monkeypatch.setattr(io, "_COPY_RANGE", False)
+    buffered = convert_to_safetensors(source=tmp_path / "delta", out=tmp_path / "buffered", max_shard_size="100KB")
+    assert kernel.details["files"] == buffered.details["files"]
+    for name, digest in kernel.details["files"].items():
+        assert sha256_file(tmp_path / "kernel" / name) == digest
+        assert (tmp_path / "kernel" / name).read_bytes() == (tmp_path / "buffered" / name).read_bytes()
+
+
 def test_not_enough_disk_is_refused_before_anything_is_written(tmp_path, cli, monkeypatch):
     import shutil
     from collections import namedtuple

@@ -18,7 +18,15 @@ from typing import Literal, get_args
 
 import torch
 
-from modelrig.convert.io import CHUNK_ELEMENTS, LazyTensor, RowSource, dtype_name, one_torch_thread, open_inputs
+from modelrig.convert.io import (
+    CHUNK_ELEMENTS,
+    FileSpan,
+    LazyTensor,
+    RowSource,
+    dtype_name,
+    one_torch_thread,
+    open_inputs,
+)
 from modelrig.convert.product import Product, write_product
 from modelrig.convert.readers import ModelReader, copy_extra_files
 from modelrig.convert.shards import OutputTensor, row_chunks, write_safetensors_shards
@@ -201,6 +209,13 @@ class MergedTensor:
     def row_align(self) -> int:
         """Rows in the units both sides prefer."""
         return math.lcm(self.delta.row_align, self.base.row_align if self.base is not None else 1)
+
+    def span(self, start: int, stop: int) -> list[FileSpan] | None:
+        """Rows `start:stop` as byte ranges of an input file when they are the delta's rows as stored, else None."""
+        span = getattr(self.delta, "span", None)
+        if (self.rule.kind == "copy-delta" or self.base is None) and self.delta.dtype == self.dtype and span:
+            return span(start, stop)
+        return None
 
     def load_rows(self, start: int, stop: int, *, into: torch.Tensor | None = None) -> torch.Tensor:
         """Rows `start:stop` of the merged tensor."""

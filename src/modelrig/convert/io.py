@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -35,6 +35,16 @@ _STORAGE_DTYPES: dict[str, torch.dtype] = {
 def dtype_name(dtype: torch.dtype) -> str:
     """The short name of a dtype (`float16`), as used in configs and messages."""
     return str(dtype).removeprefix("torch.")
+
+
+@dataclass(frozen=True)
+class FileSpan:
+    """`nbytes` bytes of `path` from `offset`: a piece of output that is a verbatim copy of input bytes, so the
+    kernel can copy it file to file (`copy_span`) without passing it through a buffer."""
+
+    path: Path
+    offset: int
+    nbytes: int
 
 
 @dataclass
@@ -78,6 +88,14 @@ class LazyTensor:
             expected.append(acc)
             acc *= d
         return all(d == 1 or s == e for d, s, e in zip(self.shape, self.stride, reversed(expected), strict=True))
+
+    def span(self, start: int, stop: int) -> list[FileSpan] | None:
+        """Rows `start:stop` as byte ranges of the file, or None when the bytes are not stored verbatim there
+        (a tensor loaded by torch, or one not contiguous on disk)."""
+        if self._loader is not None or not self.contiguous:
+            return None
+        row = (self.numel // self.shape[0] if self.shape and self.shape[0] else self.numel) * self.dtype.itemsize
+        return [FileSpan(self.path, self.offset + start * row, (stop - start) * row)]
 
     def load(self) -> torch.Tensor:
         """Read the whole tensor into fresh memory (never a view of a file mapping)."""
@@ -141,13 +159,74 @@ def read_at(path: Path, offset: int, view: memoryview) -> int:
             while got < len(view) and (n := f.readinto(view[got:])):
                 got += n
         return got
-    fd = files.get(path)
-    if fd is None:
-        fd = files[path] = os.open(path, os.O_RDONLY)
+    fd = _input_fd(files, path)
     got = 0
     while got < len(view) and (n := os.preadv(fd, [view[got:]], offset + got)):
         got += n
     return got
+
+
+def _input_fd(files: dict[Path, int], path: Path) -> int:
+    fd = files.get(path)
+    if fd is None:
+        fd = files[path] = os.open(path, os.O_RDONLY)
+    return fd
+
+
+#: False once the kernel refused `copy_file_range` (another OS, an old kernel, a filesystem pair it cannot do).
+_COPY_RANGE = hasattr(os, "copy_file_range")
+
+
+def copy_span(span: FileSpan, out_fd: int, *, scratch: bytearray) -> None:
+    """Append `span` to the file open as `out_fd`, copied by the kernel file to file where it can (no pass through
+    user memory), else read into `scratch` and written."""
+    global _COPY_RANGE
+    files = _OPEN_FILES if _OPEN_FILES is not None else {}
+    fd = _input_fd(files, span.path)
+    try:
+        done = 0
+        if _COPY_RANGE:
+            try:
+                while done < span.nbytes:
+                    n = os.copy_file_range(fd, out_fd, span.nbytes - done, span.offset + done)
+                    if n == 0:
+                        raise ConversionError(f"{span.path}: truncated file (needs {span.offset + span.nbytes} "
+                                              "bytes)")
+                    done += n
+                return
+            except OSError:
+                if done:
+                    raise
+                _COPY_RANGE = False
+        view = memoryview(scratch)
+        while done < span.nbytes:
+            got = read_at(span.path, span.offset + done, view[: min(len(view), span.nbytes - done)])
+            if got == 0:
+                raise ConversionError(f"{span.path}: truncated file (needs {span.offset + span.nbytes} bytes)")
+            write_all(out_fd, view[:got])
+            done += got
+    finally:
+        if files is not _OPEN_FILES:
+            os.close(fd)
+
+
+def hash_span(span: FileSpan, digest: Any, *, scratch: bytearray) -> None:
+    """Feed `span`'s bytes to `digest` (a hashlib object), read through `scratch`."""
+    view = memoryview(scratch)
+    done = 0
+    while done < span.nbytes:
+        got = read_at(span.path, span.offset + done, view[: min(len(view), span.nbytes - done)])
+        if got == 0:
+            raise ConversionError(f"{span.path}: truncated file (needs {span.offset + span.nbytes} bytes)")
+        digest.update(view[:got])
+        done += got
+
+
+def write_all(fd: int, data: memoryview | bytes) -> None:
+    """Write all of `data` to `fd` (a write may take less than asked)."""
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view):]
 
 
 class RowSource(Protocol):

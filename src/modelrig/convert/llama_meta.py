@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from modelrig.convert.io import CHUNK_ELEMENTS, LazyTensor, dtype_name, into_buffer, row_numel
+from modelrig.convert.io import CHUNK_ELEMENTS, FileSpan, LazyTensor, dtype_name, into_buffer, row_numel
 from modelrig.convert.product import Product, write_product
 from modelrig.convert.readers import open_checkpoint_file
 from modelrig.convert.step import run_step
@@ -230,6 +230,25 @@ class MetaTensor:
     def row_align(self) -> int:
         """One rotary head's rows for q/k (so chunks hold whole heads), else 1."""
         return self.shape[0] // self.rotary_heads if self.rotary_heads else 1
+
+    def span(self, start: int, stop: int) -> list[FileSpan] | None:
+        """Rows `start:stop` as byte ranges of the shard files (replicated tensors and column-parallel ones
+        without rotary permutation are stored verbatim), else None."""
+        if self.cat_dim is None:
+            return self.parts[0].span(start, stop)
+        if self.cat_dim != 0 or self.rotary_heads:
+            return None
+        spans: list[FileSpan] = []
+        first = 0
+        for p in self.parts:
+            a, b = max(start, first), min(stop, first + p.shape[0])
+            if a < b:
+                got = p.span(a - first, b - first)
+                if got is None:
+                    return None
+                spans += got
+            first += p.shape[0]
+        return spans
 
     def load_rows(self, start: int, stop: int, *, into: torch.Tensor | None = None) -> torch.Tensor:
         """Rows `start:stop` of the HF tensor."""

@@ -18,19 +18,30 @@ import torch
 from modelrig import humansize
 
 #: File names that hold weights (never copied as "extra" files next to converted weights).
-from modelrig.convert.io import _ST_NAMES, CHUNK_ELEMENTS, RowSource, leading_rows, row_numel
+from modelrig.convert.io import (
+    _ST_NAMES,
+    CHUNK_ELEMENTS,
+    FileSpan,
+    RowSource,
+    copy_span,
+    hash_span,
+    leading_rows,
+    row_numel,
+    write_all,
+)
 from modelrig.errors import ConversionError, DiskSpaceError
 from modelrig.progress import bar
 
 
 @dataclass
 class OutputTensor:
-    """One tensor of a planned output: its name, shape, dtype and a producer of its data in row order."""
+    """One tensor of a planned output: its name, shape, dtype and a producer of its data in row order (tensors,
+    or spans of an input file holding the bytes verbatim)."""
 
     name: str
     shape: tuple[int, ...]
     dtype: torch.dtype
-    produce: Callable[[], Iterable[torch.Tensor]]
+    produce: Callable[[], Iterable[torch.Tensor | FileSpan]]
 
     @property
     def nbytes(self) -> int:
@@ -111,33 +122,47 @@ def _write_one_shard(tensors: list[OutputTensor], path: Path, metadata: dict[str
     blob = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
     blob += b" " * (-len(blob) % 8)
     digest = hashlib.sha256()
-    with open(path, "wb") as f, ThreadPoolExecutor(max_workers=1) as writer, \
+    with open(path, "wb", buffering=0) as f, ThreadPoolExecutor(max_workers=1) as writer, \
             ThreadPoolExecutor(max_workers=1) as hasher:
         # Each piece is written by one thread and hashed by another (both release the GIL) while the next piece
-        # is produced; a piece's buffer is reused only after both are done with it.
+        # is produced; a piece's buffer is reused only after both are done with it. A span of an input file is
+        # copied by the kernel and hashed from the input.
+        fd = f.fileno()
+        scratch = (bytearray(SPAN_SCRATCH), bytearray(SPAN_SCRATCH))
         pending: list[Any] = []
         head = struct.pack("<Q", len(blob)) + blob
-        f.write(head)
+        write_all(fd, head)
         digest.update(head)
         for t in tensors:
             written = 0
             for piece in t.produce():
-                if piece.dtype != t.dtype:
-                    raise ConversionError(f"tensor {t.name}: produced {piece.dtype}, planned {t.dtype}")
-                data = piece.contiguous().reshape(-1).view(torch.uint8).numpy()
                 for done in pending:
                     done.result()
-                pending = [writer.submit(f.write, data), hasher.submit(digest.update, data)]
-                written += data.nbytes
-                progress.update(data.nbytes)
+                if isinstance(piece, FileSpan):
+                    pending = [writer.submit(copy_span, piece, fd, scratch=scratch[0]),
+                               hasher.submit(hash_span, piece, digest, scratch=scratch[1])]
+                    size = piece.nbytes
+                else:
+                    if piece.dtype != t.dtype:
+                        raise ConversionError(f"tensor {t.name}: produced {piece.dtype}, planned {t.dtype}")
+                    data = piece.contiguous().reshape(-1).view(torch.uint8).numpy()
+                    pending = [writer.submit(write_all, fd, data), hasher.submit(digest.update, data)]
+                    size = data.nbytes
+                written += size
+                progress.update(size)
             if written != t.nbytes:
                 raise ConversionError(f"tensor {t.name}: produced {written} bytes, planned {t.nbytes} "
                                       f"(shape {list(t.shape)})")
         for done in pending:
             done.result()
-        f.flush()
-        os.fsync(f.fileno())
+        os.fsync(fd)
     return digest.hexdigest()
+
+
+#: Bytes per span piece, and per read of the scratch buffers that hash spans (or copy them where the kernel
+#: cannot).
+SPAN_BYTES = 64 << 20
+SPAN_SCRATCH = 8 << 20
 
 
 def whole(load: Callable[[], torch.Tensor]) -> Callable[[], Iterator[torch.Tensor]]:
@@ -173,16 +198,24 @@ def row_chunks(rows: int, row_elements: int, *, align: int = 1) -> Iterator[tupl
 
 
 def chunked_outputs(sources: Iterable[RowSource]) -> list[OutputTensor]:
-    """Output tensors whose data is read from `sources` in row chunks into two reused buffers.
+    """Output tensors whose data is read from `sources` in row chunks into two reused buffers, or, for a tensor
+    stored verbatim in an input file, given as spans of that file (copied by the kernel).
 
     Memory stays around two chunks however large a tensor is; a 0-d tensor is one piece.
     """
     ring = BufferRing(CHUNK_ELEMENTS * 8 + (64 << 10))
 
-    def producer(src: RowSource) -> Callable[[], Iterator[torch.Tensor]]:
-        def produce() -> Iterator[torch.Tensor]:
+    def producer(src: RowSource) -> Callable[[], Iterator[torch.Tensor | FileSpan]]:
+        def produce() -> Iterator[torch.Tensor | FileSpan]:
             rows = leading_rows(src.shape)
             if rows == 0 or row_numel(src.shape) == 0:
+                return
+            span = getattr(src, "span", None)
+            if span is not None and span(0, rows) is not None:
+                row_bytes = row_numel(src.shape) * src.dtype.itemsize
+                step = max(1, SPAN_BYTES // row_bytes)
+                for start in range(0, rows, step):
+                    yield from span(start, min(rows, start + step))
                 return
             for start, stop in row_chunks(rows, row_numel(src.shape), align=src.row_align):
                 yield src.load_rows(start, stop, into=ring.take())
