@@ -84,6 +84,34 @@ def test_local_sources_come_from_the_local_option(weights, tmp_path, data_root, 
     assert (data_root / "models" / "local-tiny-ziya" / "final" / "model.safetensors").is_file()
 
 
+def test_local_weights_hashed_by_fetch_are_not_read_again_by_convert(weights, tmp_path, data_root, cli, monkeypatch):
+    import modelrig.stamp
+
+    manifest = yaml.safe_load(resolve_model("demo-tiny-ziya").read_text())
+    manifest["id"] = "all-local-tiny-ziya"
+    manifest["weights"]["base"] = {"format": "meta-llama", "local": {"var": "llama_meta_dir"}}
+    manifest["weights"]["delta"] = {"local": {"var": "ziya_delta_dir"}}
+    path = tmp_path / "all-local-tiny-ziya.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    meta, delta = shutil.copytree(weights["meta"], tmp_path / "meta"), shutil.copytree(weights["delta"], tmp_path / "d")
+    local = ["--local", f"llama_meta_dir={meta}", "--local", f"ziya_delta_dir={delta}"]
+    hashed: list[Path] = []
+    real = modelrig.stamp.sha256_file
+    monkeypatch.setattr(modelrig.stamp, "sha256_file", lambda p, **k: hashed.append(Path(p)) or real(p, **k))
+    code, _, err = cli("fetch", path, *local)
+    assert code == 0, err
+    inputs = {p for d in (meta, delta) for p in Path(d).rglob("*") if p.is_file()}
+    assert set(hashed) == inputs
+    hashed.clear()
+    code, _, err = cli("convert", path, *local)
+    assert code == 0, err
+    assert not set(hashed) & inputs
+    (meta / "params.json").write_text((meta / "params.json").read_text() + "\n")
+    code, _, err = cli("convert", path, *local)
+    assert code == 0, err
+    assert set(hashed) & inputs == {meta / "params.json"}
+
+
 def test_unknown_input_name_is_a_usage_error(weights, cli):
     code, _, err = cli("convert", "demo-tiny-ziya", "--input", f"nope={weights['delta']}")
     assert code == 2 and "no weight source or step output 'nope'" in err

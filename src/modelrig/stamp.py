@@ -23,12 +23,44 @@ def digest(value: Any) -> str:
 
 
 def sha256_file(path: Path, *, chunk: int = 8 << 20) -> str:
-    """The sha256 hex digest of a file, read in chunks."""
+    """The sha256 hex digest of a file, read in chunks into one reused buffer."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
     return h.hexdigest()
+
+
+def cached_sha256(files: list[Path], *, cache: Path | None, persist: bool = True) -> dict[str, str]:
+    """sha256 of each file (keyed by `str(file)`), re-using the digest cache `cache` (JSON: resolved path ->
+    size, mtime, inode and sha256), so a file unchanged since any stage hashed it is not read again.
+
+    Fetch (local weights) and convert (inputs) share one cache per data root. With `persist=False` the cache is
+    read but never written (check mode). A damaged cache is ignored and rewritten.
+    """
+    known: dict[str, Any] = {}
+    if cache is not None:
+        with contextlib.suppress(OSError, ValueError):
+            loaded = json.loads(cache.read_text(encoding="utf-8"))
+            known = loaded if isinstance(loaded, dict) else {}
+    out: dict[str, str] = {}
+    changed = False
+    for f in files:
+        st = f.stat()
+        ident = str(f.resolve())
+        fp = [st.st_size, st.st_mtime_ns, st.st_ino]
+        entry = known.get(ident)
+        if isinstance(entry, dict) and entry.get("fp") == fp and isinstance(entry.get("sha256"), str):
+            out[str(f)] = entry["sha256"]
+            continue
+        out[str(f)] = sha256_file(f)
+        known[ident] = {"fp": fp, "sha256": out[str(f)]}
+        changed = True
+    if cache is not None and changed and persist:
+        atomic_write_text(cache, json.dumps(known, sort_keys=True))
+    return out
 
 
 def atomic_write_text(path: Path, text: str, *, mode: int | None = None) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +14,15 @@ from modelrig.convert.shards import ensure_free_space
 from modelrig.errors import ConversionError
 from modelrig.fetch.prune import is_pruned_path, recorded_files
 from modelrig.result import StageResult, timed
-from modelrig.stamp import STAMP_NAME, atomic_dir, atomic_write_text, digest, read_stamp, sha256_file, write_stamp
+from modelrig.stamp import (
+    STAMP_NAME,
+    atomic_dir,
+    cached_sha256,
+    digest,
+    read_stamp,
+    sha256_file,
+    write_stamp,
+)
 
 #: Bump when an algorithm changes its output, so old stamps no longer match.
 FORMAT_VERSION = 1
@@ -75,31 +82,8 @@ def file_digests(files: Iterable[Path], *, cache: Path | None = None, persist: b
     upstream: dict[str, str] = {}
     for directory in sorted({f.parent for f in files}):
         upstream.update(stamped_digests(directory))
-    known: dict[str, Any] = {}
-    if cache is not None and cache.is_file():
-        try:
-            known = json.loads(cache.read_text(encoding="utf-8"))
-        except ValueError:
-            known = {}
-    out: dict[str, str] = {}
-    changed = False
-    for f in files:
-        if str(f) in upstream:
-            out[str(f)] = upstream[str(f)]
-            continue
-        st = f.stat()
-        ident = f"{f.resolve()}"
-        fp = [st.st_size, st.st_mtime_ns, st.st_ino]
-        entry = known.get(ident)
-        if entry and entry.get("fp") == fp:
-            out[str(f)] = entry["sha256"]
-            continue
-        out[str(f)] = sha256_file(f)
-        known[ident] = {"fp": fp, "sha256": out[str(f)]}
-        changed = True
-    if cache is not None and changed and persist:
-        atomic_write_text(cache, json.dumps(known, sort_keys=True))
-    return out
+    hashed = cached_sha256([f for f in files if str(f) not in upstream], cache=cache, persist=persist)
+    return {str(f): upstream.get(str(f)) or hashed[str(f)] for f in files}
 
 
 def step_key(kind: str, params: dict[str, Any], sources: dict[str, Path], *,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import shutil
 import sys
 from collections.abc import Callable
@@ -18,7 +16,6 @@ from modelrig.fetch.prune import PRUNED_KEY, pinned_pruned_stamp, plan_pruned_st
 from modelrig.fetch.remote import Endpoints, HubUnreachable, endpoints_for, resolve_source
 from modelrig.fetch.sources import (
     DEFAULT_HEADROOM,
-    HASH_CHUNK,
     HUBS,
     RemoteFile,
     SourcePlan,
@@ -30,7 +27,7 @@ from modelrig.manifest import Manifest, WeightSource
 from modelrig.netcheck import unreachable_hint
 from modelrig.plan.steps import reads_directly
 from modelrig.result import StageResult, timed
-from modelrig.stamp import read_stamp, sha256_file, write_json
+from modelrig.stamp import cached_sha256, read_stamp
 
 
 @dataclass
@@ -323,7 +320,7 @@ def _local_source(name: str, source: WeightSource, ctx: Context, options: FetchO
     assert source.local is not None
     var = source.local.var
     path = local_weights_dir(name, source.local, given=options.local, config=ctx.config)
-    files = hash_local_tree(path, cache_file=ctx.data.store / "local" / f"{var}.json")
+    files = hash_local_tree(path, cache_file=ctx.data.cache / "digests.json")
     if not files:
         raise FetchError(f"{name}: local weights {var}={path}: the folder is empty")
     return {"name": name, "hub": "local", "repo": None, "revision": None, "commit": None, "path": str(path),
@@ -357,17 +354,9 @@ def _existing_parent(path: Path) -> Path:
 
 
 def hash_local_tree(path: Path, *, cache_file: Path) -> list[dict[str, Any]]:
-    """Path, size and sha256 of every file under `path`; unchanged files (same size and mtime) are not re-hashed."""
-    old: dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError):
-        old = json.loads(cache_file.read_text(encoding="utf-8"))
-    files, cache = [], {}
-    for local in sorted(p for p in path.rglob("*") if p.is_file()):
-        rel = local.relative_to(path).as_posix()
-        stat = local.stat()
-        key = f"{rel}:{stat.st_size}:{stat.st_mtime_ns}"
-        sha = old.get(key) or sha256_file(local, chunk=HASH_CHUNK)
-        cache[key] = sha
-        files.append({"path": rel, "size": stat.st_size, "sha256": sha})
-    write_json(cache_file, cache)
-    return files
+    """Path, size and sha256 of every file under `path`; files unchanged since any stage hashed them (the data
+    root's digest cache, shared with convert) are not read again."""
+    local = sorted(p for p in path.rglob("*") if p.is_file())
+    digests = cached_sha256(local, cache=cache_file)
+    return [{"path": f.relative_to(path).as_posix(), "size": f.stat().st_size, "sha256": digests[str(f)]}
+            for f in local]
