@@ -1,6 +1,7 @@
-"""`up --prune-sources` on a running demo model: the sources go, a second `up` downloads and restarts nothing,
-the lock marks them pruned, `verify` passes (and still catches a real drift), and `rebuild` from that lock on an
-emptied data root fetches, converts and prunes again."""
+"""`up --prune-sources` on a running demo model: the sources go, a second `up` downloads and restarts nothing, a
+changed step brings them back and reconverts byte-identical outputs, the lock marks them pruned, `verify` passes
+(and still catches a real drift), and `rebuild` from that lock on an emptied data root fetches, converts and
+prunes again."""
 
 from __future__ import annotations
 
@@ -54,6 +55,20 @@ def test_up_prunes_and_a_second_up_changes_nothing_then_lock_verify_and_rebuild_
     assert "2 pruned after conversion" in stage(again, "fetch")["summary"]
     assert weight_files(root) == {"modelrig-tiny--llama-meta": [], "modelrig-tiny--ziya-delta": []}
 
+    final = {p.name: p.read_bytes() for p in (root / "models" / MODEL / "final").glob("*.safetensors")}
+    manifest = host.manifests / f"{MODEL}.yaml"
+    data = yaml.safe_load(manifest.read_text())
+    data["convert"][-1]["to_safetensors"]["max_shard_size"] = "400MB"
+    manifest.write_text(yaml.safe_dump(data))
+    code, out, err = run(root, "up", MODEL, "--prune-sources", "--json")  # the step changed: sources come back
+    assert code == 0, err
+    report = json.loads(out)
+    assert stage(report, "fetch")["changed"] is True
+    assert stage(report, "convert")["details"]["steps"][0]["changed"] is True
+    assert stage(report, "convert")["details"]["pruned"]["freed_bytes"] == pruned["freed_bytes"]
+    assert {p.name: p.read_bytes() for p in (root / "models" / MODEL / "final").glob("*.safetensors")} == final
+    assert weight_files(root) == {"modelrig-tiny--llama-meta": [], "modelrig-tiny--ziya-delta": []}
+
     lock = root / "locks" / f"{MODEL}.lock.yaml"
     assert run(root, "lock", MODEL)[0] == 0
     sources = yaml.safe_load(lock.read_text())["sources"]
@@ -64,8 +79,8 @@ def test_up_prunes_and_a_second_up_changes_nothing_then_lock_verify_and_rebuild_
         assert out.count("pruned: weights ") == 2 and "matches its lock" in out
 
     shard = next((root / "models" / MODEL / "final").glob("*.safetensors"))
-    data = shard.read_bytes()
-    shard.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    content = shard.read_bytes()
+    shard.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))
     code, out, err = run(root, "verify", MODEL, "--full", "--json")
     assert code == 9 and shard.name in json.loads(out)["error"]["message"]
 
