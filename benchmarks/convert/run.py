@@ -543,8 +543,8 @@ def run(work: Path, shape: Shape, *, rounds: int, only: set[str], anchors: dict 
     results.update({task: {"task": task, "error": error} for task, error in failed.items()})
     if with_anchors and "fastchat" in anchors["scripts"]:
         # FastChat's --low-cpu-mem mode on the safetensors folders the other approaches read: does it run at all?
-        tried = measure("anchor-fastchat-lowmem-st", paths, work, inputs, {"script": anchors["scripts"]["fastchat"]},
-                        python=anchors["python"])
+        tried = measure("anchor-fastchat-lowmem-st", paths, work, groups["merge"][0],
+                        {"script": anchors["scripts"]["fastchat"]}, python=anchors["python"])
         anchors = {**anchors, "lowmem_on_safetensors": tried.get("error", "ran")}
     wide = None
     if "wide" in only:
@@ -574,8 +574,8 @@ LABELS = {
         "merge-known": "modelrig streaming, input digests known (after `fetch`)",
         "merge-naive": "transformers: load base + delta, add, `save_pretrained`",
         "anchor-fastchat": "FastChat `apply_delta.py`: loads base + delta whole, `+=`, `save_pretrained`",
-        "anchor-fastchat-lowmem": "FastChat `apply_delta.py --low-cpu-mem` (`.bin` copies: re-splits both into "
-                                  "4 GiB files in TMPDIR, adds split by split)",
+        "anchor-fastchat-lowmem": "FastChat `apply_delta.py --low-cpu-mem` (`.bin` copies: re-saves both shard by "
+                                  "shard in pieces of at most 4 GiB in TMPDIR, adds piece by piece)",
         "anchor-fengshenbang": "Fengshenbang-LM `apply_delta.py`: loads both whole, keeps the delta's "
                                "embed_tokens/lm_head, `+=` the rest, `save_pretrained`"}),
     "meta": ("llama-meta (2 shards)", {
@@ -608,7 +608,9 @@ def markdown(data: dict) -> str:
         "Peak RSS = VmHWM, including the interpreter and torch (about 235 MiB, see the floor rows); written = "
         "bytes the process wrote (wchar), an upper bound of the extra disk it took. The I/O floor reads the same "
         "inputs once and writes the output's size once with one fsync, no hashing or computing. Reproduce: "
-        "`.venv/bin/python benchmarks/convert/run.py`.",
+        + ("`.venv/bin/python benchmarks/convert/anchors.py --fastchat-git FASTCHAT_CLONE --fengshenbang-git "
+           "FENGSHENBANG_CLONE --dir DIR` (once), then `.venv/bin/python benchmarks/convert/run.py --anchors-dir DIR`."
+           if data.get("anchors") else "`.venv/bin/python benchmarks/convert/run.py`."),
         "",
         "| operation | approach | wall (s), median | peak RSS (MiB) | read (GB) | written (GB) | wall / I/O floor |"
         " same round: wall / floor, median | RSS / largest tensor | walls (s) |",
@@ -626,7 +628,7 @@ def markdown(data: dict) -> str:
                 lines.append(f"| {name} | {label} | did not run: `{r['error']}` | - | - | - | - | - | - | - |")
                 continue
             if "same" in r:
-                label += f"; output {_same_short(r['same'])}"
+                label += f"; output {_same_short(r['same'], 'replace' if task == 'anchor-fengshenbang' else 'add')}"
             lines.append(f"| {name} | {label} | {r['wall_s']:.1f} | {r['peak_rss_mib']:.0f} | "
                          f"{r['read_bytes'] / 1e9:.2f} | {r['written_bytes'] / 1e9:.2f} | {r['wall_s'] / floor:.2f}x | "
                          f"{_paired(res, task, op):.2f}x | {r['peak_rss_mib'] / largest_mib:.1f}x | "
@@ -654,12 +656,12 @@ def markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
-def _same_short(same: dict) -> str:
+def _same_short(same: dict, convention: str) -> str:
     if same["identical"] == same["tensors"] and not (same["missing"] or same["extra"] or same["mismatched"]):
-        return "bit-identical to modelrig's"
+        return f"bit-identical to modelrig's `{convention}`"
     if not (same["missing"] or same["extra"] or same["mismatched"]) and same["max_ulp"] <= 1:
-        return "within fp16 rounding of modelrig's"
-    return "differs from modelrig's (below)"
+        return f"within fp16 rounding of modelrig's `{convention}`"
+    return f"differs from modelrig's `{convention}` (below)"
 
 
 ANCHOR_NAMES = {"anchor-fastchat": "FastChat", "anchor-fastchat-lowmem": "FastChat `--low-cpu-mem`",
@@ -719,20 +721,22 @@ def _anchors_compared(data: dict) -> str:
         return ""
     mem = [f"{ANCHOR_NAMES[t]} {r['peak_rss_mib']:.0f} MiB ({r['peak_rss_mib'] * 2**20 / data['model_bytes']:.1f}x "
            "the model)" for t, r in ran.items()]
+    known = res["merge-known"]
     speed = [f"{ANCHOR_NAMES[t]} {_ratio(r['walls'], ours['walls']):.2f}x modelrig's wall "
-             f"({_paired(res, t, 'merge'):.2f}x the floor)" for t, r in ran.items()]
-    text = (f"Memory: the anchors load whole models, so their peak RSS grows with the model ({model_gb:.2f} GB "
+             f"({_ratio(r['walls'], known['walls']):.2f}x), {_paired(res, t, 'merge'):.2f}x the floor"
+             for t, r in ran.items()]
+    text = (f"Memory: the anchors' default modes load whole models, so their peak RSS grows with the model "
+            f"({model_gb:.2f} GB "
             "here): " + ", ".join(mem) + f", against modelrig's {ours['peak_rss_mib']:.0f} MiB, which streams "
             "8 MiB chunks and stays flat whatever the model's size.")
     low = ran.get("anchor-fastchat-lowmem")
     if low:
-        split_note = ("its 4 GiB splits are larger than this whole model, so here it holds both models whole as "
-                      "well" if data["model_bytes"] < 4 * 2**30 else "it holds one 4 GiB split of each")
-        text += (f" `--low-cpu-mem` bounds memory by its splits, not the model ({split_note}), and pays in disk: it "
-                 f"wrote {low['written_bytes'] / 1e9:.2f} GB (the split copies of base and delta, then the output) "
-                 f"for a {low['output_bytes'] / 1e9:.2f} GB result.")
-    text += (" Time, same-round medians against modelrig's first run (which also hashes every input byte): "
-             + "; ".join(speed) + ".")
+        text += (" `--low-cpu-mem` re-saves every input shard in pieces of at most 4 GiB (here the 700 MB shards as "
+                 "they are) and holds one base and one delta piece at a time, so its memory follows the shard size, "
+                 f"not the model; it pays in disk: it wrote {low['written_bytes'] / 1e9:.2f} GB (the split copies of "
+                 f"base and delta, then the output) for a {low['output_bytes'] / 1e9:.2f} GB result.")
+    text += (" Time, same-round medians against modelrig's first run (which also hashes every input byte) and, in "
+             "brackets, against modelrig with its input digests known (after `fetch`): " + "; ".join(speed) + ".")
     return text
 
 
@@ -764,7 +768,9 @@ def _anchor_projection(data: dict) -> str:
         parts.append(f"{label} {rate / 1e9:.2f} GB/s, about {moved_real / rate / 60:.0f} min, {mem}")
     return ("The merge step alone at real size (Ziya-LLaMA-13B: the 26 GB HF base and the "
             f"{ZIYA_DELTA_GB:g} GB delta read, {ZIYA_FINAL_GB:g} GB written), at the delta-merge throughputs "
-            "measured above (bytes read + written per second): " + "; ".join(parts) + ".")
+            "measured above (bytes read + written per second): " + "; ".join(parts) + ". The anchors start from "
+            "an HF base on disk (Meta's checkpoint converted by a whole-model script first), which the fused "
+            "chain never writes.")
 
 
 def _noise(data: dict) -> str:
