@@ -88,12 +88,13 @@ def _folders(manifest: Manifest, ctx: Context, *, store: Path | None,
 def restore_needed(manifest: Manifest, ctx: Context, *, store: Path | None = None,
                    local: Mapping[str, str] | None = None) -> bool:
     """True when a source of `manifest` is pruned and its conversion would run again (so fetch must download
-    it first); reads stamps only."""
-    from modelrig.convert.pipeline import check_pipeline
-
+    it first); reads stamps only. Imports the converters (and torch) only when a source is pruned, so a fetch
+    with nothing pruned runs where torch is not installed."""
     folders = _folders(manifest, ctx, store=store, inputs=None)
     if not manifest.convert or not any(pruned_record(f) for f in folders.values()):
         return False
+    from modelrig.convert.pipeline import check_pipeline
+
     inputs = {name: str(folder) for name, folder in folders.items()}
     return check_pipeline(manifest, ctx, inputs=inputs, local=local).changed
 
