@@ -59,6 +59,12 @@ changed:
   description: Whether any step ran (or would run).
   returned: always
   type: bool
+converted:
+  description:
+    - Whether any step ran (or would run). Unlike C(changed), false when only pruning changed something, so services
+      reading the converted weights need no restart.
+  returned: success
+  type: bool
 summary:
   description: The engine's one-line summary.
   returned: success
@@ -98,7 +104,9 @@ def main():
         supports_check_mode=True,
     )
     runner = ModelrigRunner(module, FORMATS)
-    runner.exit(runner.run("convert", [module.params["model"]], FORMATS))
+    answer = runner.run("convert", [module.params["model"]], FORMATS)
+    details = answer.get("details") or {}
+    runner.exit(answer, converted=bool(details.get("converted", answer.get("changed"))))
 
 
 if __name__ == "__main__":

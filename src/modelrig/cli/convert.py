@@ -103,6 +103,8 @@ def _run_model(args: argparse.Namespace, ctx: Context, model: str) -> StageResul
     else:
         result = run_pipeline(manifest, ctx, inputs=inputs, local=local, tf_python=args.tf_python,
                               keep_intermediates=args.keep_intermediates)
+    # Whether any step ran (or would): what a restart of the model's services depends on, unlike pruning alone.
+    result.details["converted"] = result.changed
     if prune_enabled(args.prune_sources, ctx):
         report = prune_sources(manifest, ctx, inputs=inputs, local=local, keep_intermediates=args.keep_intermediates,
                                check=args.check)
