@@ -19,7 +19,7 @@ demo-engine: setup
 	$(VENV)/bin/modelrig demo
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks library module_utils
 	$(VENV)/bin/modelrig -q validate
 
 test: setup system-deps lint

@@ -10,8 +10,9 @@ DOCUMENTATION = r"""
 module: modelrig_convert
 short_description: Convert a model's fetched weights with modelrig
 description:
-  - Runs C(modelrig convert MODEL --json) in the host's toolkit env, which runs the manifest's conversion steps (Meta LLaMA
-    to HF, delta merge, TensorFlow to PyTorch, pickle to safetensors) into C(<data root>/models/<id>/<output>/),
+  - Runs C(modelrig convert MODEL --json) in the host's toolkit env, which runs the manifest's conversion steps
+    (Meta LLaMA to HF, delta merge, TensorFlow to PyTorch, pickle to safetensors) into
+    C(<data root>/models/<id>/<output>/),
     each step stamped with the digests of its inputs.
   - Idempotent, steps whose stamps match are C(unchanged). A manifest without conversion steps is C(unchanged).
 version_added: "0.1.0"
