@@ -72,13 +72,17 @@ WHERE_IT_WENT = (
     "tokens). A fresh connection no longer starts a thread of its own: it goes to a connection thread left idle by "
     "an earlier one. strace shows the request reaching the worker within 0.1 ms and the answer sent 0.5 ms after "
     "generation ends; what remains is http.server's parsing, JSON, the tokenizer call and `generate`'s extra "
-    "arguments, plus the TCP handshake on a fresh connection. On this shared machine wall times swing with other "
-    "work; the CPU columns do not."
+    "arguments, plus the TCP handshake on a fresh connection. The adapters also worked out the padding token ids "
+    "to suppress on every request, calling `len()` on the tokenizer, which for a slow tokenizer rebuilds its whole "
+    "vocabulary (0.15 ms for this tiny one's 384 tokens, about 12 ms at LLaMA's 32000): they now do it once per "
+    "model. On this shared machine wall times swing with other work; the CPU columns do not."
 )
 
 BODY = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": MAX_TOKENS,
                    "temperature": 0}).encode()
 HEADERS = {"Content-Type": "application/json"}
+#: The machine's 1-minute load average when the run started.
+LOAD: list[float] = []
 
 
 def _post(port: int, body: bytes = BODY) -> tuple[int, float, dict[str, str]]:
@@ -221,6 +225,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", metavar="REV", help="also measure the launch templates of this git revision")
     args = parser.parse_args()
+    LOAD.append(os.getloadavg()[0])
     python = VenvFactory().get(CURRENT_UI)
     work = Path(tempfile.mkdtemp(prefix="openai-load-"))
     model = tiny.write_llama_hf(work / "model", seed=1)
@@ -260,7 +265,8 @@ def main() -> None:
              "without streaming. torch uses one thread (`OMP_NUM_THREADS=1`) in the servers and in the direct calls. "
              "Measured with `" + (f"nice -n {os.nice(0)} " if os.nice(0) else "") + "python benchmarks/openai_load.py"
              + (f" --baseline {args.baseline}`" if args.baseline else "`") + " on the shared 2-core machine, whose "
-             "load from other work varies: compare rows of one table, not tables of different days.", "",
+             f"load from other work varies (1-minute load average {LOAD[0]:.1f} at the start): compare rows of one "
+             "table, not tables of different days.", "",
              f"One request at a time, {requests} per row (blocks of {BLOCK} taking turns over {ROUNDS} rounds, "
              f"after two warm-ups), against `model.generate(max_new_tokens={MAX_TOKENS})` called directly in the same "
              f"env ({direct.tokens} tokens, in a process of its own). Keep-alive requests follow each other on one "
