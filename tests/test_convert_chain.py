@@ -147,3 +147,40 @@ def test_killed_fused_chain_leaves_nothing_finished_looking_and_reruns_to_the_sa
     assert code == 0, err
     assert _files(models / "final") == expected
     assert not [p for p in models.iterdir() if p.name.startswith(".modelrig-tmp-")]
+
+
+#: Runs `modelrig ARGS` and prints the bytes the process wrote (its /proc/self/io wchar) as the last line.
+_WRITTEN = r"""
+import sys
+from pathlib import Path
+from modelrig.cli import main
+code = main(sys.argv[1:])
+io = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+print(io["wchar"])
+sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+def test_a_fused_chain_writes_only_its_final_output_where_step_by_step_writes_every_intermediate(weights, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    def written(data_root: Path, *extra: str) -> int:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "MODELRIG_NO_PROGRESS": "1"}
+        done = subprocess.run([sys.executable, "-c", _WRITTEN, "--data-root", str(data_root), "-q",
+                               *_args(weights), *extra], env=env, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+        return int(done.stdout.strip().splitlines()[-1])
+
+    fused_root, steps_root = tmp_path / "fused", tmp_path / "steps"
+    fused = written(fused_root)
+    steps = written(steps_root, "--keep-intermediates")
+    models = fused_root / "models" / MODEL
+    final = sum(p.stat().st_size for p in (models / "final").iterdir())
+    kept = sum(p.stat().st_size for p in (steps_root / "models" / MODEL).rglob("*") if p.is_file())
+    assert sorted(p.name for p in models.iterdir()) == ["final"]
+    # the final output, its stamp and the digest cache: nothing of the two intermediates
+    assert final <= fused <= final + 64 * 1024, (fused, final)
+    assert steps >= kept > 2.5 * final

@@ -31,8 +31,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -348,6 +349,30 @@ def _run_child(task: str, paths: dict[str, Path], out: Path, extra: dict | None,
     return proc, time.perf_counter() - start
 
 
+@contextlib.contextmanager
+def sampled_disk(folder: Path, every: float = 0.005) -> Iterator[dict]:
+    """Within this block, a thread samples the free space of `folder`'s filesystem every `every` seconds; on exit
+    `["peak_bytes"]` holds the most it fell below its level at the start (the peak extra disk, temporaries that
+    were deleted again included)."""
+    before = shutil.disk_usage(folder).free
+    lowest = [before]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(every):
+            lowest[0] = min(lowest[0], shutil.disk_usage(folder).free)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    found: dict = {}
+    try:
+        yield found
+    finally:
+        stop.set()
+        thread.join()
+        found["peak_bytes"] = max(0, before - lowest[0])
+
+
 def _last_error(stderr: str) -> str:
     """The exception line of a traceback (the last line that is not blank or a progress bar)."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip() and "it/s]" not in line]
@@ -361,7 +386,8 @@ def measure(task: str, paths: dict[str, Path], work: Path, inputs: list[Path], e
     out = work / f"out-{task}"
     shutil.rmtree(out, ignore_errors=True)
     _warm(inputs)
-    proc, wall = _run_child(task, paths, out, extra, python)
+    with sampled_disk(work) as disk:
+        proc, wall = _run_child(task, paths, out, extra, python)
     if proc.returncode != 0:
         shutil.rmtree(out, ignore_errors=True)
         if python:
@@ -372,7 +398,7 @@ def measure(task: str, paths: dict[str, Path], work: Path, inputs: list[Path], e
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     row = {"task": task, "wall_s": round(wall, 2), "peak_rss_mib": round(report["peak_rss_mib"]),
            "read_bytes": sum(p.stat().st_size for p in inputs), "written_bytes": report["wchar"],
-           "output_bytes": _final_bytes(out)}
+           "output_bytes": _final_bytes(out), "peak_disk_bytes": disk["peak_bytes"]}
     if compare is not None:
         row["same"] = compare_outputs(compare, out)
     shutil.rmtree(out, ignore_errors=True)
@@ -450,8 +476,9 @@ def same_summary(same: dict, convention: str) -> str:
 
 def _median(rows: list[dict]) -> dict:
     out = dict(rows[0])
-    for key in ("wall_s", "peak_rss_mib", "written_bytes", "output_bytes"):
-        out[key] = statistics.median(r[key] for r in rows)
+    for key in ("wall_s", "peak_rss_mib", "written_bytes", "output_bytes", "peak_disk_bytes"):
+        if all(key in r for r in rows):
+            out[key] = statistics.median(r[key] for r in rows)
     out["walls"] = [r["wall_s"] for r in rows]
     return out
 
@@ -606,15 +633,16 @@ def markdown(data: dict) -> str:
         f"{data['load'][1]} at the end), warm page cache (inputs read just before each measurement), every "
         f"measurement its own process; {data['rounds']} interleaved rounds, medians (all walls in the last column). "
         "Peak RSS = VmHWM, including the interpreter and torch (about 235 MiB, see the floor rows); written = "
-        "bytes the process wrote (wchar), an upper bound of the extra disk it took. The I/O floor reads the same "
+        "bytes the process wrote (wchar); peak disk = the most the filesystem's free space fell below its level "
+        "at the start, sampled every 5 ms while the process ran (temporaries included). The I/O floor reads the same "
         "inputs once and writes the output's size once with one fsync, no hashing or computing. Reproduce: "
         + ("`.venv/bin/python benchmarks/convert/anchors.py --fastchat-git FASTCHAT_CLONE --fengshenbang-git "
            "FENGSHENBANG_CLONE --dir DIR` (once), then `.venv/bin/python benchmarks/convert/run.py --anchors-dir DIR`."
            if data.get("anchors") else "`.venv/bin/python benchmarks/convert/run.py`."),
         "",
-        "| operation | approach | wall (s), median | peak RSS (MiB) | read (GB) | written (GB) | wall / I/O floor |"
-        " same round: wall / floor, median | RSS / largest tensor | walls (s) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| operation | approach | wall (s), median | peak RSS (MiB) | read (GB) | written (GB) | peak disk (GB) |"
+        " wall / I/O floor | same round: wall / floor, median | RSS / largest tensor | walls (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for op, (name, approaches) in LABELS.items():
         if f"floor-{op}" not in res:
@@ -625,12 +653,14 @@ def markdown(data: dict) -> str:
                 continue
             r = res[task]
             if "error" in r:
-                lines.append(f"| {name} | {label} | did not run: `{r['error']}` | - | - | - | - | - | - | - |")
+                lines.append(f"| {name} | {label} | did not run: `{r['error']}` | - | - | - | - | - | - | - | - |")
                 continue
             if "same" in r:
                 label += f"; output {_same_short(r['same'], 'replace' if task == 'anchor-fengshenbang' else 'add')}"
             lines.append(f"| {name} | {label} | {r['wall_s']:.1f} | {r['peak_rss_mib']:.0f} | "
-                         f"{r['read_bytes'] / 1e9:.2f} | {r['written_bytes'] / 1e9:.2f} | {r['wall_s'] / floor:.2f}x | "
+                         f"{r['read_bytes'] / 1e9:.2f} | {r['written_bytes'] / 1e9:.2f} | "
+                         + (f"{r['peak_disk_bytes'] / 1e9:.2f}" if "peak_disk_bytes" in r else "-")
+                         + f" | {r['wall_s'] / floor:.2f}x | "
                          f"{_paired(res, task, op):.2f}x | {r['peak_rss_mib'] / largest_mib:.1f}x | "
                          f"{', '.join(f'{w:.1f}' for w in r['walls'])} |")
     wide = data.get("wide")
@@ -846,6 +876,9 @@ def _verdicts(data: dict) -> str:
         if naive:
             ratio = statistics.median(a / b for a, b in zip(ours["walls"], naive["walls"], strict=True))
             vs = f", {ratio:.2f}x the wall of {'naive' if op != 'chain' else 'step by step'} in the same round"
+        if op == "chain" and "peak_disk_bytes" in ours:
+            vs += (f", peak disk {ours['peak_disk_bytes'] / 1e9:.2f} GB for a {ours['output_bytes'] / 1e9:.2f} GB "
+                   "output")
         net = _paired_net(res, task, op)
         parts.append(f"{task}: {_paired(res, task, op):.2f}x the floor (same-round median"
                      + (f"; {net:.2f}x net of starting Python with torch" if net else "") + f"){vs}, "
