@@ -135,3 +135,59 @@ def test_weights_are_found_on_the_hub_they_were_fetched_from(data_root, tmp_path
     fallback.mkdir(parents=True)
     write_stamp(fallback, {"hub": "modelscope", "repo": "msorg/m"})
     assert weight_paths(manifest, ctx)["model"] == fallback
+
+
+#: Runs `modelrig ARGS` and prints, as the last line, whether torch was imported.
+_LOADS_TORCH = r"""
+import sys
+from modelrig.cli import main
+code = main(sys.argv[1:])
+print("torch" in sys.modules)
+sys.exit(code)
+"""
+
+
+def test_a_rerun_with_nothing_changed_is_answered_without_the_converters(weights, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    meta = shutil.copytree(weights["meta"], tmp_path / "meta")
+    data_root = tmp_path / "root"
+
+    def convert(*extra: str) -> tuple[dict, bool]:
+        done = subprocess.run([sys.executable, "-c", _LOADS_TORCH, "--data-root", str(data_root), "convert",
+                               "demo-tiny-ziya", "--input", f"base={meta}", "--input", f"delta={weights['delta']}",
+                               "--json", *extra], env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                              capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+        *body, torch_loaded = done.stdout.strip().splitlines()
+        return json.loads("\n".join(body)), torch_loaded == "True"
+
+    first, loaded = convert()
+    assert first["changed"] and loaded
+    final = data_root / "models" / "demo-tiny-ziya" / "final"
+    files = {p.name: p.read_bytes() for p in final.iterdir()}
+    again, loaded = convert()
+    assert not again["changed"] and not loaded
+    assert again["details"]["output"] == first["details"]["output"] == str(final)
+    assert [s["details"]["files"] for s in again["details"]["steps"]] == \
+        [s["details"]["files"] for s in first["details"]["steps"]]
+    check, loaded = convert("--check")
+    assert not check["changed"] and not loaded
+
+    # an input changed, an output edited, the record gone: each goes back to the converters, which decide
+    (meta / "params.json").write_text((meta / "params.json").read_text() + "\n")
+    rebuilt, loaded = convert()
+    assert rebuilt["changed"] and loaded
+    assert {p.name: p.read_bytes() for p in final.iterdir() if p.name != ".modelrig-stamp.json"} == \
+        {n: b for n, b in files.items() if n != ".modelrig-stamp.json"}
+    shard = final / "model.safetensors"
+    shard.write_bytes(shard.read_bytes())
+    repaired, loaded = convert()
+    assert repaired["changed"] and loaded
+    assert shard.read_bytes() == files["model.safetensors"]
+    shutil.rmtree(data_root / "cache" / "pipelines")
+    unchanged, loaded = convert()
+    assert not unchanged["changed"] and loaded
+    assert not convert()[1]

@@ -96,12 +96,3 @@ def run_chain(steps: list[ConvertStep], *, out: Path, where: Callable[[str | Non
 
     return run_step(kind, out=out, params=params, sources=sources, needed_bytes=needed, body=body, cache=cache,
                     model=model)
-
-
-def chain_summary(steps: list[ConvertStep], result: StageResult) -> str:
-    """`final built (fused: llama_meta_to_hf -> apply_delta -> to_safetensors)` for a run of several steps."""
-    state = "built" if result.changed else "unchanged"
-    if len(steps) == 1:
-        return f"{steps[0].output_name} {state}"
-    return f"{steps[-1].output_name} {state} (fused: {' -> '.join(s.kind for s in steps)})"
-

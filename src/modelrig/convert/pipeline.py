@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from modelrig.config import Context
-from modelrig.convert.chain import chain_summary, run_chain
-from modelrig.convert.delta import apply_delta
-from modelrig.convert.llama_meta import convert_llama_meta
-from modelrig.convert.safetensors_convert import convert_to_safetensors
-from modelrig.convert.tf import convert_h5, convert_tf1
+from modelrig.convert import record
+from modelrig.convert.step import checking
 from modelrig.errors import ConversionError, UsageError
 from modelrig.fetch import locate
-from modelrig.manifest import ApplyDelta, LlamaMetaToHf, Manifest, TfToPt, ToSafetensors, WeightSource
-from modelrig.plan.steps import group_steps
+from modelrig.manifest import ApplyDelta, ConvertStep, LlamaMetaToHf, Manifest, TfToPt, ToSafetensors, WeightSource
+from modelrig.plan.steps import group_steps, group_summary
 from modelrig.result import StageResult, timed
 
 
@@ -33,7 +31,8 @@ def run_pipeline(manifest: Manifest, ctx: Context, *, inputs: Mapping[str, str] 
 
     Consecutive steps that feed each other run as one fused pass (`plan.steps.group_steps`) unless a step says
     `keep: true` or `keep_intermediates` is set, which writes every step's output as its own folder.
-    `inputs` (NAME=DIR) overrides where a weight source or an earlier output is read from.
+    `inputs` (NAME=DIR) overrides where a weight source or an earlier output is read from. A re-run with
+    nothing changed is answered from the pipeline's record (`convert.record`), without loading the converters.
     """
     inputs = dict(inputs or {})
     known = set(manifest.weights) | {s.output_name for s in manifest.convert}
@@ -60,7 +59,29 @@ def run_pipeline(manifest: Manifest, ctx: Context, *, inputs: Mapping[str, str] 
     done: list[str] = []
     previous: str | None = None
     groups = group_steps(manifest, keep_intermediates=keep_intermediates, overridden=frozenset(inputs))
+    folders: dict[str, Path] | None = None
+    if tf_python is None and manifest.convert:
+        try:
+            folders = {name: where(name) for name in record.external_inputs(manifest, inputs)}
+        except (ConversionError, UsageError):
+            folders = None  # the full pipeline says what is missing
     with timed() as clock:
+        if folders is not None:
+            shape = record.fingerprint(manifest, groups, folders, keep_intermediates=keep_intermediates,
+                                       contents=False)
+            earlier = record.read_record(ctx, manifest.id, shape)
+            if earlier is not None:
+                finger = record.fingerprint(manifest, groups, folders, keep_intermediates=keep_intermediates,
+                                            cache=cache, persist=not checking())
+                stamps = record.current_outputs(earlier, finger)
+                if stamps is not None:
+                    return _unchanged(manifest, ctx, groups, stamps, clock)
+        from modelrig.convert.chain import run_chain
+        from modelrig.convert.delta import apply_delta
+        from modelrig.convert.llama_meta import convert_llama_meta
+        from modelrig.convert.safetensors_convert import convert_to_safetensors
+        from modelrig.convert.tf import convert_h5, convert_tf1
+
         for group in groups:
             step = group[-1]
             out = ctx.data.output_dir(manifest.id, step.output_name)
@@ -92,12 +113,34 @@ def run_pipeline(manifest: Manifest, ctx: Context, *, inputs: Mapping[str, str] 
             produced[step.output_name] = out
             previous = step.output_name
             results.append(result)
-            done.append(chain_summary(group, result))
+            done.append(group_summary(group, changed=result.changed))
+        if folders is not None and not checking():
+            finger = record.fingerprint(manifest, groups, folders, keep_intermediates=keep_intermediates,
+                                        cache=cache)
+            record.write_record(ctx, manifest.id, finger, list(produced.values()))
     changed = any(r.changed for r in results)
     summary = f"{len(manifest.convert)} step(s): " + ", ".join(done) if results else "no conversion steps"
     return StageResult(stage="convert", changed=changed, model=manifest.id, seconds=clock["seconds"],
                        summary=summary, details={"steps": [r.to_dict() for r in results],
                                                  "output": str(produced.get(manifest.output_name, ""))})
+
+
+def _unchanged(manifest: Manifest, ctx: Context, groups: list[list[ConvertStep]], stamps: dict[str, Any],
+               clock: dict[str, float]) -> StageResult:
+    """The result of a run in which no step had anything to do, told from the outputs' stamps."""
+    steps = []
+    for group in groups:
+        out = ctx.data.output_dir(manifest.id, group[-1].output_name)
+        stamp = stamps.get(str(out), {})
+        kind = str(stamp.get("kind", group[-1].kind))
+        steps.append(StageResult(stage="convert", changed=False, model=manifest.id, summary=f"{kind}: {out} unchanged",
+                                 check=checking(), details={"kind": kind, "out": str(out),
+                                                            "files": stamp.get("outputs", {})}).to_dict())
+    summary = f"{len(manifest.convert)} step(s): " + ", ".join(group_summary(g, changed=False) for g in groups)
+    made = {s.output_name for s in manifest.convert}
+    output = ctx.data.output_dir(manifest.id, manifest.output_name) if manifest.output_name in made else ""
+    return StageResult(stage="convert", changed=False, model=manifest.id, seconds=clock["seconds"], summary=summary,
+                       details={"steps": steps, "output": str(output)})
 
 
 def check_pipeline(manifest: Manifest, ctx: Context, *, inputs: Mapping[str, str] | None = None,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +28,7 @@ from modelrig.convert.io import (
     row_numel,
     write_all,
 )
-from modelrig.errors import ConversionError, DiskSpaceError
+from modelrig.errors import ConversionError
 from modelrig.progress import bar
 
 
@@ -68,17 +67,6 @@ def plan_shards(tensors: list[OutputTensor], *, max_shard_size: int | str) -> di
                                                  filename_pattern="model{suffix}.safetensors",
                                                  max_shard_size=parse_size(max_shard_size))
     return {name: sorted(names) for name, names in split.filename_to_tensors.items()}
-
-
-def ensure_free_space(directory: Path, needed: int) -> None:
-    """Refuse before starting when `directory`'s filesystem has less than `needed` bytes (plus 2%) free."""
-    probe = directory
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if free < needed * 1.02 + (16 << 20):
-        raise DiskSpaceError(f"{directory}: needs {humansize.format_size(needed)} free for the output, only "
-                             f"{humansize.format_size(free)} available; free space or use another --data-root")
 
 
 def write_safetensors_shards(tensors: list[OutputTensor], out: Path, *, max_shard_size: int | str = "5GB",

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from modelrig.convert.shards import ensure_free_space
-from modelrig.errors import ConversionError
+from modelrig import humansize
+from modelrig.errors import ConversionError, DiskSpaceError
 from modelrig.fetch.prune import is_pruned_path, recorded_files
 from modelrig.result import StageResult, timed
 from modelrig.stamp import (
@@ -26,6 +27,17 @@ from modelrig.stamp import (
 
 #: Bump when an algorithm changes its output, so old stamps no longer match.
 FORMAT_VERSION = 1
+
+
+def ensure_free_space(directory: Path, needed: int) -> None:
+    """Refuse before starting when `directory`'s filesystem has less than `needed` bytes (plus 2%) free."""
+    probe = directory
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed * 1.02 + (16 << 20):
+        raise DiskSpaceError(f"{directory}: needs {humansize.format_size(needed)} free for the output, only "
+                             f"{humansize.format_size(free)} available; free space or use another --data-root")
 
 
 def input_files(*sources: Path) -> list[Path]:
@@ -144,6 +156,11 @@ def step_differences(kind: str, *, out: Path, params: dict[str, Any], sources: d
 
 
 _CHECK_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("modelrig_convert_check_only", default=False)
+
+
+def checking() -> bool:
+    """True within `check_only`."""
+    return _CHECK_ONLY.get()
 
 
 @contextlib.contextmanager

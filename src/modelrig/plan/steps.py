@@ -74,3 +74,11 @@ def prunable_sources(manifest: Manifest) -> list[str]:
     return [name for name, source in manifest.weights.items()
             if source.hubs and source.local is None and source.model is None and name in read - tf_read
             and not reads_directly(manifest, name)]
+
+
+def group_summary(steps: list[ConvertStep], *, changed: bool) -> str:
+    """`final built (fused: llama_meta_to_hf -> apply_delta -> to_safetensors)` for a run of several steps."""
+    state = "built" if changed else "unchanged"
+    if len(steps) == 1:
+        return f"{steps[0].output_name} {state}"
+    return f"{steps[-1].output_name} {state} (fused: {' -> '.join(s.kind for s in steps)})"
