@@ -41,7 +41,7 @@ def test_nothing_missing_changes_nothing_without_root(ssh_hosts, tmp_path):
 def test_missing_packages_without_root_are_named(ssh_hosts, tmp_path):
     ssh_hosts.add("plain")
     run = playbook(tmp_path, ssh_hosts.inventory(tmp_path / "hosts.yml"),
-                   str(_book(tmp_path, system_packages_extra=[MISSING])))
+                   str(_book(tmp_path, system_packages_extra=[MISSING, "bash"])))
     assert run.returncode == 2
     assert f"system packages missing on plain: {MISSING}; run with become (root) or install them" in run.stdout
 
