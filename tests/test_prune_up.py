@@ -78,6 +78,11 @@ def test_up_prunes_and_a_second_up_changes_nothing_then_lock_verify_and_rebuild_
         assert code == 0, err
         assert out.count("pruned: weights ") == 2 and "matches its lock" in out
 
+    code, out, err = run(root, "bundle", lock, "--out", root / "b.tar", "--json")  # refused before any wheel
+    assert code == 9 and json.loads(out)["error"]["code"] == "not_reproduced"
+    assert f"modelrig fetch {MODEL} --restore-pruned" in json.loads(out)["error"]["message"]
+    assert not (root / "b.tar").exists() and not list((root / "cache").glob("modelrig-bundle-*"))
+
     shard = next((root / "models" / MODEL / "final").glob("*.safetensors"))
     content = shard.read_bytes()
     shard.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))

@@ -81,6 +81,11 @@ def make_bundle(lock_path: Path, out: Path, ctx: Context) -> dict[str, Any]:
     lock = load_lock(lock_path)
     manifest = load_model(lock.model)
     where = locate(manifest, ctx)
+    for source in lock.sources:  # before any wheel is fetched: a bundle holds the weights themselves
+        src = ctx.data.store / source.hub / source.repo.replace("/", "--")
+        if pruned_record(src) is not None:
+            raise NotReproducedError(f"weights {source.name}: pruned after conversion; run `modelrig fetch "
+                                     f"{lock.model} --restore-pruned` first to bundle it", path=str(src))
     ctx.data.cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="modelrig-bundle-", dir=ctx.data.cache) as tmp:
         stage = Path(tmp) / "bundle"
@@ -102,9 +107,6 @@ def make_bundle(lock_path: Path, out: Path, ctx: Context) -> dict[str, Any]:
             for item in [*source.files, None]:
                 rel = item.path if item else STAMP_NAME
                 (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-                if not (src / rel).is_file() and pruned_record(src) is not None:
-                    raise NotReproducedError(f"weights {source.name}: pruned after conversion; run `modelrig fetch "
-                                             f"{lock.model} --restore-pruned` first to bundle it", path=str(src))
                 if not (src / rel).is_file():
                     raise NotReproducedError(f"weights {source.name}: {src / rel} missing; run `modelrig verify "
                                              "--full` and `modelrig rebuild` first", path=str(src / rel))
