@@ -207,6 +207,7 @@ def test_check_prints_what_would_be_freed_and_leaves_the_data_root_byte_identica
     assert code == 0, err
     result = json.loads(out)
     assert result["changed"] is True and result["details"]["pruned"]["freed_bytes"] == present
+    assert "unchanged; would free" in result["summary"] and result["details"]["converted"] is False
     assert snapshot(root) == before
 
 

@@ -113,6 +113,7 @@ def _run_model(args: argparse.Namespace, ctx: Context, model: str) -> StageResul
             result.changed = True
             if args.check:
                 result.reasons.append(f"prune: {report.summary()}")
+                result.summary += f"; {report.summary()}"
     return result
 
 
