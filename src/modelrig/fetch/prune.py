@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from modelrig.errors import UsageError
-from modelrig.fetch.sources import SourcePlan, hub_order
+from modelrig.fetch.sources import SourcePlan, stamp_on_any_hub
 from modelrig.humansize import format_size
 from modelrig.manifest import HubRef, WeightSource
 from modelrig.stamp import read_stamp, write_stamp
@@ -100,15 +99,7 @@ def prune_folder(directory: Path, *, by: str) -> tuple[int, int]:
 
 def pinned_pruned_stamp(source: WeightSource, store: Path, *, requested: str) -> dict[str, Any] | None:
     """The pruned stamp of a source pinned to a commit, on any hub it may come from (no network needed)."""
-    try:
-        order = hub_order(source, requested=requested, prefer="auto")
-    except UsageError:
-        return None
-    for hub, ref in order:
-        stamp = pruned_stamp(store / hub / ref.repo.replace("/", "--"), hub=hub, ref=ref, source=source)
-        if stamp is not None:
-            return stamp
-    return None
+    return stamp_on_any_hub(source, store, requested=requested, accept=pruned_stamp)
 
 
 def plan_pruned_stamp(plan: SourcePlan) -> dict[str, Any] | None:

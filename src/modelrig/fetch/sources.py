@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from modelrig import humansize
 from modelrig.errors import UsageError
@@ -79,6 +81,22 @@ def hub_order(source: WeightSource, *, requested: str, prefer: str) -> list[tupl
     if source.prefer is None and prefer in HUBS:
         refs = sorted(refs, key=lambda item: item[0] != prefer)
     return refs
+
+
+def stamp_on_any_hub(source: WeightSource, store: Path, *, requested: str,
+                     accept: Callable[..., dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The first stamp `accept(folder, hub=, ref=, source=)` returns among the store folders `source` may have
+    been fetched into, in hub order; None when none is accepted or `requested` names a hub the source is not on.
+    Reads only the store: no network."""
+    try:
+        order = hub_order(source, requested=requested, prefer="auto")
+    except UsageError:
+        return None
+    for hub, ref in order:
+        stamp = accept(store / hub / ref.repo.replace("/", "--"), hub=hub, ref=ref, source=source)
+        if stamp is not None:
+            return stamp
+    return None
 
 
 def needed_bytes(plan: SourcePlan) -> int:

@@ -22,6 +22,7 @@ from modelrig.fetch.sources import (
     hub_order,
     human,
     needed_bytes,
+    stamp_on_any_hub,
 )
 from modelrig.manifest import Manifest, WeightSource
 from modelrig.netcheck import unreachable_hint
@@ -234,15 +235,7 @@ def _stamp_differences(plan: SourcePlan) -> list[str]:
 
 def _current_stamp(name: str, source: WeightSource, store: Path, options: FetchOptions) -> dict[str, Any] | None:
     """A matching stamp for a pinned source on any hub it may come from: such a re-run needs no network."""
-    try:
-        order = hub_order(source, requested=options.hub, prefer="auto")
-    except UsageError:
-        return None
-    for hub, ref in order:
-        stamp = stamp_is_current(store / hub / ref.repo.replace("/", "--"), hub=hub, ref=ref, source=source)
-        if stamp is not None:
-            return stamp
-    return None
+    return stamp_on_any_hub(source, store, requested=options.hub, accept=stamp_is_current)
 
 
 def _fetched_moving_ref(source: WeightSource, store: Path, options: FetchOptions) -> dict[str, Any] | None:
