@@ -77,6 +77,9 @@ class ConvertOutput:
     steps: list[dict[str, Any]]
     #: With `--prune-sources`: the sources pruned (`name`, `path`, `files`, `bytes`), `freed_bytes`, `summary`.
     pruned: dict[str, Any] | None = None
+    #: `modelrig convert`: whether any step ran (or would); unlike `changed`, false when only pruning changed
+    #: something (what a restart of the model's services depends on).
+    converted: bool | None = None
 
 
 @dataclass(frozen=True)
