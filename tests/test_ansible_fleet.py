@@ -101,7 +101,7 @@ def test_one_run_provisions_three_different_hosts(fleet):
 def test_system_packages_ran_on_the_root_host_with_nothing_missing(fleet):
     out = fleet.first.stdout
     query = out.split("TASK [system_packages : Find which of the packages are missing.]", 1)[1].split("TASK [", 1)[0]
-    assert re.search(r"^ok: \[admin\] => \(item=python3-venv\)", query, re.M), query
+    assert re.search(r"^ok: \[admin\]$", query, re.M), query  # one dpkg-query for every package
     install = out.split("TASK [system_packages : Install the missing packages with apt.]", 1)[1].split("TASK [", 1)[0]
     assert "skipping: [admin]" in install and "changed: [admin]" not in install
     runs_as = fleet.hosts.ssh("admin", "id -u").stdout.strip()
