@@ -180,31 +180,30 @@ _COPY_RANGE = hasattr(os, "copy_file_range")
 def copy_span(span: FileSpan, out_fd: int, *, scratch: bytearray) -> None:
     """Append `span` to the file open as `out_fd`, copied by the kernel file to file where it can (no pass through
     user memory), else read into `scratch` and written."""
+    if _COPY_RANGE and _copy_by_kernel(span, out_fd):
+        return
+    for piece in _span_pieces(span, scratch):
+        write_all(out_fd, piece)
+
+
+def _copy_by_kernel(span: FileSpan, out_fd: int) -> bool:
+    """`copy_file_range` the whole span; False (and no further tries) when the kernel refuses before copying."""
     global _COPY_RANGE
     files = _OPEN_FILES if _OPEN_FILES is not None else {}
     fd = _input_fd(files, span.path)
+    done = 0
     try:
-        done = 0
-        if _COPY_RANGE:
-            try:
-                while done < span.nbytes:
-                    n = os.copy_file_range(fd, out_fd, span.nbytes - done, span.offset + done)
-                    if n == 0:
-                        raise ConversionError(f"{span.path}: truncated file (needs {span.offset + span.nbytes} "
-                                              "bytes)")
-                    done += n
-                return
-            except OSError:
-                if done:
-                    raise
-                _COPY_RANGE = False
-        view = memoryview(scratch)
         while done < span.nbytes:
-            got = read_at(span.path, span.offset + done, view[: min(len(view), span.nbytes - done)])
-            if got == 0:
+            n = os.copy_file_range(fd, out_fd, span.nbytes - done, span.offset + done)
+            if n == 0:
                 raise ConversionError(f"{span.path}: truncated file (needs {span.offset + span.nbytes} bytes)")
-            write_all(out_fd, view[:got])
-            done += got
+            done += n
+        return True
+    except OSError:
+        if done:
+            raise
+        _COPY_RANGE = False
+        return False
     finally:
         if files is not _OPEN_FILES:
             os.close(fd)
@@ -212,13 +211,19 @@ def copy_span(span: FileSpan, out_fd: int, *, scratch: bytearray) -> None:
 
 def hash_span(span: FileSpan, digest: Any, *, scratch: bytearray) -> None:
     """Feed `span`'s bytes to `digest` (a hashlib object), read through `scratch`."""
+    for piece in _span_pieces(span, scratch):
+        digest.update(piece)
+
+
+def _span_pieces(span: FileSpan, scratch: bytearray) -> Iterator[memoryview]:
+    """`span`'s bytes in order, each piece read into `scratch` (valid until the next piece is asked for)."""
     view = memoryview(scratch)
     done = 0
     while done < span.nbytes:
         got = read_at(span.path, span.offset + done, view[: min(len(view), span.nbytes - done)])
         if got == 0:
             raise ConversionError(f"{span.path}: truncated file (needs {span.offset + span.nbytes} bytes)")
-        digest.update(view[:got])
+        yield view[:got]
         done += got
 
 

@@ -31,6 +31,11 @@ from modelrig.convert.io import (
 from modelrig.errors import ConversionError
 from modelrig.progress import bar
 
+#: Bytes per span piece, and per read of the scratch buffers that hash spans (or copy them where the kernel
+#: cannot).
+SPAN_BYTES = 64 << 20
+SPAN_SCRATCH = 8 << 20
+
 
 @dataclass
 class OutputTensor:
@@ -145,12 +150,6 @@ def _write_one_shard(tensors: list[OutputTensor], path: Path, metadata: dict[str
             done.result()
         os.fsync(fd)
     return digest.hexdigest()
-
-
-#: Bytes per span piece, and per read of the scratch buffers that hash spans (or copy them where the kernel
-#: cannot).
-SPAN_BYTES = 64 << 20
-SPAN_SCRATCH = 8 << 20
 
 
 def whole(load: Callable[[], torch.Tensor]) -> Callable[[], Iterator[torch.Tensor]]:
