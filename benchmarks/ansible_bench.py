@@ -21,7 +21,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.report import write_section  # noqa: E402
+from benchmarks.report import publish  # noqa: E402
 from modelrig.hub.server import serve_in_thread  # noqa: E402
 from modelrig.hub.tiny_repos import TOKEN_FILE, make_tiny_hub  # noqa: E402
 from tests.helpers.sshhosts import SshHost, SshHosts, available, playbook, recap  # noqa: E402
@@ -139,9 +139,7 @@ def main() -> None:
         "pipeline's record in 0.6 s), one `dpkg-query` per system package (1.2 s; now one for all) and full "
         "fact gathering (1.1 s; the roles need only the `min` subset, 0.8 s). The rest is about 0.4 s per task: "
         "an SSH round trip and a module run.", ""])
-    print(table)
-    if not args.no_write:
-        write_section(SECTION, table)
+    publish(SECTION, table, write=not args.no_write)
 
 
 if __name__ == "__main__":

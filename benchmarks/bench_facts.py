@@ -15,7 +15,7 @@ from modelrig.facts.collect import collect
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.report import median_wall, write_section  # noqa: E402
+from benchmarks.report import median_wall, publish  # noqa: E402
 
 HOSTS = REPO.parent / "shared" / "fixtures" / "hosts"
 BIN = Path(sys.executable).parent
@@ -60,8 +60,7 @@ def main() -> None:
               f"| `python -c 'import torch; torch.cuda.is_available()'` (the alternative probe) | {torch_probe:.2f} |",
               ""]
     table = "\n".join(lines)
-    print(table)
-    write_section(SECTION, table)
+    publish(SECTION, table)
 
 
 if __name__ == "__main__":

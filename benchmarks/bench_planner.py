@@ -15,7 +15,7 @@ from modelrig.plan import TORCH_BUILDS_FILE, load_torch_table, make_plan
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.report import median_wall, write_section  # noqa: E402
+from benchmarks.report import median_wall, publish  # noqa: E402
 
 HOSTS = REPO / "tests" / "fixtures" / "hosts"
 BIN = Path(sys.executable).parent
@@ -64,8 +64,7 @@ def main() -> None:
              f"| `modelrig validate --json` (every shipped manifest) | {cli_validate:.2f} |",
              ""]
     table = "\n".join(lines)
-    print(table)
-    write_section(SECTION, table)
+    publish(SECTION, table)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from modelrig.plan import EnvPlan, TorchBuild
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.report import write_section  # noqa: E402
+from benchmarks.report import publish  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SECTION = "## Model environments and the demo (benchmarks/env_bench.py)"
@@ -83,8 +83,7 @@ def main() -> None:
               f"| first `modelrig demo` | {first:.1f} |", f"| second `modelrig demo` (every stage unchanged) | "
               f"{second:.1f} |", ""]
     table = "\n".join(lines)
-    print(table)
-    write_section(SECTION, table)
+    publish(SECTION, table)
 
 
 if __name__ == "__main__":

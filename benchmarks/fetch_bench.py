@@ -22,7 +22,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.report import write_section  # noqa: E402
+from benchmarks.report import publish  # noqa: E402
 
 SECTION = "## fetch: `modelrig fetch` vs `hf download`"
 
@@ -122,9 +122,7 @@ def main() -> int:
               f"(`modelrig fetch --verify`, nothing downloaded) took {verify:.2f} s. The machine is shared and its "
               "load varies, so single numbers move by several tens of percent between runs."]
     table = "\n".join(lines) + "\n"
-    print(table)
-    if not args.no_write:
-        write_section(SECTION, table)
+    publish(SECTION, table, write=not args.no_write)
     return 0
 
 

@@ -23,7 +23,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.report import write_section  # noqa: E402
+from benchmarks.report import publish  # noqa: E402
 from modelrig.cli import main as modelrig  # noqa: E402
 from modelrig.hub.server import serve_in_thread  # noqa: E402
 from modelrig.hub.tiny_repos import TOKEN_FILE, make_tiny_hub  # noqa: E402
@@ -104,9 +104,7 @@ def main() -> None:
         f"| converted outputs (re-made, not bundled) | {held['models'] / mb:.1f} |", "",
         "The bundle is dominated by the wheels (torch alone is most of it); the installed env is larger than its "
         "wheels because they are unpacked.", ""])
-    print(table)
-    if not args.no_write:
-        write_section(SECTION, table)
+    publish(SECTION, table, write=not args.no_write)
 
 
 if __name__ == "__main__":

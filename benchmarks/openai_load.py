@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import modelrig.launch.render as rendering  # noqa: E402
-from benchmarks.report import write_section  # noqa: E402
+from benchmarks.report import publish  # noqa: E402
 from modelrig.hub import tiny  # noqa: E402
 from tests.helpers.launching import free_port, render_one, running, tiny_manifest  # noqa: E402
 from tests.helpers.venvs import CURRENT_UI, VenvFactory  # noqa: E402
@@ -292,8 +292,7 @@ def main() -> None:
                      f"{rate:.1f} | {'yes' if alive else 'NO'} | {retry} |")
     lines += ["", WHERE_IT_WENT]
     table = "\n".join(lines) + "\n"
-    print(table)
-    write_section(SECTION, table)
+    publish(SECTION, table)
 
 
 if __name__ == "__main__":

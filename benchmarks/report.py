@@ -23,6 +23,13 @@ def write_section(section: str, table: str, *, path: Path = BENCHMARKS_MD) -> No
     path.write_text(text, encoding="utf-8")
 
 
+def publish(section: str, table: str, *, write: bool = True) -> None:
+    """Print a benchmark's table and, with `write`, put it in its section of BENCHMARKS.md."""
+    print(table)
+    if write:
+        write_section(section, table)
+
+
 def median_wall(cmd: list[str], *, runs: int = 5, check: bool = True) -> float:
     """The median wall time in seconds of running `cmd` `runs` times (output discarded)."""
     times = []

@@ -963,12 +963,10 @@ def main() -> None:
 
 
 def _write(text: str, *, write: bool) -> None:
-    print(text)
-    if write:
-        sys.path.insert(0, str(REPO))
-        from benchmarks.report import write_section
+    sys.path.insert(0, str(REPO))
+    from benchmarks.report import publish
 
-        write_section(SECTION, text)
+    publish(SECTION, text, write=write)
 
 
 if __name__ == "__main__":
