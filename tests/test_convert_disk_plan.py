@@ -39,3 +39,28 @@ def test_keeping_intermediates_is_priced_and_a_kept_step_counts_in_full():
     kept = plan_disk(manifest.model_copy(update={"convert": steps}))
     assert kept.convert_bytes == int(52 * GB) and kept.intermediate_bytes == int(26 * GB)
     assert kept.needed_bytes - fused.needed_bytes == int(26 * GB * (1 + DISK_HEADROOM))
+
+
+def test_sources_and_outputs_already_on_disk_take_no_more_disk():
+    manifest = load_model("ziya-llama-13b-v1")
+    empty = plan_disk(manifest)
+    hub = [name for name, source in manifest.weights.items() if source.hubs]
+    fetched = plan_disk(manifest, present=hub)
+    assert fetched.download_bytes == 0 and fetched.convert_bytes == empty.convert_bytes
+    assert fetched.present_bytes == empty.download_bytes
+    done = plan_disk(manifest, present=[*hub, manifest.output_name])
+    assert done.convert_bytes == 0 and done.present_bytes == empty.download_bytes + empty.convert_bytes
+    assert done.needed_bytes == int(DISK_RESERVE_GB * GB)
+
+
+def test_a_host_short_of_disk_is_refused_by_the_plan_but_still_gets_its_launch_files(cli, tmp_path):
+    facts = json.loads((HOSTS / "a100-40gb.json").read_text(encoding="utf-8"))
+    small = tmp_path / "small-disk.json"
+    small.write_text(json.dumps({**facts, "disk_free_bytes": 10**9}))
+    code, _, err = cli("plan", "bluelm-7b-chat", "--facts", small)
+    assert code == 3 and "of disk" in err and "only 1 GB free" in err
+    assert not make_plan(load_model("bluelm-7b-chat"), HostFacts.from_dict({**facts, "disk_free_bytes": 10**9})).fits
+    code, out, err = cli("render", "bluelm-7b-chat", "--facts", small, "--out", tmp_path / "launch",
+                         "--python", "/envs/x/bin/python", "--weights", f"model={tmp_path / 'weights'}", "--json")
+    assert code == 0, err
+    assert (tmp_path / "launch" / "api" / "app.py").is_file()

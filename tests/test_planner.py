@@ -381,7 +381,7 @@ def test_plan_json_is_the_documented_shape(cli):
     assert list(data) == ["ok", "model", "platform", "device", "dtype", "quantization", "memory_needed_gb",
                           "memory_available_gb", "env", "download_bytes", "disk_needed_bytes", "disk_free_bytes",
                           "steps", "launch", "fits", "refusal", "warnings", "gpus", "dependencies",
-                          "prunable_bytes"]
+                          "prunable_bytes", "present_bytes"]
     assert data["env"]["torch"] == {"version": "2.14.1", "variant": "cu126",
                                     "index_url": "https://download.pytorch.org/whl/cu126",
                                     "requirements": ["torch==2.14.1"]}

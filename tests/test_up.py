@@ -100,6 +100,34 @@ def test_up_json_reports_every_stage(served):
     assert report["urls"] == {"api": "http://127.0.0.1:18000/v1"}
 
 
+def test_a_rerun_fits_on_a_disk_the_first_run_filled_but_a_fresh_data_root_would_not(served, tmp_path):
+    root, _ = served
+    code, out, err = run(root, "facts", "--json")
+    assert code == 0, err
+    facts = json.loads(out)
+    elsewhere = tmp_path / "facts-elsewhere.json"
+    elsewhere.write_text(json.dumps({**facts, "data_root": str(tmp_path / "empty-root")}))
+    code, out, err = run(root, "plan", MODEL, "--facts", str(elsewhere), "--json")
+    assert code == 0, err
+    empty = json.loads(out)
+    assert empty["present_bytes"] == 0 and empty["download_bytes"] > 0
+    # free space one byte short of what the whole job needs on an empty data root
+    tight = {**facts, "disk_free_bytes": empty["disk_needed_bytes"] - 1}
+    here = tmp_path / "facts-here.json"
+    here.write_text(json.dumps(tight))
+    code, out, err = run(root, "plan", MODEL, "--facts", str(here), "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["fits"] and plan["download_bytes"] == 0 and plan["present_bytes"] > 0
+    assert plan["disk_needed_bytes"] < empty["disk_needed_bytes"]
+    code, out, err = run(root, "up", MODEL, "--entry", "api", "--facts", str(here))
+    assert code == 0, err
+    assert [(line[0], line[1]) for line in stage_lines(out)] == [(s, "unchanged") for s in STAGES]
+    elsewhere.write_text(json.dumps({**tight, "data_root": str(tmp_path / "empty-root")}))
+    code, _, err = run(root, "up", MODEL, "--entry", "api", "--facts", str(elsewhere))
+    assert code == 3 and "disk" in err and err.count("\n") == 1
+
+
 def test_a_crashed_service_is_started_again_and_only_launch_reports_a_change(served):
     root, _ = served
     state = json.loads((root / "run" / MODEL / "up.json").read_text())

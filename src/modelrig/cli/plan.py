@@ -72,6 +72,7 @@ def summary(plan: Plan) -> str:
         f"precision {precision}{spread}: needs {plan.memory_needed_gb:g} GB of {plan.memory_available_gb:g} GB",
         f"download  {format_size(plan.download_bytes)}; disk needed {format_size(plan.disk_needed_bytes)} of "
         f"{format_size(plan.disk_free_bytes)} free"
+        + (f" ({format_size(plan.present_bytes)} already on disk)" if plan.present_bytes else "")
         + (f"; with --prune-sources the sources' {format_size(plan.prunable_bytes)} are freed after conversion"
            if plan.prunable_bytes else ""),
         f"launch    {', '.join(plan.launch) or '-'}",

@@ -44,7 +44,8 @@ def _render(args: argparse.Namespace, ctx: Context) -> int:
     from modelrig.plan import plan_model
 
     manifest = load_model(args.model)
-    plan = plan_model(manifest, ctx, facts=facts_option(args))
+    # launch files take no room worth planning: the disk is checked where weights are written (fetch, convert, up)
+    plan = plan_model(manifest, ctx, facts=facts_option(args), check_disk=False)
     python = args.python.expanduser().absolute() if args.python else _env_python(plan, ctx)
     given = parse_pairs(args.weights, "--weights")
     paths = {**weight_paths(manifest, ctx), **{n: Path(v).expanduser().absolute() for n, v in given.items()}}

@@ -31,41 +31,58 @@ class DiskPlan:
     intermediate_bytes: int = 0
     #: Downloads `--prune-sources` deletes once the conversions that read them are done (the peak is unchanged).
     prunable_bytes: int = 0
+    #: Downloads and conversion outputs of the plan already on the data root (not in the figures above).
+    present_bytes: int = 0
 
 
 def model_size_gb(manifest: Manifest) -> float:
     return sixteen_bit_memory_gb(manifest.resources) or manifest.resources.params_b * 2
 
 
-def _own_sizes(manifest: Manifest) -> tuple[float, float, float]:
-    """(download GB, conversion output GB, fused-away intermediates GB) of one manifest, without its model
-    dependencies. Steps that run fused (`plan.steps.group_steps`) write only their last step's output."""
-    download = sum(s.size_gb or 0.0 for s in manifest.weights.values() if s.hubs)
+def _own_sizes(manifest: Manifest, present: Collection[str] = ()) -> tuple[float, float, float, float]:
+    """(download GB, conversion output GB, fused-away intermediates GB, GB already there) of one manifest,
+    without its model dependencies. Steps that run fused (`plan.steps.group_steps`) write only their last step's
+    output. Sources and outputs named in `present` are already on disk: they count only in the last figure."""
+    download = there = 0.0
+    for name, source in manifest.weights.items():
+        if source.hubs:
+            if name in present:
+                there += source.size_gb or 0.0
+            else:
+                download += source.size_gb or 0.0
     converted = intermediates = 0.0
     for group in group_steps(manifest):
         sizes = [STEP_SIZE_FACTOR.get(step.kind, 1.0) * model_size_gb(manifest) for step in group]
+        if group[-1].output_name in present:
+            there += sizes[-1]
+            continue
         converted += sizes[-1]
         intermediates += sum(sizes[:-1])
-    return download, converted, intermediates
+    return download, converted, intermediates, there
 
 
 def plan_disk(
-    manifest: Manifest, *, manifests: Mapping[str, Manifest] | None = None, built: Collection[str] = ()
+    manifest: Manifest, *, manifests: Mapping[str, Manifest] | None = None, built: Collection[str] = (),
+    present: Collection[str] = (),
 ) -> DiskPlan:
     """Download and disk needs of a model and of the `model:` dependencies not yet built.
 
     Downloads come from each hub source's `size_gb`; each conversion pass writes about the model's 16-bit size
     (twice that for tf_to_pt), a fused chain of steps only its final output. `resources.disk_gb`, when given,
-    replaces the computed total of the model itself. 10% plus 2 GB is added for caches and temporary files.
+    replaces the computed total of the model itself. `present` names the model's weight sources already fetched
+    and step outputs already built: they take no more disk (a re-run on a host filled by the first run still
+    fits). 10% plus 2 GB is added for caches and temporary files.
     """
     manifests = manifests or {}
-    download, converted, intermediates = _own_sizes(manifest)
+    download, converted, intermediates, there = _own_sizes(manifest, present)
     prunable = _prunable_gb(manifest)
-    own_total = manifest.resources.disk_gb or (download + converted)
+    own_total = download + converted
+    if manifest.resources.disk_gb:
+        own_total = max(0.0, manifest.resources.disk_gb - there)
     for dep in dependency_chain(manifest, manifests):
         if dep.id in built:
             continue
-        dep_download, dep_converted, dep_intermediates = _own_sizes(dep)
+        dep_download, dep_converted, dep_intermediates, _ = _own_sizes(dep)
         download += dep_download
         converted += dep_converted
         intermediates += dep_intermediates
@@ -74,7 +91,7 @@ def plan_disk(
     needed = own_total * (1 + DISK_HEADROOM) + DISK_RESERVE_GB
     return DiskPlan(download_bytes=int(download * GB), convert_bytes=int(converted * GB),
                     needed_bytes=int(needed * GB), intermediate_bytes=int(intermediates * GB),
-                    prunable_bytes=int(prunable * GB))
+                    prunable_bytes=int(prunable * GB), present_bytes=int(there * GB))
 
 
 def _prunable_gb(manifest: Manifest) -> float:

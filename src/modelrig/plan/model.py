@@ -65,6 +65,9 @@ class Plan:
     dependencies: list[str] = field(default_factory=list)
     #: Downloaded bytes `--prune-sources` frees once the conversions that read them are done.
     prunable_bytes: int = 0
+    #: Downloads and conversion outputs already on the data root; download_bytes and disk_needed_bytes leave them
+    #: out (a re-run of a host the first run filled still fits).
+    present_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

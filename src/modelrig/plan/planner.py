@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Collection, Mapping
+from pathlib import Path
 
 from packaging.requirements import Requirement
 
@@ -17,6 +18,7 @@ from modelrig.plan.model import EnvPlan, Plan, TorchBuild
 from modelrig.plan.precision import GB, plan_precision
 from modelrig.plan.steps import group_steps
 from modelrig.plan.torch import TorchTable, plan_torch_build
+from modelrig.stamp import read_stamp
 
 # ---------------------------------------------------------------------------------------------------------
 # The whole plan.
@@ -76,13 +78,16 @@ def _convert_steps(manifest: Manifest) -> list[dict[str, str]]:
 
 def make_plan(
     manifest: Manifest, facts: HostFacts, config: HostConfig | None = None, *,
-    manifests: Mapping[str, Manifest] | None = None, built: Collection[str] = (), table: TorchTable | None = None,
+    manifests: Mapping[str, Manifest] | None = None, built: Collection[str] = (), present: Collection[str] = (),
+    check_disk: bool = True, table: TorchTable | None = None,
 ) -> Plan:
     """Plan `manifest` on the host described by `facts`: a pure function of its arguments and the torch table.
 
     `manifests` maps ids to the manifests of `model:` dependencies (and theirs); `built` names dependencies whose
-    outputs already exist, so their downloads and conversions are not counted. A host that cannot run the model
-    gets a plan with `fits=False` and a `refusal` saying why and what would work; nothing raises for that.
+    outputs already exist, so their downloads and conversions are not counted; `present` names the model's own
+    weight sources and step outputs already on disk, likewise. A host that cannot run the model gets a plan with
+    `fits=False` and a `refusal` saying why and what would work; nothing raises for that. Without `check_disk`
+    a lack of disk is no refusal (for what writes no weights, such as rendering launch files).
     """
     config = config or HostConfig()
     manifests = dict(manifests or {})
@@ -99,12 +104,14 @@ def make_plan(
     if not precision.fits and precision.refusal:
         refusals.append(precision.refusal)
     deps = dependency_chain(manifest, manifests)
-    disk = plan_disk(manifest, manifests=manifests, built=built)
-    if disk.needed_bytes > facts.disk_free_bytes:
+    disk = plan_disk(manifest, manifests=manifests, built=built, present=present)
+    if check_disk and disk.needed_bytes > facts.disk_free_bytes:
+        there = f"; {format_size(disk.present_bytes)} already there" if disk.present_bytes else ""
         refusals.append(
             f"needs {format_size(disk.needed_bytes)} of disk under {facts.data_root} (downloads "
-            f"{format_size(disk.download_bytes)}, conversions {format_size(disk.convert_bytes)}, +10% and 2 GB); "
-            f"only {format_size(facts.disk_free_bytes)} free: free space or use a data root on a bigger disk")
+            f"{format_size(disk.download_bytes)}, conversions {format_size(disk.convert_bytes)}, +10% and 2 GB"
+            f"{there}); only {format_size(facts.disk_free_bytes)} free: free space or use a data root on a bigger "
+            f"disk")
     convert_ram = max((m.resources.convert_ram_gb or 0.0 for m in [manifest, *deps]
                        if m.convert and m.id not in built), default=0.0)
     if convert_ram and convert_ram * GB > facts.ram_bytes:
@@ -148,7 +155,7 @@ def make_plan(
         disk_needed_bytes=disk.needed_bytes, disk_free_bytes=facts.disk_free_bytes, steps=steps,
         launch=[e.name for e in launch], fits=not refusals, refusal="; ".join(refusals) or None,
         warnings=_unique(warnings), gpus=precision.gpus, dependencies=[d.id for d in deps],
-        prunable_bytes=disk.prunable_bytes,
+        prunable_bytes=disk.prunable_bytes, present_bytes=disk.present_bytes,
     )
 
 
@@ -156,13 +163,25 @@ def _unique(items: list[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
+def on_disk(manifest: Manifest, ctx: Context) -> frozenset[str]:
+    """Names of the model's hub sources already fetched (a fetch stamp in the store folder of one of their hubs,
+    pruned ones included) and of its step outputs already built (stamped), on this data root."""
+    fetched = {name for name, source in manifest.weights.items()
+               if any(read_stamp(ctx.data.store_dir(hub, ref.repo)) is not None for hub, ref in source.hubs)}
+    built = {step.output_name for step in manifest.convert
+             if read_stamp(ctx.data.output_dir(manifest.id, step.output_name)) is not None}
+    return frozenset(fetched | built)
+
+
 def plan_model(manifest: Manifest, ctx: Context, *, facts: HostFacts | None = None,
-               env_only: bool = False, refuse: bool = True) -> Plan:
+               env_only: bool = False, refuse: bool = True, check_disk: bool = True) -> Plan:
     """Plan the model for this host (or recorded `facts`); raises HostCannotRunError when it does not fit.
 
-    `model:` dependencies already built on this data root count as built. With `env_only`, a plan refused for
-    memory or disk still serves to build the environment, as long as it has a torch build for this host (the
-    refusal is then among the plan's warnings). With `refuse=False` a plan that does not fit is returned as is.
+    `model:` dependencies already built on this data root count as built, and when the facts describe this data
+    root, so do the model's own sources and outputs already there (`on_disk`). With `env_only`, a plan refused
+    for memory or disk still serves to build the environment, as long as it has a torch build for this host (the
+    refusal is then among the plan's warnings). With `refuse=False` a plan that does not fit is returned as is;
+    without `check_disk` a lack of disk is no refusal.
     """
     from modelrig.catalog import dependency_manifests
 
@@ -172,7 +191,9 @@ def plan_model(manifest: Manifest, ctx: Context, *, facts: HostFacts | None = No
         facts = collect(ctx.data.root)
     deps = dependency_manifests(manifest)
     built = {d.id for d in deps.values() if ctx.data.output_dir(d.id, d.output_name).is_dir()}
-    plan = make_plan(manifest, facts, ctx.config, manifests=deps, built=built)
+    present = on_disk(manifest, ctx) if Path(facts.data_root) == ctx.data.root else frozenset()
+    plan = make_plan(manifest, facts, ctx.config, manifests=deps, built=built, present=present,
+                     check_disk=check_disk)
     if not plan.fits and refuse:
         if env_only and plan.env.torch.version:
             return dataclasses.replace(plan, warnings=[*plan.warnings, f"the model itself cannot run on this "
