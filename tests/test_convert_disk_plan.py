@@ -63,4 +63,5 @@ def test_a_host_short_of_disk_is_refused_by_the_plan_but_still_gets_its_launch_f
     code, out, err = cli("render", "bluelm-7b-chat", "--facts", small, "--out", tmp_path / "launch",
                          "--python", "/envs/x/bin/python", "--weights", f"model={tmp_path / 'weights'}", "--json")
     assert code == 0, err
+    assert set(json.loads(out)["details"]["entries"]) == {"chat", "api"}
     assert (tmp_path / "launch" / "api" / "app.py").is_file()
