@@ -18,6 +18,8 @@ from modelrig.launch.render import render, render_entry
 from modelrig.manifest import load_manifest
 from tests.helpers.launching import plan_for
 
+HOSTS = Path(__file__).parent / "fixtures" / "hosts"
+
 
 def interpreter_for(version: str) -> str:
     """The manifest's Python `version` ("3.10"), found the way `modelrig env` finds it (python3.10 on PATH, pyenv's
@@ -216,7 +218,7 @@ def test_missing_weights_path_is_a_clear_error(tmp_path):
 
 def test_cli_render_prints_json_and_is_idempotent(cli, tmp_path):
     args = ["render", "bluelm-7b-chat", "--out", tmp_path, "--python", "/envs/x/bin/python",
-            "--weights", f"model={tmp_path / 'weights'}", "--json"]
+            "--weights", f"model={tmp_path / 'weights'}", "--facts", HOSTS / "cpu-only.json", "--json"]
     code, out, err = cli(*args)
     assert code == 0, err
     first = json.loads(out)
@@ -224,7 +226,8 @@ def test_cli_render_prints_json_and_is_idempotent(cli, tmp_path):
     assert (tmp_path / "api" / "app.py").is_file()
     code, out, _ = cli(*args)
     assert code == 0 and json.loads(out)["changed"] is False
-    code, _, err = cli("render", "bluelm-7b-chat", "--out", tmp_path, "--python", "/e/bin/python", "--entry", "nope")
+    code, _, err = cli("render", "bluelm-7b-chat", "--out", tmp_path, "--python", "/e/bin/python", "--entry", "nope",
+                       "--facts", HOSTS / "cpu-only.json")
     assert code == 8 and "no launch entry 'nope'" in err
 
 
