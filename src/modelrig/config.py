@@ -90,6 +90,11 @@ class HostConfig(_Strict):
     local: dict[str, str] = {}
 
 
+def store_folder(store: Path, hub: str, repo: str) -> Path:
+    """The folder of hub repo `repo` in store folder `store`: `<store>/<hub>/<org>--<name>`."""
+    return store / hub / repo.replace("/", "--")
+
+
 @dataclass(frozen=True)
 class DataRoot:
     """The layout under the data root: one folder per stage."""
@@ -133,7 +138,7 @@ class DataRoot:
 
     def store_dir(self, hub: str, repo: str) -> Path:
         """Where a hub repo is downloaded to."""
-        return self.store / hub / repo.replace("/", "--")
+        return store_folder(self.store, hub, repo)
 
     def output_dir(self, model_id: str, output: str) -> Path:
         """Where a conversion step of a model writes its result."""

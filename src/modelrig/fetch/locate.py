@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from modelrig.config import Context, local_weights_dir
+from modelrig.config import Context, local_weights_dir, store_folder
 from modelrig.errors import UsageError
 from modelrig.manifest import HubRef, Manifest, WeightSource
 from modelrig.stamp import read_stamp
@@ -50,10 +50,10 @@ def source_dir(name: str, source: WeightSource, ctx: Context, *, local: Mapping[
     base = store or ctx.data.store
     hubs = _hub_order(source, ctx)
     for hub, ref in hubs:
-        path = base / hub / ref.repo.replace("/", "--")
+        path = store_folder(base, hub, ref.repo)
         if read_stamp(path) is not None:
             return path
-    tried = ", ".join(str(base / h / r.repo.replace("/", "--")) for h, r in hubs)
+    tried = ", ".join(str(store_folder(base, h, r.repo)) for h, r in hubs)
     raise NotOnDisk(f"{name}: weights not fetched (looked in {tried}): run `modelrig fetch` first or pass "
                     f"--input {name}=DIR")
 
@@ -77,7 +77,7 @@ def weight_paths(manifest: Manifest, ctx: Context, *, local: Mapping[str, str] |
                 paths[name] = ctx.data.output_dir(other.id, other.output_name)
             else:
                 hub, ref = _hub_order(source, ctx)[0]
-                paths[name] = (store or ctx.data.store) / hub / ref.repo.replace("/", "--")
+                paths[name] = store_folder(store or ctx.data.store, hub, ref.repo)
         except UsageError:  # a local source not given: nothing to point at yet
             pass
     for step in manifest.convert:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelrig.config import HostConfig
+from modelrig.config import HostConfig, store_folder
 from modelrig.errors import (
     FetchError,
     GatedRepoError,
@@ -80,7 +80,7 @@ def resolve_source(name: str, hub: str, ref: HubRef, source: WeightSource, *, en
         raise FetchError(f"{hub}: {ref.repo}@{ref.revision}: no file matches include {source.include} / "
                          f"exclude {source.exclude}")
     return SourcePlan(name=name, hub=hub, repo=ref.repo, revision=ref.revision, commit=commit,
-                      ref_kind=kind, files=tuple(chosen), target=store / hub / ref.repo.replace("/", "--"),
+                      ref_kind=kind, files=tuple(chosen), target=store_folder(store, hub, ref.repo),
                       include=tuple(source.include), exclude=tuple(source.exclude))
 
 

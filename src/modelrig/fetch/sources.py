@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from modelrig import humansize
+from modelrig.config import store_folder
 from modelrig.errors import UsageError
 from modelrig.humansize import format_size
 from modelrig.manifest import HubRef, WeightSource
@@ -93,7 +94,7 @@ def stamp_on_any_hub(source: WeightSource, store: Path, *, requested: str,
     except UsageError:
         return None
     for hub, ref in order:
-        stamp = accept(store / hub / ref.repo.replace("/", "--"), hub=hub, ref=ref, source=source)
+        stamp = accept(store_folder(store, hub, ref.repo), hub=hub, ref=ref, source=source)
         if stamp is not None:
             return stamp
     return None

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelrig.config import Context, local_weights_dir
+from modelrig.config import Context, local_weights_dir, store_folder
 from modelrig.errors import DiskSpaceError, FetchError, HubUnreachableError, UsageError
 from modelrig.fetch.download import download, locked, plan_matches_stamp, stamp_is_current
 from modelrig.fetch.prune import PRUNED_KEY, pinned_pruned_stamp, plan_pruned_stamp, pruned_note
@@ -247,7 +247,7 @@ def _fetched_moving_ref(source: WeightSource, store: Path, options: FetchOptions
     except UsageError:
         return None
     for hub, ref in order:
-        target = store / hub / ref.repo.replace("/", "--")
+        target = store_folder(store, hub, ref.repo)
         stamp = read_stamp(target)
         if not stamp or stamp.get("hub") != hub or stamp.get("repo") != ref.repo:
             continue
@@ -297,14 +297,14 @@ def _plan_from_stamp(name: str, stamp: dict[str, Any], store: Path) -> SourcePla
     files = tuple(RemoteFile(path=e["path"], size=e["size"], sha256=e["sha256"]) for e in stamp["files"])
     return SourcePlan(name=name, hub=stamp["hub"], repo=stamp["repo"], revision=stamp["revision"],
                       commit=stamp["commit"], ref_kind="commit", files=files,
-                      target=store / stamp["hub"] / stamp["repo"].replace("/", "--"),
+                      target=store_folder(store, stamp["hub"], stamp["repo"]),
                       include=tuple(stamp.get("include", [])), exclude=tuple(stamp.get("exclude", [])))
 
 
 def _source_record(name: str, stamp: dict[str, Any], store: Path) -> dict[str, Any]:
     return {"name": name, "hub": stamp["hub"], "repo": stamp["repo"], "revision": stamp["revision"],
             "ref_kind": stamp.get("ref_kind", "commit"), "commit": stamp["commit"],
-            "path": str(store / stamp["hub"] / stamp["repo"].replace("/", "--")),
+            "path": str(store_folder(store, stamp["hub"], stamp["repo"])),
             "files": stamp["files"], "pruned": isinstance(stamp.get(PRUNED_KEY), dict)}
 
 

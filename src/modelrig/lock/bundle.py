@@ -26,6 +26,7 @@ from modelrig.lock.collect import locate
 from modelrig.lock.packages import hashed_requirements, index_flags, normalise, uv_or_fail
 from modelrig.lock.rebuild import RebuildReport, pinned_manifest, rebuild_env
 from modelrig.lock.schema import Lock, load_lock
+from modelrig.lock.verify import source_folder
 from modelrig.manifest import load_manifest
 from modelrig.stamp import STAMP_NAME, atomic_dir, sha256_file
 
@@ -82,7 +83,7 @@ def make_bundle(lock_path: Path, out: Path, ctx: Context) -> dict[str, Any]:
     manifest = load_model(lock.model)
     where = locate(manifest, ctx)
     for source in lock.sources:  # before any wheel is fetched: a bundle holds the weights themselves
-        src = ctx.data.store / source.hub / source.repo.replace("/", "--")
+        src = source_folder(source, ctx)
         if pruned_record(src) is not None:
             raise NotReproducedError(f"weights {source.name}: pruned after conversion; run `modelrig fetch "
                                      f"{lock.model} --restore-pruned` first to bundle it", path=str(src))
@@ -101,7 +102,7 @@ def make_bundle(lock_path: Path, out: Path, ctx: Context) -> dict[str, Any]:
             if built.returncode != 0:
                 raise EnvBuildError(f"uv build --wheel of modelrig failed: {built.stderr.strip().splitlines()[-1:]}")
         for source in lock.sources:
-            src = ctx.data.store / source.hub / source.repo.replace("/", "--")
+            src = source_folder(source, ctx)
             dst = stage / "store" / source.hub / src.name
             dst.mkdir(parents=True)
             for item in [*source.files, None]:
@@ -180,7 +181,7 @@ def place_weights(lock: Lock, unpacked: Path, ctx: Context) -> list[str]:
 
     copied: list[str] = []
     for source in lock.sources:
-        target = ctx.data.store / source.hub / source.repo.replace("/", "--")
+        target = source_folder(source, ctx)
         if (target / STAMP_NAME).is_file() and not check_files("", target, source.files, full=True):
             continue
         with atomic_dir(target) as tmp:

@@ -264,7 +264,7 @@ def check_remote(lock: Lock, manifest: Manifest, ctx: Context) -> list[str]:
 
 def source_folder(source: Any, ctx: Context) -> Path:
     """Where fetch keeps a locked source: `<store>/<hub>/<org>--<name>`."""
-    return ctx.data.store / source.hub / source.repo.replace("/", "--")
+    return ctx.data.store_dir(source.hub, source.repo)
 
 
 def _download_sha256(repo: str, path: str, *, commit: str, endpoints: Any, hub: str) -> str:
