@@ -102,10 +102,11 @@ def source_folders(manifest: Manifest, ctx: Context) -> dict[str, Path]:
 def fetched_sources(manifest: Manifest, ctx: Context) -> list[Source]:
     """Every fetched hub source from fetch's stamps: hub, repo, revision, commit and each file's size and sha256."""
     sources: list[Source] = []
+    folders = source_folders(manifest, ctx)
     for name, source in manifest.weights.items():
         if source.local is not None or source.model is not None:
             continue
-        folder = source_folders(manifest, ctx).get(name)
+        folder = folders.get(name)
         stamp = read_stamp(folder) if folder else None
         if folder is None or stamp is None:
             raise LockError(f"{manifest.id}: weight source {name} is not fetched: run `modelrig up {manifest.id}` "
