@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-from pathlib import Path
 
 import pytest
 import yaml
@@ -14,36 +13,8 @@ from modelrig.cli import main
 from modelrig.errors import LockError
 from modelrig.lock.packages import hashed_requirements, parse_compiled, parse_line
 from modelrig.lock.schema import Lock, dump_lock, load_lock
-
-H1, H2, H3 = "a" * 64, "b" * 64, "c" * 64
-
-
-def sample() -> dict:
-    """A small valid lock, lists deliberately out of order."""
-    return {
-        "schema": "modelrig-lock/1", "model": "demo-tiny-ziya", "manifest_sha256": H1, "modelrig": "0.1.0",
-        "platform": {"os": "linux", "arch": "x86_64", "accelerator": "cpu", "torch": "2.13.0+cpu",
-                     "torch_variant": "cpu"},
-        "env": {"key": "616532b6b4949854", "python": "3.11.7", "backend": "venv", "find_links": ["/opt/wheels"],
-                "packages": [{"name": "tqdm", "version": "4.70.1", "requirement": "tqdm==4.70.1", "hashes": [H2]},
-                             {"name": "accelerate", "version": "1.15.0", "requirement": "accelerate==1.15.0",
-                              "hashes": [H1, H3]}]},
-        "sources": [{"name": "delta", "hub": "huggingface", "repo": "o/d", "revision": "main", "commit": "1" * 40,
-                     "files": [{"path": "z.bin", "size": 3, "sha256": H1}, {"path": "a.json", "size": 2,
-                                                                           "sha256": H2}]},
-                    {"name": "base", "hub": "huggingface", "repo": "o/b", "revision": "main", "commit": "2" * 40,
-                     "files": [{"path": "m.py", "size": 1, "sha256": H3}]}],
-        "conversions": [{"output": "final", "kind": "safetensors", "key": "k", "params": {"steps": []},
-                         "files": [{"path": "model.safetensors", "size": 9, "sha256": H2}]}],
-        "launch": [{"entry": "api", "path": "start.sh", "sha256": H1}, {"entry": "api", "path": "app.py",
-                                                                         "sha256": H2}],
-        "remote_code": [{"source": "base", "path": "m.py", "sha256": H3}],
-    }
-
-
-def write(path: Path, data: dict) -> Path:
-    path.write_text(yaml.safe_dump(data))
-    return path
+from tests.helpers.locks import H1, H2, sample
+from tests.helpers.locks import write_lock as write
 
 
 def test_a_lock_is_written_sorted_and_reads_back_identical(tmp_path):

@@ -25,6 +25,7 @@ from modelrig.lock.collect import (
     normalised_text,
     source_folders,
 )
+from modelrig.lock.confine import inside
 from modelrig.lock.packages import freeze
 from modelrig.lock.schema import Lock, LockedFile
 from modelrig.manifest import Manifest
@@ -99,7 +100,7 @@ def check_weights(lock: Lock, manifest: Manifest, ctx: Context, *, full: bool, p
             if pruned is not None:
                 pruned.append(f"weights {source.name}: {len(source.files)} files pruned after conversion, their "
                               f"sha256 recorded in {folder / STAMP_NAME}")
-            gone = [f for f in source.files if not (folder / f.path).exists()]
+            gone = [f for f in source.files if (p := inside(folder, f.path)) is not None and not p.exists()]
             if progress is not None:
                 progress.update(sum(f.size for f in gone))
             present = [f for f in source.files if f not in gone]
@@ -168,7 +169,10 @@ def check_files(what: str, folder: Path, files: list[LockedFile], *, full: bool,
     stamp_file = folder / STAMP_NAME
     stamped_at = stamp_file.stat().st_mtime_ns if stamp_file.exists() else None
     for locked in files:
-        path = folder / locked.path
+        path = inside(folder, locked.path)
+        if path is None:
+            drift.append(f"{what}: {locked.path} leads outside {folder} (a symbolic link); not read")
+            continue
         if not path.is_file():
             drift.append(f"{what}: {locked.path} missing (expected {locked.size} bytes, sha256 {locked.sha256})")
             continue
@@ -194,8 +198,11 @@ def check_launch(lock: Lock, ctx: Context, *, env_path: Path) -> list[str]:
     drift: list[str] = []
     seen: set[tuple[str, str]] = set()
     for locked in lock.launch:
-        path = folder / locked.entry / locked.path
+        path = inside(folder, f"{locked.entry}/{locked.path}")
         seen.add((locked.entry, locked.path))
+        if path is None:
+            drift.append(f"launch {locked.entry}/{locked.path}: leads outside {folder} (a symbolic link); not read")
+            continue
         if not path.is_file():
             drift.append(f"launch {locked.entry}/{locked.path}: missing")
             continue
@@ -287,8 +294,8 @@ def _upstream_sha256(remote: Any, locked: list[LockedFile], *, folder: Path, fet
     if remote.sha256:
         return str(remote.sha256)
     entry = next((f for f in locked if f.path == remote.path), None)
-    local = folder / remote.path
-    if entry is not None and local.is_file():
+    local = inside(folder, remote.path)
+    if entry is not None and local is not None and local.is_file():
         data = local.read_bytes()
         if hashlib.sha256(data).hexdigest() == entry.sha256:
             oid = hashlib.sha1(b"blob %d\x00" % len(data) + data).hexdigest()
