@@ -161,6 +161,14 @@ class LockError(ModelrigError):
     code = "lock_invalid"
 
 
+class BundleError(ModelrigError):
+    """A bundle is not a plain tar shaped as its lock says (compressed, a link, a member the lock does not name, a
+    size or a bundle.json of the wrong shape); nothing of it was used (the message names the bundle and member)."""
+
+    exit_code = 2
+    code = "bundle_invalid"
+
+
 class DriftError(ModelrigError):
     """The host differs from its lock; the `drift` field lists every difference (what, expected, found)."""
 

@@ -1,9 +1,10 @@
 """One archive with everything a lock needs (`modelrig bundle`), and provisioning a data root from it with no
 network at all (`modelrig rebuild LOCK --bundle FILE`).
 
-Layout of the .tar: `lock.yaml`, `manifests/<model>.yaml`, `wheels/*.whl` (every locked package, matching the
-locked hashes), `modelrig/*.whl` (the toolkit itself, `uv build --wheel`), `store/<hub>/<org>--<name>/...` (the
-fetched weights with their fetch stamp) and `bundle.json`, the sha256 of every other member.
+Layout of the .tar: `bundle.json` first (the sha256 and size of every other member), `lock.yaml`,
+`manifests/<model>.yaml`, `wheels/*.whl` (every locked package, matching the locked hashes), `modelrig/*.whl` (the
+toolkit itself, `uv build --wheel`) and `store/<hub>/<org>--<name>/...` (the fetched weights with their fetch
+stamp). Reading one back is `bundle_reader`'s, which trusts nothing in it.
 """
 
 from __future__ import annotations
@@ -15,22 +16,23 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from modelrig.config import Context
 from modelrig.envs.tools import clean_environ
-from modelrig.errors import EnvBuildError, NotReproducedError, UsageError
+from modelrig.errors import EnvBuildError, NotReproducedError
 from modelrig.fetch.prune import pruned_record
+from modelrig.lock.bundle_reader import BUNDLE_SCHEMA, INDEX_NAME, Unpacked, read_bundle
 from modelrig.lock.collect import locate
+from modelrig.lock.confine import inside
 from modelrig.lock.packages import hashed_requirements, index_flags, normalise, uv_or_fail
-from modelrig.lock.rebuild import RebuildReport, pinned_manifest, rebuild_env
+from modelrig.lock.rebuild import RebuildReport, pinned_manifest, rebuild_env, stopping_on_failure
 from modelrig.lock.schema import Lock, load_lock
 from modelrig.lock.verify import source_folder
 from modelrig.manifest import load_manifest
 from modelrig.stamp import STAMP_NAME, atomic_dir, sha256_file
-
-BUNDLE_SCHEMA = "modelrig-bundle/1"
 
 
 def _project_root() -> Path | None:
@@ -108,22 +110,29 @@ def make_bundle(lock_path: Path, out: Path, ctx: Context) -> dict[str, Any]:
             for item in [*source.files, None]:
                 rel = item.path if item else STAMP_NAME
                 (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-                if not (src / rel).is_file():
+                found = inside(src, rel)
+                if found is None or found.is_symlink():
+                    raise NotReproducedError(f"weights {source.name}: {src / rel} is a link or leads outside "
+                                             f"{src}; not packed", path=str(src / rel))
+                if not found.is_file():
                     raise NotReproducedError(f"weights {source.name}: {src / rel} missing; run `modelrig verify "
                                              "--full` and `modelrig rebuild` first", path=str(src / rel))
-                os.link(src / rel, dst / rel) if _same_device(src, dst) else shutil.copy2(src / rel, dst / rel)
+                os.link(found, dst / rel) if _same_device(src, dst) else shutil.copy2(found, dst / rel)
         for extra in (stage / "modelrig").glob("*"):
             if extra.suffix != ".whl":
                 extra.unlink()
-        members = {p.relative_to(stage).as_posix(): sha256_file(p) for p in sorted(stage.rglob("*")) if p.is_file()}
-        (stage / "bundle.json").write_text(json.dumps({"schema": BUNDLE_SCHEMA, "model": lock.model,
-                                                       "members": members}, indent=2, sort_keys=True) + "\n")
+        files = [p for p in sorted(stage.rglob("*")) if p.is_file()]
+        members = {p.relative_to(stage).as_posix(): sha256_file(p) for p in files}
+        sizes = {p.relative_to(stage).as_posix(): p.stat().st_size for p in files}
+        (stage / INDEX_NAME).write_text(json.dumps({"schema": BUNDLE_SCHEMA, "model": lock.model,
+                                                    "members": members, "sizes": sizes}, indent=2,
+                                                   sort_keys=True) + "\n")
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(f".{out.name}.partial")
-        with tarfile.open(partial, "w") as tar:
-            tar.add(stage / "bundle.json", arcname="bundle.json")
+        with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
+            tar.add(stage / INDEX_NAME, arcname=INDEX_NAME)  # first: a reader plans every other member from it
             for name in members:
-                tar.add(stage / name, arcname=name)
+                tar.add(stage / name, arcname=name, recursive=False)
         os.replace(partial, out)
     data_bytes = sum(f.size for s in lock.sources for f in s.files)
     return {"model": lock.model, "path": str(out), "members": len(members) + 1, "bytes": out.stat().st_size,
@@ -134,70 +143,33 @@ def _same_device(a: Path, b: Path) -> bool:
     return a.stat().st_dev == b.stat().st_dev
 
 
-def safe_extract(tar: tarfile.TarFile, into: Path, bundle: Path) -> None:
-    """Extract only plain files and folders that stay inside `into` (what the "data" filter allows of a bundle);
-    any other member (a link, a device, an absolute or `..` path) is refused naming it."""
-    root = into.resolve()
-    members = tar.getmembers()
-    for member in members:
-        target = (root / member.name).resolve()
-        if not (member.isfile() or member.isdir()) or member.name.startswith("/") or \
-                (target != root and root not in target.parents):
-            raise UsageError(f"--bundle {bundle}: member {member.name}: not a plain file or folder inside the bundle")
-    tar.extractall(into, members=members)
-
-
-def unpack(bundle: Path, into: Path) -> dict[str, Any]:
-    """Extract `bundle` into `into` and check every member against `bundle.json`."""
-    if not bundle.is_file():
-        raise UsageError(f"--bundle {bundle}: file not found")
-    try:
-        with tarfile.open(bundle) as tar:
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(into, filter="data")
-            else:  # Python before 3.10.12 / 3.11.4 has no extraction filters
-                safe_extract(tar, into, bundle)
-    except tarfile.TarError as exc:
-        raise UsageError(f"--bundle {bundle}: not a modelrig bundle ({exc})") from None
-    try:
-        index = json.loads((into / "bundle.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise UsageError(f"--bundle {bundle}: bundle.json missing or unreadable") from None
-    if index.get("schema") != BUNDLE_SCHEMA:
-        raise UsageError(f"--bundle {bundle}: bundle.json: schema: expected {BUNDLE_SCHEMA!r}")
-    for name, expected in sorted(index.get("members", {}).items()):
-        path = into / name
-        found = sha256_file(path) if path.is_file() else "missing"
-        if found != expected:
-            raise NotReproducedError(f"bundle {bundle}: member {name}: sha256 {expected} expected, found {found}",
-                                     member=name, expected=expected, found=found)
-    return index
-
-
-def place_weights(lock: Lock, unpacked: Path, ctx: Context) -> list[str]:
-    """Copy each locked source from the bundle into the store (where not already complete), verifying every file
-    against the lock; returns the sources copied."""
+def place_weights(lock: Lock, unpacked: Unpacked, ctx: Context) -> list[str]:
+    """Move each locked source from the read bundle into the store (where not already complete and matching);
+    returns the sources moved. The bundle reader has hashed every file against the lock already."""
     from modelrig.lock.verify import check_files
 
-    copied: list[str] = []
+    moved: list[str] = []
     for source in lock.sources:
         target = source_folder(source, ctx)
         if (target / STAMP_NAME).is_file() and not check_files("", target, source.files, full=True):
             continue
+        folder = unpacked.store(source.hub, source.repo)
         with atomic_dir(target) as tmp:
-            shutil.copytree(unpacked / "store" / source.hub / target.name, tmp, dirs_exist_ok=True)
-            drift = check_files(f"weight {source.name}", tmp, source.files, full=True)
-            if drift:
-                raise NotReproducedError(drift[0], drift=drift)
-        copied.append(source.name)
-    return copied
+            for rel in [f.path for f in source.files] + [STAMP_NAME]:
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.replace(folder / rel, tmp / rel)
+                except OSError:  # another file system: copy
+                    shutil.copy2(folder / rel, tmp / rel)
+        moved.append(source.name)
+    return moved
 
 
 def rebuild_from_bundle(lock_path: Path, bundle: Path, ctx: Context) -> RebuildReport:
-    """Provision this data root from a bundle with no network: env from its wheels (`--no-index`), weights copied
-    into the store and verified, then conversions, rendering and launch; finally verified against the lock."""
-    import time
-
+    """Provision this data root from a bundle with no network: the bundle is read into a fresh temporary folder
+    under the data root and every member checked against the lock (`bundle_reader`), then the env is installed from
+    its wheels (`--no-index`), the weights moved into the store, conversions, rendering and launch run; finally the
+    host is verified against the lock, and a rebuild that fails stops the services it started."""
     from modelrig.lock.verify import verify
     from modelrig.orchestrate.up import UpOptions, up
     from modelrig.result import StageResult
@@ -206,27 +178,22 @@ def rebuild_from_bundle(lock_path: Path, bundle: Path, ctx: Context) -> RebuildR
     lock = load_lock(lock_path)
     ctx.data.cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="modelrig-unbundle-", dir=ctx.data.cache) as tmp:
-        unpacked = Path(tmp)
-        index = unpack(bundle, unpacked)
-        if index.get("model") != lock.model:
-            raise UsageError(f"--bundle {bundle}: a bundle of {index.get('model')}, the lock is of {lock.model}")
-        manifest_path = unpacked / "manifests" / f"{lock.model}.yaml"
-        if sha256_file(manifest_path) != lock.manifest_sha256:
-            raise NotReproducedError(f"bundle {bundle}: manifests/{lock.model}.yaml differs from the lock's "
-                                     f"manifest_sha256 {lock.manifest_sha256}")
-        manifest = load_manifest(manifest_path)
+        unpacked = read_bundle(bundle, lock, Path(tmp))
+        manifest = load_manifest(unpacked.manifest(lock.model))
         report = RebuildReport(model=lock.model)
-        report.results.append(rebuild_env(lock, locate(manifest, ctx), ctx, wheels=unpacked / "wheels"))
-        copied = place_weights(lock, unpacked, ctx)
-        report.results.append(StageResult(stage="fetch", changed=bool(copied), model=lock.model,
-                                          summary=f"copied {', '.join(copied)} from the bundle" if copied
+        report.results.append(rebuild_env(lock, locate(manifest, ctx), ctx, wheels=unpacked.wheels))
+        moved = place_weights(lock, unpacked, ctx)
+        report.results.append(StageResult(stage="fetch", changed=bool(moved), model=lock.model,
+                                          summary=f"copied {', '.join(moved)} from the bundle" if moved
                                           else "weights in place"))
         entries = sorted({f.entry for f in lock.launch})
-        ran = up(pinned_manifest(manifest, lock), ctx, options=UpOptions(offline=True, entries=entries))
-        report.results += [r for r in ran.results if r.stage not in ("env", "fetch")]
-        report.urls = ran.urls
-    drift = verify(lock, manifest, ctx, full=True, remote=False).drift
-    if drift:
-        raise NotReproducedError(drift[0] + (f" (and {len(drift) - 1} more)" if len(drift) > 1 else ""), drift=drift)
+        with stopping_on_failure(lock, ctx):
+            ran = up(pinned_manifest(manifest, lock), ctx, options=UpOptions(offline=True, entries=entries))
+            report.results += [r for r in ran.results if r.stage not in ("env", "fetch")]
+            report.urls = ran.urls
+            drift = verify(lock, manifest, ctx, full=True, remote=False).drift
+            if drift:
+                raise NotReproducedError(drift[0] + (f" (and {len(drift) - 1} more)" if len(drift) > 1 else ""),
+                                         drift=drift)
     report.seconds = time.perf_counter() - begun
     return report

@@ -9,8 +9,10 @@ nothing: each stage finds its stamped output current.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,14 +144,56 @@ def rebuild(lock: Lock, manifest: Manifest, ctx: Context, *, manifest_path: Path
         if manifest.convert:
             early.append(convert_stage(pinned, ctx, fetched=early[0], options=options))
             _stop_on(check_conversions(lock, manifest, ctx, full=True))
-    ran = up(pinned, ctx, options=options)
-    done = {r.stage for r in early}
-    report.results += [r for r in ran.results if r.stage == "plan"] + early + \
-        [r for r in ran.results if r.stage not in ("env", "plan", *done)]
-    report.urls = ran.urls
-    _stop_on(verify(lock, manifest, ctx, full=True, remote=False).drift)
+    with stopping_on_failure(lock, ctx):
+        ran = up(pinned, ctx, options=options)
+        done = {r.stage for r in early}
+        report.results += [r for r in ran.results if r.stage == "plan"] + early + \
+            [r for r in ran.results if r.stage not in ("env", "plan", *done)]
+        report.urls = ran.urls
+        _stop_on(verify(lock, manifest, ctx, full=True, remote=False).drift)
     report.seconds = time.perf_counter() - begun
     return report
+
+
+def _running(lock: Lock, ctx: Context) -> dict[str, Any]:
+    """The pid (or True where the supervisor gives none) of each of the lock's launch entries running now."""
+    from modelrig.launch import status
+
+    supervisor = _supervisor(lock, ctx)
+    found: dict[str, Any] = {}
+    for entry in sorted({f.entry for f in lock.launch}):
+        folder = ctx.data.launch / lock.model / entry
+        if (folder / "entry.json").is_file():
+            with contextlib.suppress(Exception):
+                info = status(folder, supervisor=supervisor, run_dir=ctx.data.run / lock.model)
+                if info.get("running"):
+                    found[entry] = info.get("pid") or True
+    return found
+
+
+def _supervisor(lock: Lock, ctx: Context) -> str:
+    from modelrig.orchestrate.up import read_state
+
+    return str(read_state(ctx, lock.model).get("supervisor", ctx.config.serve.supervisor))
+
+
+@contextlib.contextmanager
+def stopping_on_failure(lock: Lock, ctx: Context) -> Iterator[None]:
+    """Run the block (start and verify); when it fails, stop each of the lock's entries that it started (not
+    running before, or running under another pid now), so a rebuild that did not reproduce its lock leaves nothing
+    listening; entries that were running before, untouched, keep running. The block's error is raised."""
+    from modelrig.launch import stop
+
+    before = _running(lock, ctx)
+    try:
+        yield
+    except BaseException:
+        supervisor = _supervisor(lock, ctx)
+        for entry, pid in _running(lock, ctx).items():
+            if before.get(entry) != pid:
+                with contextlib.suppress(Exception):
+                    stop(ctx.data.launch / lock.model / entry, supervisor=supervisor, run_dir=ctx.data.run / lock.model)
+        raise
 
 
 def _stop_on(drift: list[str]) -> None:
