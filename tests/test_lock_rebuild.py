@@ -176,6 +176,52 @@ def test_a_rebuild_that_cannot_reproduce_a_file_stops_in_one_line_naming_it(host
                    "[not_reproduced]\n")
 
 
+def test_a_rebuild_that_fails_after_starting_the_api_stops_it(host, tmp_path):
+    """The lock's launch script differs from what renders: the rebuild starts the API, verifies, fails
+    `not_reproduced`, and leaves nothing listening."""
+    from modelrig.launch import status
+
+    root, _, lock, _ = host
+    data = yaml.safe_load(lock.read_text())
+    launch = data["launch"][0]
+    real, launch["sha256"] = launch["sha256"], "0" * 64
+    other = tmp_path / "other.lock.yaml"
+    other.write_text(yaml.safe_dump(data, sort_keys=False))
+    folder = root / "launch" / MODEL / launch["entry"]
+    assert run(root, "down", MODEL)[0] == 0
+    try:
+        code, _, err = run(root, "rebuild", other)
+        assert code == 9
+        assert err == (f"modelrig: error: launch {launch['entry']}/{launch['path']}: edited (sha256 {'0' * 64} "
+                       f"expected, found {real}) [not_reproduced]\n")
+        assert status(folder, run_dir=root / "run" / MODEL)["running"] is False
+    finally:
+        assert run(root, "up", MODEL)[0] == 0
+    assert status(folder, run_dir=root / "run" / MODEL)["running"] is True
+
+
+def test_bundle_does_not_pack_a_weight_file_that_is_a_link_out_of_its_folder(host, tmp_path):
+    """A store file replaced by a link to the data root's token file: `bundle` refuses it, packing nothing."""
+    root, _, lock, _ = host
+    token = root / "hf-token"
+    token.write_text("hf_secret\n")
+    config = next(p for p in (root / "store" / "huggingface").glob("*/config.json") if "delta" in p.parent.name)
+    data, stat = config.read_bytes(), config.stat()
+    config.unlink()
+    config.symlink_to(token)
+    try:
+        code, _, err = run(root, "bundle", lock, "--out", tmp_path / "b.tar")
+    finally:
+        config.unlink()
+        config.write_bytes(data)
+        os.utime(config, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        token.unlink()
+    assert code == 9
+    assert err == (f"modelrig: error: weights delta: {config} is a link or leads outside {config.parent}; not packed "
+                   "[not_reproduced]\n")
+    assert not (tmp_path / "b.tar").exists()
+
+
 def snapshot(root: Path) -> dict[str, object]:
     """What a rebuild must reproduce: the env's packages, every weight and converted file, the launch files."""
     env = next((root / "envs").glob("*/bin/python"))

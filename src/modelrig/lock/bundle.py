@@ -84,11 +84,14 @@ def make_bundle(lock_path: Path, out: Path, ctx: Context) -> dict[str, Any]:
     lock = load_lock(lock_path)
     manifest = load_model(lock.model)
     where = locate(manifest, ctx)
+    weights: dict[str, list[tuple[str, Path]]] = {}
     for source in lock.sources:  # before any wheel is fetched: a bundle holds the weights themselves
         src = source_folder(source, ctx)
         if pruned_record(src) is not None:
             raise NotReproducedError(f"weights {source.name}: pruned after conversion; run `modelrig fetch "
                                      f"{lock.model} --restore-pruned` first to bundle it", path=str(src))
+        weights[source.name] = [(rel, _weight_file(source.name, src, rel))
+                                for rel in [*(f.path for f in source.files), STAMP_NAME]]
     ctx.data.cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="modelrig-bundle-", dir=ctx.data.cache) as tmp:
         stage = Path(tmp) / "bundle"
@@ -107,16 +110,8 @@ def make_bundle(lock_path: Path, out: Path, ctx: Context) -> dict[str, Any]:
             src = source_folder(source, ctx)
             dst = stage / "store" / source.hub / src.name
             dst.mkdir(parents=True)
-            for item in [*source.files, None]:
-                rel = item.path if item else STAMP_NAME
+            for rel, found in weights[source.name]:
                 (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-                found = inside(src, rel)
-                if found is None or found.is_symlink():
-                    raise NotReproducedError(f"weights {source.name}: {src / rel} is a link or leads outside "
-                                             f"{src}; not packed", path=str(src / rel))
-                if not found.is_file():
-                    raise NotReproducedError(f"weights {source.name}: {src / rel} missing; run `modelrig verify "
-                                             "--full` and `modelrig rebuild` first", path=str(src / rel))
                 os.link(found, dst / rel) if _same_device(src, dst) else shutil.copy2(found, dst / rel)
         for extra in (stage / "modelrig").glob("*"):
             if extra.suffix != ".whl":
@@ -137,6 +132,18 @@ def make_bundle(lock_path: Path, out: Path, ctx: Context) -> dict[str, Any]:
     data_bytes = sum(f.size for s in lock.sources for f in s.files)
     return {"model": lock.model, "path": str(out), "members": len(members) + 1, "bytes": out.stat().st_size,
             "weights_bytes": data_bytes}
+
+
+def _weight_file(name: str, folder: Path, rel: str) -> Path:
+    """`folder / rel` when it is a regular file inside `folder` (not a link, not through one out of it)."""
+    found = inside(folder, rel)
+    if found is None or found.is_symlink():
+        raise NotReproducedError(f"weights {name}: {folder / rel} is a link or leads outside {folder}; not packed",
+                                 path=str(folder / rel))
+    if not found.is_file():
+        raise NotReproducedError(f"weights {name}: {folder / rel} missing; run `modelrig verify --full` and "
+                                 "`modelrig rebuild` first", path=str(folder / rel))
+    return found
 
 
 def _same_device(a: Path, b: Path) -> bool:
@@ -161,6 +168,7 @@ def place_weights(lock: Lock, unpacked: Unpacked, ctx: Context) -> list[str]:
                     os.replace(folder / rel, tmp / rel)
                 except OSError:  # another file system: copy
                     shutil.copy2(folder / rel, tmp / rel)
+            os.utime(tmp / STAMP_NAME)  # stamped after its files were written, as fetch stamps them
         moved.append(source.name)
     return moved
 

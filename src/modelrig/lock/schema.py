@@ -35,7 +35,7 @@ _NAME = r"^[a-z][a-z0-9_]*$"
 _ENTRY = r"^[a-z][a-z0-9_-]*$"
 #: A hub repo `org/name` (it names the store folder `<org>--<name>`).
 _REPO = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
-_ENV_KEY = r"^[0-9a-f]{8,64}$"
+_ENV_KEY = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 #: The characters a direct-reference URL in a requirement may hold: no space, quote, `;`, `#` outside the
 #: fragment, or anything a requirements file or a shell reads as syntax.
 _URL_CHARS = r"[A-Za-z0-9._~:/@%+=-]"
@@ -301,5 +301,5 @@ _PATTERN_MESSAGES = {
     _NAME: "expected a name as a manifest spells it (a-z, 0-9, '_', starting with a letter)",
     _ENTRY: "expected a launch entry name (a-z, 0-9, '_', '-', starting with a letter)",
     _REPO: "expected a hub repo 'org/name'",
-    _ENV_KEY: "expected an env key (hex digits)",
+    _ENV_KEY: "expected an env key (letters, digits, '.', '_', '-')",
 }
