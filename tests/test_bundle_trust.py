@@ -260,3 +260,12 @@ def test_a_fetch_stamp_that_lists_other_files_is_refused(tmp_path):
     assert (code, err) == (2, f"modelrig: error: --bundle {bundle}: member {name}: not the fetch stamp of "
                            f"org/tiny@{'1' * 40} with the lock's files [bundle_invalid]\n")
 
+
+
+def test_a_member_name_with_a_newline_is_shown_escaped_on_one_line(tmp_path):
+    lock, members = tiny_bundle(tmp_path)
+    name = "lock.yaml\nmodelrig: ok"
+    bundle = write_tar(tmp_path / "b.tar", bundle_entries({**members, name: b"x"}))
+    code, _, err = rebuild(tmp_path, lock, bundle)
+    assert (code, err.count("\n")) == (2, 1)
+    assert err.startswith(f"modelrig: error: --bundle {bundle}: member 'lock.yaml\\nmodelrig: ok': not a file ")

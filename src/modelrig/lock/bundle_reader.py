@@ -80,6 +80,11 @@ class Unpacked:
         return store_folder(self.folder / "store", hub, repo)
 
 
+def _shown(name: str) -> str:
+    """A member name as a message shows it: quoted and escaped when it holds a control character."""
+    return name if name.isprintable() else ascii(name)
+
+
 def _fail(bundle: Path, what: str, **fields: Any) -> BundleError:
     return BundleError(f"--bundle {bundle}: {what}", bundle=str(bundle), **fields)
 
@@ -128,7 +133,7 @@ def plan_members(declared: dict[str, Member], lock: Lock, *, model: Any, bundle:
                                          f"bytes) in the lock, {member.sha256} ({member.size} bytes) in {INDEX_NAME}",
                                          member=name, expected=locked.sha256, found=member.sha256)
             if locked is None and member.size > MAX_INDEX_BYTES:
-                raise _fail(bundle, f"member {name}: a fetch stamp of {member.size} bytes", member=name)
+                raise _fail(bundle, f"member {_shown(name)}: a fetch stamp of {member.size} bytes", member=name)
         elif name == manifest:
             if member.sha256 != lock.manifest_sha256:
                 raise NotReproducedError(f"bundle {bundle}: {manifest} differs from the lock's manifest_sha256 "
@@ -139,11 +144,12 @@ def plan_members(declared: dict[str, Member], lock: Lock, *, model: Any, bundle:
                 raise _fail(bundle, f"member {name}: a wheel whose sha256 {member.sha256} no locked package has",
                             member=name)
         elif name != "lock.yaml":
-            raise _fail(bundle, f"member {name}: not a file the lock names (a bundle holds lock.yaml, {manifest}, "
-                        "wheels/*.whl, modelrig/*.whl and the locked sources' files under store/)", member=name)
+            raise _fail(bundle, f"member {_shown(name)}: not a file the lock names (a bundle holds lock.yaml, "
+                        f"{manifest}, wheels/*.whl, modelrig/*.whl and the locked sources' files under store/)",
+                        member=name)
     for name in sorted([*store, manifest, "lock.yaml"]):
         if name not in declared:
-            raise _fail(bundle, f"member {name}: missing from {INDEX_NAME} (the lock needs it)", member=name)
+            raise _fail(bundle, f"member {_shown(name)}: missing from {INDEX_NAME} (the lock needs it)", member=name)
     return declared
 
 
@@ -236,30 +242,31 @@ def read_bundle(bundle: Path, lock: Lock, into: Path) -> Unpacked:
                 if member.type == tarfile.DIRTYPE and name.rstrip("/") in folders:
                     continue
                 if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
-                    raise _fail(bundle, f"member {name}: a {_describe(member)}; a bundle holds only regular files "
-                                "and their folders", member=name)
+                    raise _fail(bundle, f"member {_shown(name)}: a {_describe(member)}; a bundle holds only "
+                                "regular files and their folders", member=name)
                 if name not in expected:
-                    raise _fail(bundle, f"member {name}: not declared in {INDEX_NAME}", member=name)
+                    raise _fail(bundle, f"member {_shown(name)}: not declared in {INDEX_NAME}", member=name)
                 if name in seen:
-                    raise _fail(bundle, f"member {name}: appears twice", member=name)
+                    raise _fail(bundle, f"member {_shown(name)}: appears twice", member=name)
                 if member.size != expected[name].size:
-                    raise _fail(bundle, f"member {name}: {member.size} bytes, {INDEX_NAME} declares "
+                    raise _fail(bundle, f"member {_shown(name)}: {member.size} bytes, {INDEX_NAME} declares "
                                 f"{expected[name].size}", member=name)
                 seen.add(name)
                 try:
                     found = _copy_member(tar, member, _mkdirs(into, name))
                 except OSError as exc:
-                    raise _fail(bundle, f"member {name}: cannot be written ({exc.strerror or exc})",
+                    raise _fail(bundle, f"member {_shown(name)}: cannot be written ({exc.strerror or exc})",
                                 member=name) from None
                 if found != expected[name].sha256:
-                    raise NotReproducedError(f"bundle {bundle}: member {name}: sha256 {expected[name].sha256} "
+                    raise NotReproducedError(f"bundle {bundle}: member {_shown(name)}: sha256 {expected[name].sha256} "
                                              f"expected, found {found}", member=name,
                                              expected=expected[name].sha256, found=found)
         except tarfile.TarError as exc:
             raise _fail(bundle, f"not a readable tar ({' '.join(str(exc).split())})") from None
     missing = sorted(expected.keys() - seen)
     if missing:
-        raise _fail(bundle, f"member {missing[0]}: declared in {INDEX_NAME}, not in the archive", member=missing[0])
+        raise _fail(bundle, f"member {_shown(missing[0])}: declared in {INDEX_NAME}, not in the archive",
+                    member=missing[0])
     unpacked = Unpacked(folder=into, index=index)
     for source in lock.sources:
         _check_fetch_stamp(unpacked.store(source.hub, source.repo) / STAMP_NAME, source, bundle)
