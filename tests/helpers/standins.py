@@ -11,7 +11,8 @@ commands against it:
   `$RUSTUP_HOME/toolchains/V-<host triple>` and `$CARGO_HOME/bin/{cargo,rustc}`, and records its arguments and the
   RUSTUP_DIST_SERVER / RUSTUP_UPDATE_ROOT it was given in `$CARGO_HOME/rustup-init-call.json`.
 
-`served(folder)` serves a folder over HTTP on 127.0.0.1 (a free port) and logs each requested path.
+`served(folder)` serves a folder over HTTP on 127.0.0.1 (a free port) and logs each requested path (`HEAD /path`
+for a HEAD request).
 """
 
 from __future__ import annotations
@@ -128,6 +129,10 @@ def served(folder: Path) -> Iterator[Served]:
         def do_GET(self) -> None:
             record.requests.append(self.path)
             super().do_GET()
+
+        def do_HEAD(self) -> None:
+            record.requests.append(f"HEAD {self.path}")
+            super().do_HEAD()
 
         def log_message(self, *args: object) -> None:
             pass
