@@ -25,10 +25,10 @@ LINUX = ["Linux-x86_64", "Linux-aarch64"]
 LINUX_TARGETS = ["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"]
 
 
-def _book(tmp: Path, *roles: dict) -> Path:
+def _book(tmp: Path, *roles: dict, play_vars: dict | None = None) -> Path:
     path = tmp / "toolchains.yml"
     path.write_text(yaml.safe_dump([{"name": "Toolchains.", "hosts": "all", "gather_facts": True,
-                                     "roles": list(roles)}], sort_keys=False))
+                                     "vars": play_vars or {}, "roles": list(roles)}], sort_keys=False))
     return path
 
 
@@ -231,3 +231,21 @@ def test_check_mode_reports_the_installs_and_writes_nothing(ssh_hosts, tmp_path)
     assert "+channels:\n+- conda-forge" in run.stdout  # the .condarc it would write
     assert not (host.home / "miniforge3").exists() and not (host.home / ".cargo").exists()
     assert not list(host.home.glob("Miniforge3-*")) and not list(host.home.glob("rustup-init*"))
+
+
+def test_the_miniforge_download_goes_through_modelrig_proxy(ssh_hosts, tmp_path):
+    """site.yml installs Miniforge before the modelrig role describes the engine: the download still takes the proxy
+    from modelrig_proxy. The proxy is a loopback server that answers absolute-URL requests from its folder."""
+    host = ssh_hosts.add("tools")
+    write_miniforge_release(tmp_path / "proxy" / "http:" / "miniforge.invalid", TEST_VERSION, LINUX)
+    inventory = ssh_hosts.inventory(tmp_path / "hosts.yml")
+    with served(tmp_path / "proxy") as proxy:
+        book = _book(tmp_path, _miniforge(host, miniforge_version=TEST_VERSION,
+                                          miniforge_release_url="http://miniforge.invalid"),
+                     play_vars={"modelrig_proxy": {"source_file": "", "http_proxy": proxy.url,
+                                                   "https_proxy": proxy.url, "no_proxy": ""}})
+        run = playbook(tmp_path, inventory, str(book))
+    assert run.returncode == 0, _failure(run)
+    installer = f"http://miniforge.invalid/{TEST_VERSION}/Miniforge3-{TEST_VERSION}-Linux-x86_64.sh"
+    assert proxy.requests == [installer + ".sha256", installer]
+    assert (host.home / "miniforge3" / "bin" / "conda").is_file()
