@@ -81,6 +81,7 @@ def test_check_on_the_mac_inventory_reports_what_would_be_installed_and_writes_n
         assert f"TASK [{task}" in out, task
     assert "+channels:\n+- conda-forge" in out  # the prefix's .condarc it would write
     assert "+  supervisor: launchd\n+  launchd_domain: system" in out  # the engine's host config
+    assert f"+  prefix: {host.home}/miniforge3\n" in out  # where the conda backend finds Miniforge
     assert (host.home / "sudo-calls.log").read_text() == "-n -l launchctl\n"
     after = sorted(p.name for p in host.home.iterdir()
                    if not p.name.startswith(".ansible") and p.name != "sudo-calls.log")
