@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import plistlib
+import pwd
 import shutil
 import subprocess
 import sys
@@ -171,6 +172,9 @@ def test_launchd_plist_round_trips_and_keeps_failed_jobs_alive(tmp_path, upstrea
     assert plist["KeepAlive"] == {"SuccessfulExit": False}
     assert plist["RunAtLoad"] is True
     assert plist["StandardOutPath"].endswith("web.log")
+    # A LaunchDaemon of the system domain by default, run as the user who rendered it (not as root).
+    assert plist["UserName"] == pwd.getpwuid(os.getuid()).pw_name
+    assert json.loads((entry / "entry.json").read_text())["launchd_domain"] == "system"
 
 
 def test_cli_render_launch_status_stop(cli, tmp_path, upstream_repo, monkeypatch):

@@ -65,6 +65,9 @@ class ServeSettings(_Strict):
 
     bind: str = "127.0.0.1"
     supervisor: Literal["auto", "systemd", "launchd", "process"] = "auto"
+    #: launchd: `system` (LaunchDaemons with UserName: start with nobody logged in, back after a reboot; needs root
+    #: or passwordless sudo) or `gui` (LaunchAgents of a console login).
+    launchd_domain: Literal["system", "gui"] = "system"
     #: Ports by `MODEL/ENTRY`, over the manifest's (e.g. AutoDL forwards only 6006: `bluelm-7b-chat/chat: 6006`).
     ports: dict[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*/[a-z][a-z0-9_-]*$")],
                 Annotated[int, Field(ge=1, le=65535)]] = {}

@@ -252,7 +252,7 @@ def system_checks(environ: Mapping[str, str], *, config_token_file: str | None,
 
     supervisor = detect_supervisor()
     init = {"systemd": "systemd is init: demos run as systemd units",
-            "launchd": "macOS: demos run as launchd agents"}.get(
+            "launchd": "macOS: demos run as launchd jobs (LaunchDaemons unless serve.launchd_domain is gui)"}.get(
         supervisor, "no systemd (a container?): demos run as supervised background processes")
     checks = [Check("init", "ok", init, data={"supervisor": supervisor})]
     proxies = {}

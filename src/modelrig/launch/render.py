@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import plistlib
+import pwd
 import secrets as _secrets
 import shlex
 import time
@@ -76,10 +78,11 @@ def _environment() -> jinja2.Environment:
 _PLIST_NOTE = "<!-- Rendered by modelrig. Secrets stay in secrets.env (mode 0600), never in this file. -->\n"
 
 
-def launchd_plist(label: str, entry_dir: Path | str, log_path: Path | str) -> str:
+def launchd_plist(label: str, entry_dir: Path | str, log_path: Path | str, *, user: str | None = None) -> str:
     """The launchd job of an entry, written by plistlib (every string XML-escaped; text XML cannot hold, such as
-    control characters, is refused)."""
-    job = {
+    control characters, is refused). `user` becomes `UserName`: a LaunchDaemon runs as that user, not as root
+    (launchd ignores the key for LaunchAgents)."""
+    job: dict[str, Any] = {
         "Label": label,
         "ProgramArguments": ["/bin/sh", f"{entry_dir}/start.sh"],
         "WorkingDirectory": str(entry_dir),
@@ -89,6 +92,8 @@ def launchd_plist(label: str, entry_dir: Path | str, log_path: Path | str) -> st
         "StandardOutPath": str(log_path),
         "StandardErrorPath": str(log_path),
     }
+    if user:
+        job["UserName"] = user
     try:
         text = plistlib.dumps(job, sort_keys=False).decode("utf-8")
     except ValueError as exc:
@@ -213,7 +218,8 @@ def render_entry(manifest: Manifest, entry: LaunchEntry, plan: Plan, paths: Mapp
     unit = unit_name(manifest.id, entry.name)
     label = launchd_label(manifest.id, entry.name)
     files[unit] = env.get_template("services/systemd.service.j2").render(**service, wanted_by="default.target")
-    files[f"{label}.plist"] = launchd_plist(label, entry_dir, log_path or entry_dir / f"{entry.name}.log")
+    files[f"{label}.plist"] = launchd_plist(label, entry_dir, log_path or entry_dir / f"{entry.name}.log",
+                                            user=pwd.getpwuid(os.getuid()).pw_name)
     if secrets:
         files[SECRETS_FILE] = "".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(secrets.items()))
     health: dict[str, Any] = {"type": "none"}
@@ -225,7 +231,7 @@ def render_entry(manifest: Manifest, entry: LaunchEntry, plan: Plan, paths: Mapp
     info = {
         "model": manifest.id, "entry": entry.name, "kind": kind, "adapter": entry.adapter, "bind": bind,
         "port": port, "script": script, "start": "start.sh", "health": health, "systemd_unit": unit,
-        "launchd_label": label, "python": str(python), "device": plan.device, "dtype": plan.dtype,
+        "launchd_label": label, "launchd_domain": config.serve.launchd_domain, "python": str(python), "device": plan.device, "dtype": plan.dtype,
         "quantization": plan.quantization, "auth": sorted(secrets),
     }
     info["files"] = sorted([*files, ENTRY_FILE])
