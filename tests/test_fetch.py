@@ -319,7 +319,7 @@ def test_a_store_folder_fetch_did_not_write_is_refused_and_kept(cli: Cli, hub: s
     folder.mkdir(parents=True)
     (folder / "important.txt").write_text("the only copy\n")
     (folder / "config.json").write_text("mine\n")
-    code, out, err = cli("fetch", tiny_manifest(tmp_path, revision="v1.0"), *endpoints(hub), "--hub", "huggingface",
+    code, _, err = cli("fetch", tiny_manifest(tmp_path, revision="v1.0"), *endpoints(hub), "--hub", "huggingface",
                          "--store", tmp_path / "disk2")
     assert code == 5
     assert err == (f"modelrig: error: {folder}: this folder holds files that modelrig fetch did not write (no "
