@@ -87,7 +87,14 @@ results:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.modelrig_runner import ModelrigRunner, argument_spec, as_bool, as_opt, as_pairs
+from ansible.module_utils.modelrig_runner import (
+    ModelrigRunner,
+    argument_spec,
+    as_bool,
+    as_opt,
+    as_pairs,
+    check_model,
+)
 
 FORMATS = dict(input=as_pairs("--input"), local=as_pairs("--local"), tf_python=as_opt("--tf-python"),
                prune_sources=as_bool("--prune-sources"))
@@ -104,6 +111,7 @@ def main():
         ),
         supports_check_mode=True,
     )
+    check_model(module)
     runner = ModelrigRunner(module, FORMATS)
     answer = runner.run("convert", [module.params["model"]], FORMATS)
     details = answer.get("details") or {}

@@ -91,7 +91,13 @@ code:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.modelrig_runner import ModelrigRunner, argument_spec, as_bool, as_opt
+from ansible.module_utils.modelrig_runner import (
+    ModelrigRunner,
+    argument_spec,
+    as_bool,
+    as_opt,
+    check_model,
+)
 
 FORMATS = dict(backend=as_opt("--backend"), python=as_opt("--python"), installer=as_opt("--installer"),
                offline=as_bool("--offline"))
@@ -108,6 +114,7 @@ def main():
         ),
         supports_check_mode=True,
     )
+    check_model(module)
     runner = ModelrigRunner(module, FORMATS)
     runner.exit(runner.run("env", [module.params["model"]], FORMATS))
 

@@ -95,7 +95,14 @@ code:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.modelrig_runner import ModelrigRunner, argument_spec, as_bool, as_opt, as_pairs
+from ansible.module_utils.modelrig_runner import (
+    ModelrigRunner,
+    argument_spec,
+    as_bool,
+    as_opt,
+    as_pairs,
+    check_model,
+)
 
 FORMATS = dict(hub=as_opt("--hub"), store=as_opt("--store"), hf_endpoint=as_opt("--hf-endpoint"),
                modelscope_endpoint=as_opt("--modelscope-endpoint"), local=as_pairs("--local"),
@@ -116,6 +123,7 @@ def main():
         ),
         supports_check_mode=True,
     )
+    check_model(module)
     runner = ModelrigRunner(module, FORMATS)
     runner.exit(runner.run("fetch", [module.params["model"]], FORMATS))
 

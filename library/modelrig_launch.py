@@ -23,11 +23,11 @@ author: modelrig
 extends_documentation_fragment: modelrig
 options:
   model:
-    description: Model id from the catalog (or a path to a manifest YAML file on the host).
+    description: Model id from the catalog (its entries are rendered under C(<data root>/launch/<id>/)).
     type: str
     required: true
   entry:
-    description: One launch entry (default every entry the plan keeps).
+    description: One launch entry (default every entry the plan keeps), by its name in the manifest.
     type: str
   state:
     description: What the entries should be.
@@ -119,6 +119,8 @@ from ansible.module_utils.modelrig_runner import (
     as_list,
     as_opt,
     as_pairs,
+    check_entry,
+    check_model,
     entry_results,
 )
 
@@ -153,6 +155,8 @@ def main():
         ),
         supports_check_mode=True,
     )
+    check_model(module, path_allowed=False)
+    check_entry(module)
     params = module.params
     params["entries"] = [params["entry"]] if params["entry"] else []
     runner = ModelrigRunner(module, FORMATS)

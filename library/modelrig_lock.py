@@ -130,12 +130,12 @@ from ansible.module_utils.modelrig_runner import (
     argument_spec,
     as_bool,
     as_opt,
+    check_model,
     engine_line,
     parse_answer,
 )
 
-FORMATS = dict(out=as_opt("--out"), lock_opt=as_opt("--lock"), bundle=as_opt("--bundle"), full=as_bool("--full"),
-               lock_path=lambda value: [value])
+FORMATS = dict(out=as_opt("--out"), lock_opt=as_opt("--lock"), bundle=as_opt("--bundle"), full=as_bool("--full"))
 #: Runs the command that follows in a new network namespace with only loopback up.
 OFFLINE_PREFIX = ["unshare", "-n", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "offline"]
 
@@ -156,10 +156,12 @@ class LockRunner(ModelrigRunner):
 
 
 def default_lock(runner, model):
-    """`<data root>/locks/<model>.lock.yaml`, the engine's default lock path (the data root must be given)."""
+    """`<data root>/locks/<model>.lock.yaml`, the engine's default lock path (the data root must be given, and the
+    model must be an id: a path never names a file under the data root)."""
     root = runner.module.params.get("data_root")
     if not root:
         runner.module.fail_json(msg="lock is unset and so is data_root: give one of them")
+    check_model(runner.module, path_allowed=False)
     return os.path.join(root, "locks", "%s.lock.yaml" % model)
 
 
@@ -243,6 +245,7 @@ def main():
         mutually_exclusive=[("lock", "lock_content")],
         supports_check_mode=True,
     )
+    check_model(module)
     runner = LockRunner(module, FORMATS)
     if not os.access(runner.modelrig, os.X_OK):
         module.fail_json(msg="%s is not an executable file: install the toolkit env first (the modelrig role) or "
@@ -261,10 +264,9 @@ def main():
                     model=model, results=[answer])
             module.exit_json(changed=bool(drift), reasons=drift, drift=drift, results=[answer], lock=shown,
                              model=model)
-        module.params["lock_path"] = path
-        answer = runner.run("rebuild", [], ["lock_path", "bundle"])
+        answer = runner.run("rebuild", [path], ["bundle"])
         runner.exit(answer, lock=shown, urls=answer.get("urls") or {},
-                    cmd=runner.command("rebuild", [], ["lock_path", "bundle"]))
+                    cmd=runner.command("rebuild", [path], ["bundle"]))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -7,6 +7,10 @@ Every modelrig module declares only its own options; this runner owns the rest: 
 and changes nothing), and reading the one JSON object the engine prints: `changed` comes from the engine, `diff`
 from its reasons, `msg` from its one-line error. Tokens reach the engine only through its environment
 (HF_TOKEN, MODELSCOPE_API_TOKEN), never on its command line.
+
+Option values come from inventories that several people edit, so none of them can become an option of the
+engine: every flag is written `--flag=VALUE` and the positional values follow a `--`; model ids and entry names
+are checked against the manifest's patterns before anything runs (`check_model`, `check_entry`).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -15,6 +19,7 @@ __metaclass__ = type
 
 import json
 import os
+import re
 
 #: Options every modelrig module accepts (merged into each module's argument_spec).
 COMMON_ARGS = dict(
@@ -30,9 +35,38 @@ COMMON_ARGS = dict(
 TOKEN_ENV = dict(hf_token="HF_TOKEN", modelscope_token="MODELSCOPE_API_TOKEN")
 
 
+#: A model id, as the manifest schema spells it (`id:`); a leading `-` or a `/` can never match.
+MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+#: A launch entry name, as the manifest schema spells it (`launch[].name`).
+ENTRY_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+#: A path to a manifest file given instead of a model id: absolute, a YAML file, no control characters.
+MANIFEST_PATH = re.compile(r"^/[^\x00-\x1f\x7f]*\.ya?ml$")
+
+
+def check_model(module, name="model", path_allowed=True):
+    """Fail the module with one line unless option `name` is a model id (or, where `path_allowed`, an absolute
+    path to a manifest YAML file). A value that is neither never reaches the engine."""
+    value = module.params.get(name)
+    if value is None or MODEL_ID.match(value) or (path_allowed and MANIFEST_PATH.match(value)):
+        return value
+    shapes = "a model id (lowercase letters, digits, '.', '_', '-'; first a letter or digit)"
+    if path_allowed:
+        shapes += " or an absolute path to a manifest .yaml file"
+    module.fail_json(msg="%s=%r: not %s" % (name, value, shapes), code="usage")
+
+
+def check_entry(module, name="entry"):
+    """Fail the module with one line unless option `name` is unset or a launch entry name."""
+    value = module.params.get(name)
+    if value is None or ENTRY_NAME.match(value):
+        return value
+    module.fail_json(msg="%s=%r: not a launch entry name (lowercase letters, digits, '_', '-'; first a letter)"
+                         % (name, value), code="usage")
+
+
 def as_opt(flag):
-    """`--flag VALUE` when the option is set."""
-    return lambda value: [] if value in (None, "") else [flag, str(value)]
+    """`--flag=VALUE` when the option is set (one word, so a VALUE that looks like an option stays a value)."""
+    return lambda value: [] if value in (None, "") else ["%s=%s" % (flag, value)]
 
 
 def as_bool(flag):
@@ -41,13 +75,13 @@ def as_bool(flag):
 
 
 def as_pairs(flag):
-    """`--flag NAME=VALUE` once per item of a dict option."""
-    return lambda value: [part for name in sorted(value or {}) for part in (flag, "%s=%s" % (name, value[name]))]
+    """`--flag=NAME=VALUE` once per item of a dict option."""
+    return lambda value: ["%s=%s=%s" % (flag, name, value[name]) for name in sorted(value or {})]
 
 
 def as_list(flag):
-    """`--flag ITEM` once per item of a list option."""
-    return lambda value: [part for item in (value or []) for part in (flag, str(item))]
+    """`--flag=ITEM` once per item of a list option."""
+    return lambda value: ["%s=%s" % (flag, item) for item in (value or [])]
 
 
 def argument_spec(**own):
@@ -67,21 +101,22 @@ class ModelrigRunner:
         self.modelrig = os.path.join(params["toolkit_env"], "bin", "modelrig")
 
     def command(self, verb, positional, options):
-        """The full command line: global options, the verb, positionals, the named options' flags, --json."""
+        """The full command line: global options, the verb, the named options' flags, --json, then `--` and the
+        positionals, if any (so that no value, whatever it looks like, is read as an option)."""
         params = self.module.params
         cmd = [self.modelrig]
         if params.get("data_root"):
-            cmd += ["--data-root", params["data_root"]]
+            cmd.append("--data-root=%s" % params["data_root"])
         if params.get("config"):
-            cmd += ["--config", params["config"]]
+            cmd.append("--config=%s" % params["config"])
         cmd += list(verb) if isinstance(verb, (list, tuple)) else [verb]
-        cmd += [str(p) for p in positional if p not in (None, "")]
         for name in options:
             cmd += self.formats[name](params.get(name))
         cmd.append("--json")
         if self.module.check_mode:
             cmd.append("--check")
-        return cmd
+        values = [str(p) for p in positional if p not in (None, "")]
+        return [*cmd, "--", *values] if values else cmd
 
     def environ(self):
         """The engine's extra environment: the `environment` option, then the tokens."""

@@ -177,7 +177,7 @@ def test_a_bundle_made_on_the_controller_rebuilds_a_fresh_host_with_no_network(f
         assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-3000:]
         assert recap(run.stdout)["c"]["changed"] > 0
         compact = re.sub(r"\s+", "", run.stdout)  # the module's result (-v), whatever its indentation
-        assert '"cmd":["unshare","-n","--"' in compact and '"--bundle"' in compact, run.stdout[-8000:]
+        assert '"cmd":["unshare","-n","--"' in compact and '"--bundle=' in compact, run.stdout[-8000:]
         assert (root / "bundles" / bundle.name).read_bytes() == bundle.read_bytes()
         verify = fleet.run("verify.yml", "--limit", "c", "-e", f"modelrig_lock={fleet.lock}",
                            "-e", "modelrig_verify_full=true")

@@ -56,12 +56,15 @@ DRIVER = textwrap.dedent("""
     try:
         first = run("demo", "--json")
         second = run("demo", "--json")
+        locked = run("lock", "demo-tiny-ziya", "--json")
+        verified = run("verify", "demo-tiny-ziya", "--json")
         state = json.load(open(os.path.join(root, "run", "demo-tiny-ziya", "up.json")))
         before = processes_under_root()
     finally:
         down = run("down", "demo-tiny-ziya")
     started = sorted({int(e["pid"]) for e in state["entries"].values() if e.get("pid")} | set(before))
-    print(json.dumps({"first": first, "second": second, "down": down, "state": state,
+    print(json.dumps({"first": first, "second": second, "locked": locked, "verified": verified, "down": down,
+                      "state": state,
                       "before": before, "started": started,
                       "alive_after_down": [p for p in started if alive(p)]}))
 """)
@@ -101,6 +104,12 @@ def test_demo_runs_offline_answers_then_changes_nothing_and_down_stops_everythin
     assert again["answer"]
     assert second["wall"] < 15, second["wall"]
 
+    # with no network (so no PyTorch index), the lock and verify right after the demo use the demo's index settings
+    assert report["locked"]["rc"] == 0, report["locked"]["err"]
+    assert report["verified"]["rc"] == 0, report["verified"]["err"]
+    config = yaml.safe_load((root / "config.yaml").read_text())
+    assert config == {"pip": {"find_links": pip_find_links(), "use_torch_index": config["pip"]["use_torch_index"]}}
+
     assert report["down"]["rc"] == 0, report["down"]["err"]
     assert "stopped" in report["down"]["out"]
     assert set(report["state"]["entries"]) == {"chat", "api"}
@@ -122,6 +131,32 @@ def test_demo_config_points_the_hub_at_the_local_server_and_takes_torch_from_a_l
     plain = demo_config(HostConfig(pip=PipSettings(find_links=[str(tmp_path)])), hub_url="http://127.0.0.1:9",
                         token_file=tmp_path / "tokens")
     assert plain.pip.use_torch_index is True
+
+
+def test_the_demo_keeps_its_index_settings_in_the_data_root_config(tmp_path):
+    from modelrig.config import DataRoot, HostConfig, PipSettings, load_host_config
+    from modelrig.orchestrate.demo import demo_config, record_index_settings
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    data = DataRoot(tmp_path / "root")
+    data.root.mkdir()
+    data.config_file.write_text("hub:\n  hf_endpoint: https://hf-mirror.com\npip:\n  index_url: file:///srv/pypi\n"
+                                f"  find_links: [{wheels}]\n")
+    used = demo_config(load_host_config(None, data), hub_url="http://127.0.0.1:9", token_file=tmp_path / "t")
+    assert record_index_settings(data, used) is True
+    again = load_host_config(None, data)
+    assert again.pip == PipSettings(index_url="file:///srv/pypi", find_links=[str(wheels)], use_torch_index=False)
+    assert again.hub.hf_endpoint == "https://hf-mirror.com"  # the demo's local hub is not kept
+    mtime = data.config_file.stat().st_mtime_ns
+    assert record_index_settings(data, used) is False and data.config_file.stat().st_mtime_ns == mtime
+
+    fresh = DataRoot(tmp_path / "fresh")
+    assert record_index_settings(fresh, demo_config(HostConfig(), hub_url="http://127.0.0.1:9",
+                                                    token_file=tmp_path / "t")) is True
+    assert load_host_config(None, fresh).pip.find_links == demo_config(
+        HostConfig(), hub_url="http://127.0.0.1:9", token_file=tmp_path / "t").pip.find_links
 
 
 def test_without_a_reachable_index_the_demo_builds_offline():

@@ -314,6 +314,33 @@ def test_store_option_overrides_the_data_root_store(cli: Cli, hub: str, tmp_path
     assert (tmp_path / "disk2" / "huggingface" / "org--tiny" / "model.safetensors").read_bytes() == WEIGHTS
 
 
+def test_a_store_folder_fetch_did_not_write_is_refused_and_kept(cli: Cli, hub: str, tmp_path: Path) -> None:
+    folder = tmp_path / "disk2" / "huggingface" / "org--tiny"
+    folder.mkdir(parents=True)
+    (folder / "important.txt").write_text("the only copy\n")
+    (folder / "config.json").write_text("mine\n")
+    code, _, err = cli("fetch", tiny_manifest(tmp_path, revision="v1.0"), *endpoints(hub), "--hub", "huggingface",
+                         "--store", tmp_path / "disk2")
+    assert code == 5
+    assert err == (f"modelrig: error: {folder}: this folder holds files that modelrig fetch did not write (no "
+                   f"{STAMP_NAME} or .modelrig-fetch-owned); fetch would delete or overwrite them, so it stops: move "
+                   "them elsewhere or give another --store [store_not_ours]\n")
+    assert (folder / "important.txt").read_text() == "the only copy\n"
+    assert (folder / "config.json").read_text() == "mine\n"
+    assert not (folder / "model.safetensors").exists()
+
+
+def test_fetch_cleans_only_the_folders_it_claimed(cli: Cli, hub: str, tmp_path: Path, data_root: Path) -> None:
+    store = data_root / "store" / "huggingface" / "org--tiny"
+    assert cli("fetch", tiny_manifest(tmp_path, revision="main"), *endpoints(hub))[0] == 0
+    (store / STAMP_NAME).unlink()  # as a download killed before its stamp leaves it
+    (store / "stray.tmp").write_text("left by a killed run\n")
+    code, _, err = cli("fetch", tiny_manifest(tmp_path, revision="v1.0"), *endpoints(hub))
+    assert code == 0, err
+    assert sorted(p.name for p in store.iterdir() if p.is_file()) == sorted(
+        [*FILES, STAMP_NAME, ".modelrig-fetch-owned", ".modelrig-fetch.lock"])
+
+
 def test_local_sources_are_checked_and_hashed(cli: Cli, tmp_path: Path) -> None:
     weights = tmp_path / "llama-13b"
     weights.mkdir()

@@ -346,3 +346,73 @@ def test_a_body_that_cannot_be_skipped_closes_the_connection(url: str) -> None:
     twice = _raw(url, b"POST /api/models/org/open HTTP/1.1\r\nHost: " + host + b"\r\nContent-Length: 3\r\n"
                  b"Content-Length: 60\r\n\r\nabcGET /org/open/resolve/main/config.json HTTP/1.1\r\n\r\n")
     assert twice.startswith(b"HTTP/1.1 405") and twice.count(b"HTTP/1.1 ") == 1
+
+
+# Clients that stall anywhere in a request lose their place; malformed requests get a status and one log line.
+
+def _stalled(address: tuple[str, int], data: bytes) -> socket.socket:
+    sock = socket.create_connection(address, timeout=10)
+    sock.sendall(data)
+    return sock
+
+
+def _closed_by_server(sock: socket.socket, *, within: float) -> bool:
+    """True when the server closes `sock` (end of stream or reset) within `within` seconds, having sent nothing."""
+    sock.settimeout(within)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        sock.close()
+
+
+def test_clients_stalled_in_their_headers_lose_their_places(hub_dir: Path) -> None:
+    server = HubServer(("127.0.0.1", 0), hub_dir, read_deadline=1.0)  # 32 slots, 128 open connections
+    with _serve(server) as address:
+        stalled = [_stalled(address, b"GET /api/models/org/open HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+                   for _ in range(135)]
+        started = time.monotonic()
+        conn = http.client.HTTPConnection(*address, timeout=10)
+        conn.request("GET", "/org/open/resolve/main/config.json")
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.read() == b"{}\n"
+        assert time.monotonic() - started < 5
+        conn.close()
+        assert all(_closed_by_server(sock, within=5) for sock in stalled)
+
+
+def test_clients_stalled_in_their_body_lose_their_places(hub_dir: Path) -> None:
+    server = HubServer(("127.0.0.1", 0), hub_dir, max_connections=1, max_open=2, read_deadline=1.0)
+    with _serve(server) as address:
+        stalled = [_stalled(address, b"POST /api/models/org/open HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n"
+                                     b"\r\nabc") for _ in range(2)]
+        started = time.monotonic()
+        status, _, body = _get(f"http://{address[0]}:{address[1]}", "/org/open/resolve/main/config.json")
+        assert status == 200 and body == b"{}\n"
+        assert time.monotonic() - started < 5
+        assert all(_closed_by_server(sock, within=5) for sock in stalled)
+
+
+@pytest.mark.parametrize("request_bytes, answer", [
+    (b"GARBAGE\r\n\r\n", b"HTTP/1.1 400 Bad Request\r\n"),
+    (b"GET /api/models/org/open HTTP/9.9\r\nHost: a\r\n\r\n", b"HTTP/1.1 505 HTTP Version Not Supported\r\n"),
+    (b"GET /api/models/org/open HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n",
+     b"HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+    (b"GET /api/models/org/open HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(300)) + b"\r\n",
+     b"HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+], ids=["garbage", "http-9.9", "70k-header", "300-headers"])
+def test_a_malformed_request_gets_a_status_and_one_log_line(url: str, capsys: pytest.CaptureFixture[str],
+                                                            request_bytes: bytes, answer: bytes) -> None:
+    capsys.readouterr()
+    reply = _raw(url, request_bytes)
+    assert reply.startswith(answer), reply[:200]
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert b"\r\nConnection: close" in head and json.loads(body) == {"error": answer.split(b" ", 2)[2].strip().decode()}
+    assert _get(url, "/org/open/resolve/main/config.json")[0] == 200  # still serving
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = err.splitlines()
+    assert f"] {answer.split(b' ')[1].decode()} " in line and len(line) < 320, line

@@ -117,6 +117,38 @@ def test_rerender_writes_nothing_and_reports_unchanged(tmp_path):
     assert sorted(third.details["entries"]["chat"]["written"]) == ["app.py", "entry.json"]
 
 
+def test_a_folder_render_did_not_make_is_refused_and_left_alone(cli, tmp_path):
+    out = tmp_path / "site"
+    (out / "chat").mkdir(parents=True)
+    (out / "chat" / "start.sh").write_text("#!/bin/sh\nexec my-own-server\n")
+    (out / "index.html").write_text("<p>mine</p>\n")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for check in ([], ["--check"]):
+        code, out_text, err = cli("render", "bluelm-7b-chat", "--out", out, "--python", "/e/bin/python",
+                                  "--weights", f"model={tmp_path / 'weights'}", "--facts", HOSTS / "cpu-only.json",
+                                  *check)
+        assert code == 8 and out_text == ""
+        assert err == (f"modelrig: error: {out}: this folder holds files that modelrig render did not write (chat, "
+                       "no .modelrig-render); render would overwrite them, so it stops: give another --out or an "
+                       "empty folder [out_not_ours]\n")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_render_claims_a_new_folder_and_rerenders_it_in_place(tmp_path):
+    manifest = load_manifest(next(p for p in manifest_paths() if p.stem == "bluelm-7b-chat"))
+    out = tmp_path / "launch"
+    render(manifest, plan_for(manifest), out, paths=_paths(manifest), python="/e/bin/python")
+    assert (out / ".modelrig-render").is_file()
+    (out / ".modelrig-render").unlink()  # a folder rendered before the marker existed: only its entry folders
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    again = render(manifest, plan_for(manifest), out, paths=_paths(manifest), python="/e/bin/python")
+    assert not again.changed
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != ".modelrig-render"} == mtimes
+    (out / "chat" / "app.py").write_text("edited\n")
+    fixed = render(manifest, plan_for(manifest), out, paths=_paths(manifest), python="/e/bin/python")
+    assert fixed.details["entries"]["chat"]["written"] == ["app.py"]
+
+
 def test_device_dtype_and_quantization_come_from_the_plan(tmp_path):
     manifest = load_manifest(next(p for p in manifest_paths() if p.stem == "ziya-blip2-14b-visual-v1"))
     cuda = render(manifest, plan_for(manifest, platform="cuda", quantization="int4"), tmp_path / "cuda",

@@ -166,6 +166,26 @@ def load_host_config(path: Path | None, data_root: DataRoot) -> HostConfig:
         raise ConfigError(f"{chosen}: {where}: {first['msg']}") from None
 
 
+def record_settings(path: Path, section: str, values: Mapping[str, object]) -> bool:
+    """Set `section.KEY` to each of `values` in the host config file `path` (created when missing), keeping every
+    other setting; the file is rewritten (atomically, without its comments) only when a value differs. Returns
+    True when it was. A file that is not a valid host config is refused as `load_host_config` refuses it."""
+    from modelrig.stamp import atomic_write_text
+
+    data: dict[str, object] = {}
+    if path.is_file():
+        load_host_config(path, DataRoot(path.parent))
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    found = data.get(section)
+    current = dict(found) if isinstance(found, dict) else {}
+    if all(current.get(key) == value for key, value in values.items()):
+        return False
+    data[section] = {**current, **values}
+    HostConfig.model_validate(data)
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+    return True
+
+
 @dataclass(frozen=True)
 class Context:
     """What every command gets: the data root, the host config, and output switches."""

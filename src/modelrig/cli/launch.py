@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from modelrig.config import Context
-from modelrig.errors import LaunchError
+from modelrig.errors import LaunchError, UsageError
 from modelrig.launch.render import ENTRY_FILE
 from modelrig.result import StageResult, combine
 
@@ -46,8 +47,22 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_status)
 
 
+#: A model id and a launch entry name as manifests spell them: neither can name a folder outside `launch/`.
+_MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_ENTRY_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+
+def _check_names(model: str | None, entry: str | None) -> None:
+    if model is not None and not _MODEL_ID.match(model):
+        raise UsageError(f"model {model!r}: not a model id (lowercase letters, digits, '.', '_', '-')")
+    if entry is not None and not _ENTRY_NAME.match(entry):
+        raise UsageError(f"entry {entry!r}: not a launch entry name (lowercase letters, digits, '_', '-')")
+
+
 def entry_dirs(ctx: Context, model: str, entry: str | None, launch_dir: Path | None = None) -> list[Path]:
-    """The rendered entry folders of a model (one when `entry` is given)."""
+    """The rendered entry folders of a model (one when `entry` is given); a model or entry that is not a name is
+    refused before any folder is read."""
+    _check_names(model, entry)
     root = launch_dir or ctx.data.launch / model
     if entry:
         folder = root / entry
@@ -114,6 +129,7 @@ def _print(ctx: Context, stage: str, model: str, results: list[StageResult]) -> 
 def _status(args: argparse.Namespace, ctx: Context) -> int:
     from modelrig.launch import status
 
+    _check_names(args.model, None)
     models = [args.model] if args.model else sorted(p.name for p in ctx.data.launch.glob("*") if p.is_dir())
     rows = []
     for model in models:

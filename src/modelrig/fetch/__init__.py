@@ -3,7 +3,9 @@
 Each hub source lands in `<store>/<hub>/<org>--<name>/` (the store defaults to `<data root>/store`). The folder
 is complete only when its stamp (`.modelrig-stamp.json`) matches: the stamp records hub, repo, revision, commit,
 the include/exclude patterns and every file's path, size and sha256, and is written last. A re-run whose stamp
-matches downloads nothing and hashes nothing (`verify=True` re-hashes everything).
+matches downloads nothing and hashes nothing (`verify=True` re-hashes everything). Fetch deletes files of other
+revisions only in folders that are its own (a stamp, or the `.modelrig-fetch-owned` marker it writes into a new or
+empty folder); a folder holding anything else is refused, untouched.
 
 Downloads go through `huggingface_hub.hf_hub_download` and ModelScope's `HubApi.download_file`, one call per file
 in a small thread pool. Both write to a temporary file and rename it into place, so a partial file is never

@@ -26,6 +26,9 @@ from modelrig.stamp import STAMP_NAME, read_stamp, sha256_file, write_stamp
 warnings.filterwarnings("ignore", message="Not enough free disk space to download the file", category=UserWarning)
 
 LOCK_NAME = ".modelrig-fetch.lock"
+#: Written into a store folder when fetch first claims it (empty or new), and kept: the folder is fetch's to clean,
+#: even while a download interrupted before its stamp left no stamp behind.
+OWNER_NAME = ".modelrig-fetch-owned"
 #: Files at least this large are hashed while they download rather than read again afterwards.
 _STREAM_HASH_MIN = 1 << 20
 
@@ -216,6 +219,7 @@ def _is_integrity_error(exc: BaseException) -> bool:
 def download(plan: SourcePlan, *, endpoints: Endpoints, verify: bool = False) -> dict[str, Any]:
     """Bring `plan.target` to exactly the planned files, verified; write the stamp; return the stamp."""
     plan.target.mkdir(parents=True, exist_ok=True)
+    claim_store_folder(plan.target)
     (plan.target / STAMP_NAME).unlink(missing_ok=True)
     _clean_target(plan)
     known = _reusable_hashes(plan) if not verify else {}
@@ -272,6 +276,21 @@ def _reusable_hashes(plan: SourcePlan) -> dict[str, str]:
     return {e["path"]: e["sha256"] for e in old.get("files", []) if e.get("sha256")}
 
 
+def claim_store_folder(target: Path) -> None:
+    """Make `target` fetch's before anything in it is deleted or overwritten: a folder with fetch's stamp or owner
+    marker is, an empty one (but for fetch's lock file) becomes so; any other folder is refused in one line
+    naming it, and nothing in it is touched."""
+    entries = {entry.name for entry in target.iterdir()} - {LOCK_NAME}
+    if OWNER_NAME in entries:
+        return
+    if entries and STAMP_NAME not in entries:
+        raise FetchError(f"{target}: this folder holds files that modelrig fetch did not write (no {STAMP_NAME} or "
+                         f"{OWNER_NAME}); fetch would delete or overwrite them, so it stops: move them elsewhere or "
+                         "give another --store", code="store_not_ours", path=str(target))
+    (target / OWNER_NAME).write_text("This folder is written by `modelrig fetch`; files it did not download are "
+                                     "deleted.\n", encoding="utf-8")
+
+
 def _clean_target(plan: SourcePlan) -> None:
     """Remove files of other revisions and temporary files orphaned by killed runs (the fetch lock is held)."""
     wanted = {f.path for f in plan.files}
@@ -286,7 +305,7 @@ def _clean_target(plan: SourcePlan) -> None:
             dirnames[:] = [d for d in dirnames if d != ".cache"]
         for name in filenames:
             rel = (rel_dir / name).as_posix()
-            if rel in wanted or rel in resumable or rel in (STAMP_NAME, LOCK_NAME):
+            if rel in wanted or rel in resumable or rel in (STAMP_NAME, LOCK_NAME, OWNER_NAME):
                 continue
             (Path(dirpath) / name).unlink(missing_ok=True)
 

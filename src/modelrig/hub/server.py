@@ -4,16 +4,22 @@ Safety: only GET and HEAD are answered (other methods get 405, their body read a
 resolved inside the directory and every served file inside its own repo's folder (`..`, absolute paths, hidden
 metadata and symlinks leaving it are refused); at most `max_connections` requests are handled at once, while idle
 keep-alive connections hold no slot (at most `max_open` connections stay open; past that the longest-idle one is
-closed); a non-loopback bind address is refused unless `allow_remote=True`; gated repos need a Bearer token
-listed in the token file. No request text reaches a response header unescaped: control and non-ASCII characters
-are written as backslash escapes, and a malformed `Host` header is not used for redirects.
+closed); a request must arrive whole (request line, headers and any body it sends) within `read_deadline` seconds
+of its first byte, or its connection is closed, so clients that stall anywhere in a request cannot keep places;
+a malformed request (bad request line, unsupported HTTP version, an over-long header line, too many headers) is
+answered 400, 505 or 431 and logged in one line; a non-loopback bind address is refused unless
+`allow_remote=True`; gated repos need a Bearer token listed in the token file. No request text reaches a response
+header or the log unescaped: control and non-ASCII characters are written as backslash escapes, and a malformed
+`Host` header is not used for redirects.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +41,10 @@ OPEN_PER_SLOT = 4
 MIN_OPEN = 16
 #: A request body up to this size is read and dropped (keeping the connection); a larger one closes it.
 MAX_DISCARDED_BODY = 1 << 20
+#: Seconds a request may take to arrive, from its first byte to the end of its headers (and of a body it sends).
+READ_DEADLINE = 10.0
+#: A logged error message is cut to this many characters (a request line can be 64 KiB).
+_LOGGED_CHARS = 200
 _CHUNK = 1 << 20
 _HOST = re.compile(r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 
@@ -45,16 +55,20 @@ class HubServer(ThreadingHTTPServer):
     A connection takes a request slot only while a request on it is being answered. Open connections are capped
     at `max_open` (default: OPEN_PER_SLOT per slot, at least MIN_OPEN); when a new connection arrives at the cap,
     the connection idle for longest (waiting for its next request) is closed to make room, and when none is idle
-    the new one waits.
+    the new one waits. A connection whose request has not fully arrived `read_deadline` seconds after its first
+    byte is closed (checked on every poll of the serving loop and while a new connection waits for a place).
     """
 
     daemon_threads = True
     allow_reuse_address = True
+    #: Connections the kernel queues while all places are taken (socketserver's 5 drops a burst's SYNs).
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], root: Path, *, tokens: frozenset[str] = frozenset(),
                  max_connections: int = DEFAULT_MAX_CONNECTIONS, max_open: int | None = None,
-                 throttle_bps: int = 0, access_log: bool = False) -> None:
+                 throttle_bps: int = 0, access_log: bool = False, read_deadline: float = READ_DEADLINE) -> None:
         self.root = root.resolve()
+        self.read_deadline = read_deadline
         self.access_log = access_log
         self.tokens = tokens
         self.throttle_bps = throttle_bps
@@ -66,6 +80,8 @@ class HubServer(ThreadingHTTPServer):
         self._open = threading.BoundedSemaphore(self.max_open)
         self._lock = threading.Lock()
         self._idle: dict[_Handler, float] = {}
+        #: Connections whose request is arriving, with the time by which it must have arrived.
+        self._reading: dict[_Handler, float] = {}
         self._closing = False
         super().__init__(address, _Handler)
 
@@ -90,6 +106,7 @@ class HubServer(ThreadingHTTPServer):
         while not self._open.acquire(blocking=False):
             if self._closing:
                 return False
+            self.close_stalled()
             self._close_longest_idle()
             if self._open.acquire(timeout=0.05):
                 break
@@ -98,6 +115,21 @@ class HubServer(ThreadingHTTPServer):
     def shutdown(self) -> None:
         self._closing = True
         super().shutdown()
+
+    def service_actions(self) -> None:
+        super().service_actions()
+        self.close_stalled()
+
+    def close_stalled(self) -> None:
+        """Close every connection whose request did not arrive whole by its deadline."""
+        now = time.monotonic()
+        with self._lock:
+            late = [handler for handler, deadline in self._reading.items() if deadline <= now]
+            for handler in late:
+                del self._reading[handler]
+                handler.stalled = True
+        for handler in late:
+            _shut(handler.connection)
 
     @contextmanager
     def request_slot(self) -> Iterator[None]:
@@ -111,17 +143,25 @@ class HubServer(ThreadingHTTPServer):
             self._idle[handler] = time.monotonic()
 
     def mark_busy(self, handler: _Handler) -> bool:
-        """The handler's connection received data; False when it was already closed to make room."""
+        """The handler's connection received data; False when it was already closed to make room. The first data
+        after an idle wait starts the request's read deadline."""
         with self._lock:
             if handler.evicted:
                 return False
-            self._idle.pop(handler, None)
+            if self._idle.pop(handler, None) is not None:
+                self._reading[handler] = time.monotonic() + self.read_deadline
             return True
+
+    def done_reading(self, handler: _Handler) -> None:
+        """The handler's request has arrived (or is being answered): its read deadline no longer applies."""
+        with self._lock:
+            self._reading.pop(handler, None)
 
     def forget(self, handler: _Handler) -> None:
         """The handler's connection is closing: it is no longer a candidate to close."""
         with self._lock:
             self._idle.pop(handler, None)
+            self._reading.pop(handler, None)
 
     def _close_longest_idle(self) -> None:
         with self._lock:
@@ -130,10 +170,7 @@ class HubServer(ThreadingHTTPServer):
             handler = min(self._idle, key=self._idle.__getitem__)
             del self._idle[handler]
             handler.evicted = True
-        try:
-            handler.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        _shut(handler.connection)
 
     @property
     def url(self) -> str:
@@ -143,9 +180,17 @@ class HubServer(ThreadingHTTPServer):
         return f"http://{shown}:{port}"
 
 
+def _shut(connection: socket.socket) -> None:
+    try:
+        connection.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 class _IdleAwareReader:
-    """The request stream of a connection: the first data after an idle wait marks the connection busy, and a
-    connection closed to make room reads as ended."""
+    """The request stream of a connection: the first data after an idle wait marks the connection busy, a
+    connection closed to make room reads as ended, and one closed for stalling past its read deadline raises
+    TimeoutError (the handler answers nothing more and closes it)."""
 
     def __init__(self, stream: BinaryIO, handler: _Handler) -> None:
         self._stream = stream
@@ -153,7 +198,17 @@ class _IdleAwareReader:
 
     def readline(self, limit: int = -1) -> bytes:
         line = self._stream.readline(limit)
+        self._raise_if_stalled()
         return line if self._handler.server.mark_busy(self._handler) else b""
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self._raise_if_stalled()
+        return data
+
+    def _raise_if_stalled(self) -> None:
+        if self._handler.stalled:
+            raise TimeoutError(f"the request did not arrive within {self._handler.server.read_deadline:g} s")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
@@ -166,6 +221,7 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     timeout = 60
     evicted = False
+    stalled = False
 
     def setup(self) -> None:
         super().setup()
@@ -187,6 +243,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _refuse(self) -> None:
         self._discard_body()
+        self.server.done_reading(self)
         with self.server.request_slot():
             self._send(json_response(405, {"error": "this hub is read-only"}, {"Allow": "GET, HEAD"}), head=False)
 
@@ -197,9 +254,56 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.access_log:
             super().log_message(format, *args)
 
+    def log_error(self, format: str, *args: Any) -> None:
+        """One line on stderr, access log or not (a malformed or stalled request): escaped and cut short."""
+        message = header_safe(format % args)
+        if len(message) > _LOGGED_CHARS:
+            message = message[:_LOGGED_CHARS] + "..."
+        sys.stderr.write(f"{self.address_string()} - - [{self.log_date_time_string()}] {message}\n")
+
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         """One access-log line per request, with the Range asked for (shows resumed downloads)."""
-        self.log_message('"%s" %s range=%s', self.requestline, code, self.headers.get("Range", "-"))
+        self.log_message('"%s" %s range=%s', header_safe(self.requestline), code, self.headers.get("Range", "-"))
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self.server.done_reading(self)
+        super().send_response(code, message)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Answer a request the server cannot parse (400, 414, 431, 505, 501) with its standard reason phrase and
+        a JSON body, close the connection, and log one line with what was wrong; no request text is echoed."""
+        self.server.done_reading(self)
+        phrase = self.responses.get(code, ("Error",))[0]
+        self.log_error("%d %s: %s", code, phrase, message or phrase)
+        self.close_connection = True
+        if self.request_version in ("", "HTTP/0.9"):
+            self.request_version = "HTTP/1.0"  # a line that is not HTTP still gets a status line
+        body = json.dumps({"error": phrase}).encode()
+        self.send_response_only(code, phrase)
+        for key, value in (("Server", self.version_string()), ("Date", self.date_time_string()),
+                           ("Content-Type", "application/json; charset=utf-8"), ("Connection", "close"),
+                           ("Content-Length", str(len(body)))):
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self._linger()
+
+    def _linger(self) -> None:
+        """Send the answer, then read and drop what the client still sends (at most MAX_DISCARDED_BODY, for at most
+        a second) before the connection closes: closing with unread input would reset it and lose the answer."""
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(1.0)
+            ends, left = time.monotonic() + 1.0, MAX_DISCARDED_BODY
+            while left > 0 and time.monotonic() < ends:
+                block = self.connection.recv(min(left, 1 << 16))
+                if not block:
+                    break
+                left -= len(block)
+        except OSError:
+            pass
 
     def _discard_body(self) -> None:
         """Read and drop the request body, so that the next request on a keep-alive connection starts where it
@@ -224,6 +328,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, *, head: bool) -> None:
         self._discard_body()
+        self.server.done_reading(self)
         with self.server.request_slot():
             self._answer(head=head)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from modelrig.catalog import load_model
-from modelrig.config import Context, HostConfig
+from modelrig.config import Context, DataRoot, HostConfig, record_settings
 from modelrig.errors import LaunchError
 from modelrig.netcheck import LOOPBACK_HINT, loopback_up
 from modelrig.result import StageResult
@@ -122,6 +122,15 @@ def demo_config(config: HostConfig, *, hub_url: str, token_file: Path) -> HostCo
     return config.model_copy(update={"hub": hub, "pip": pip})
 
 
+def record_index_settings(data: DataRoot, config: HostConfig) -> bool:
+    """Keep the package index settings the demo builds its env with (pip's local wheel folders, whether torch comes
+    from the PyTorch index) in the data root's config, where `lock`, `verify` and `rebuild` read them: without them
+    they plan another env, and on a host that cannot reach the PyTorch index they fail. The local hub's URL is not
+    kept (it exists only while the demo runs). True when the file changed."""
+    return record_settings(data.config_file, "pip", {"find_links": list(config.pip.find_links),
+                                                     "use_torch_index": config.pip.use_torch_index})
+
+
 def chat(api_url: str, prompt: str = PROMPT, *, model: str = DEMO_MODEL, max_tokens: int = 16,
          api_key: str | None = None, timeout: float = 120) -> str:
     """Send one chat request to an OpenAI-compatible API (`api_url` is its `/v1` base); return the answer."""
@@ -166,6 +175,7 @@ def run_demo(ctx: Context, *, offline: bool | None = None, on_stage: Callable[[S
     hub_url, stop_hub = serve_in_thread(hub_root, token_file=token_file)
     try:
         demo_ctx = replace(ctx, config=demo_config(ctx.config, hub_url=hub_url, token_file=token_file))
+        record_index_settings(ctx.data, demo_ctx.config)
         options = UpOptions(hub="huggingface", offline=offline, installer=installer)
         report = up(manifest, demo_ctx, options=options, on_stage=emit)
     finally:
