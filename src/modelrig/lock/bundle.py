@@ -216,13 +216,15 @@ def rebuild_from_bundle(lock_path: Path, bundle: Path, ctx: Context) -> RebuildR
                                      f"manifest_sha256 {lock.manifest_sha256}")
         manifest = load_manifest(manifest_path)
         report = RebuildReport(model=lock.model)
-        report.results.append(rebuild_env(lock, locate(manifest, ctx), ctx, wheels=unpacked / "wheels"))
+        where = locate(manifest, ctx, python=lock.env.python, install=True)
+        report.results.append(rebuild_env(lock, where, ctx, wheels=unpacked / "wheels"))
         copied = place_weights(lock, unpacked, ctx)
         report.results.append(StageResult(stage="fetch", changed=bool(copied), model=lock.model,
                                           summary=f"copied {', '.join(copied)} from the bundle" if copied
                                           else "weights in place"))
         entries = sorted({f.entry for f in lock.launch})
-        ran = up(pinned_manifest(manifest, lock), ctx, options=UpOptions(offline=True, entries=entries))
+        options = UpOptions(offline=True, entries=entries, python=where.build.base_python)
+        ran = up(pinned_manifest(manifest, lock), ctx, options=options)
         report.results += [r for r in ran.results if r.stage not in ("env", "fetch")]
         report.urls = ran.urls
     drift = verify(lock, manifest, ctx, full=True, remote=False).drift
