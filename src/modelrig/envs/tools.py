@@ -31,6 +31,8 @@ def clean_environ(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in LEAKY_VARS and not k.startswith("CONDA_")}
     env["PYTHONNOUSERSITE"] = "1"
     env["UV_PYTHON_DOWNLOADS"] = "never"
+    if not env.get("UV_NATIVE_TLS"):  # uv trusts the system store (a proxy's CA, a mirror's) as pip does
+        env.setdefault("UV_SYSTEM_CERTS", "1")
     env.update(extra or {})
     return env
 
