@@ -2,8 +2,9 @@
 network at all (`modelrig rebuild LOCK --bundle FILE`).
 
 Layout of the .tar: `lock.yaml`, `manifests/<model>.yaml`, `wheels/*.whl` (every locked package, matching the
-locked hashes), `modelrig/*.whl` (the toolkit itself, `uv build --wheel`), `store/<hub>/<org>--<name>/...` (the
-fetched weights with their fetch stamp) and `bundle.json`, the sha256 of every other member.
+locked hashes), `modelrig/*.whl` (the toolkit itself, `uv build --wheel`, and its dependencies' wheels),
+`store/<hub>/<org>--<name>/...` (the fetched weights with their fetch stamp) and `bundle.json`, the sha256 of
+every other member.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from modelrig.lock.collect import locate
 from modelrig.lock.packages import hashed_requirements, index_flags, normalise, uv_or_fail
 from modelrig.lock.rebuild import RebuildReport, pinned_manifest, rebuild_env
 from modelrig.lock.schema import Lock, load_lock
+from modelrig.lock.toolkit_wheels import collect_toolkit_wheels, toolkit_indexes
 from modelrig.lock.verify import source_folder
 from modelrig.manifest import load_manifest
 from modelrig.stamp import STAMP_NAME, atomic_dir, sha256_file
@@ -112,6 +114,7 @@ def make_bundle(lock_path: Path, out: Path, ctx: Context) -> dict[str, Any]:
                     raise NotReproducedError(f"weights {source.name}: {src / rel} missing; run `modelrig verify "
                                              "--full` and `modelrig rebuild` first", path=str(src / rel))
                 os.link(src / rel, dst / rel) if _same_device(src, dst) else shutil.copy2(src / rel, dst / rel)
+        collect_toolkit_wheels(stage / "modelrig", indexes=toolkit_indexes(ctx.config.pip), cache=ctx.data.cache)
         for extra in (stage / "modelrig").glob("*"):
             if extra.suffix != ".whl":
                 extra.unlink()
