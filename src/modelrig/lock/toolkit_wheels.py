@@ -20,8 +20,9 @@ from modelrig.envs.tools import clean_environ
 from modelrig.errors import EnvBuildError
 from modelrig.lock.packages import normalise
 
-#: Installed beside the toolkit by the modelrig role (it installs modelrig with uv, uv with pip).
-TOOLKIT_EXTRAS = ("uv", "pip")
+#: Installed beside the toolkit by the modelrig role (it installs modelrig with uv, and uv with the venv's own pip,
+#: which `python -m venv` seeds without any index).
+TOOLKIT_EXTRAS = ("uv",)
 
 
 def toolkit_pins(root: str = "modelrig", *, extras: tuple[str, ...] = TOOLKIT_EXTRAS) -> list[str]:
