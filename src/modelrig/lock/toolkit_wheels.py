@@ -48,7 +48,7 @@ def toolkit_pins(root: str = "modelrig", *, extras: tuple[str, ...] = TOOLKIT_EX
                 continue
             if req.marker is None or req.marker.evaluate({"extra": ""}):
                 todo.append(req.name)
-    return sorted(f"{name}=={version}" for name, version in seen.items() if name != normalise(root))
+    return [f"{name}=={version}" for name, version in sorted(seen.items()) if name != normalise(root)]
 
 
 def installed_toolkit_wheel() -> Path | None:
