@@ -7,7 +7,6 @@ on the host, the bundle never staged in the login user's ~/.ansible/tmp (a 8 MiB
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ import pytest
 import yaml
 
 from tests.helpers.barehost import BareHosts, available
-from tests.helpers.pythons import DEFAULT_PREFIX, downloads_json, mirror_folder, sha256, standalone_archive
+from tests.helpers.pythons import downloads_json, mirror_folder, sha256, standalone_archive
 from tests.helpers.served import Served, serve_folder
 from tests.helpers.sshhosts import REPO_ROOT, playbook, recap
 from tests.helpers.wheelhouse import packages_wheelhouse, toolkit_wheelhouse
@@ -149,10 +148,7 @@ def test_a_bundle_rebuilds_a_second_bare_host_with_every_index_dead(fleet):
     archive = standalone_archive(WANTED)
     local = cold.rootfs / "srv" / "python-mirror"
     mirror_folder(local, archive)
-    listing = json.loads(downloads_json(fleet.tmp / "cold-downloads.json", WANTED, sha=sha256(archive)).read_text())
-    for entry in listing.values():
-        entry["url"] = entry["url"].replace(DEFAULT_PREFIX, "file:///srv/python-mirror")
-    (local / "downloads.json").write_text(json.dumps(listing))
+    downloads_json(local / "downloads.json", WANTED, sha=sha256(archive))
     uid = cold.root("id -u operator1").stdout.strip()
     cold.root(f"install -d -o operator1 -g operator1 /home/operator1/.ansible && mount -t tmpfs -o "
               f"size=8m,uid={uid},gid={uid},mode=0700 tmpfs /home/operator1/.ansible")
