@@ -170,9 +170,8 @@ def test_a_bundle_rebuilds_a_second_bare_host_with_every_index_dead(fleet):
     assert (root / "toolkit" / "bin" / "modelrig").is_file()
     assert (root / "python" / f"cpython-{WANTED}-linux-x86_64-gnu").is_dir()
     env = next(p for p in (root / "envs").iterdir() if p.is_dir())
-    base = subprocess.run(["chroot", str(cold.rootfs), f"/home/operator1/modelrig/envs/{env.name}/bin/python", "-c",
-                           "import sys, torch; print(sys.version.split()[0], torch.__version__)"],
-                          capture_output=True, text=True, check=False)
+    base = hosts.ssh("cold", f"~/modelrig/envs/{env.name}/bin/python -c "
+                             "'import sys, torch; print(sys.version.split()[0], torch.__version__)'", check=False)
     assert base.stdout.split() == [WANTED, "2.13.0+cpu"], base.stderr
     again = fleet.run(inventory, "rebuild.yml", "-e", f"modelrig_lock={lock}", "-e", f"modelrig_bundle={bundle}")
     assert again.returncode == 0 and recap(again.stdout)["cold"]["changed"] == 0, again.stdout[-6000:]
