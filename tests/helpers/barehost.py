@@ -163,6 +163,8 @@ class BareHost:
     address: str
     port: int
     user: str = LOGIN
+    #: More systemd-nspawn options for every boot (`--bind=...`, `--private-network`, ...).
+    nspawn_args: tuple[str, ...] = ()
     nspawn: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     boots: int = 0
 
@@ -192,7 +194,8 @@ class BareHost:
         log = open(self.folder / f"boot-{self.boots}.log", "wb")
         self.nspawn = subprocess.Popen(
             ["systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--console=passive", "-D", str(self.rootfs),
-             f"--machine={self.name}"], stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+             f"--machine={self.name}", *self.nspawn_args],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         self.boots += 1
         deadline = time.monotonic() + timeout
@@ -286,14 +289,17 @@ class BareHosts:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def add(self, name: str) -> BareHost:
-        """Copy the cached base root, prepare the login user, sshd and trust store, boot; returns once ssh works."""
+    def add(self, name: str, *, nspawn_args: tuple[str, ...] = ()) -> BareHost:
+        """Copy the cached base root, prepare the login user, sshd and trust store, boot; returns once ssh works.
+        `nspawn_args` go to systemd-nspawn on every boot (`--bind=SRC:DST`, ...); the controller must still reach sshd
+        on its loopback address (the host shares this machine's network)."""
         base = base_root()
         folder = BARE_ROOT / "hosts" / f"{os.getpid()}-{next(_HOST_NUMBERS)}"
         _remove_root(folder)
         folder.mkdir(parents=True)
         address = _free_address()
-        host = BareHost(name=name, folder=folder, address=address, port=_free_port(address))
+        host = BareHost(name=name, folder=folder, address=address, port=_free_port(address),
+                        nspawn_args=tuple(nspawn_args))
         self.hosts[name] = host
         _LIVE.append(host)
         subprocess.run(["cp", "-a", "--reflink=auto", str(base), str(host.rootfs)], check=True)
