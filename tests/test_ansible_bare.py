@@ -182,3 +182,17 @@ def test_down_leaves_no_unit_and_no_process(bare: Bare) -> None:
     processes = bare.host.root(f"ps -eo user:20,args | grep -F {bare.root}/envs | grep -v grep", check=False).stdout
     assert processes == ""
     assert {e: s["running"] for e, s in bare.status().items()} == {"chat": False, "api": False}
+
+
+def test_without_sudo_or_lingering_the_launch_names_what_to_do(bare: Bare) -> None:
+    """The login user loses its passwordless sudo and its lingering: site.yml needs root for nothing but lingering
+    now (every package is installed), and stops there with one line naming the ways out."""
+    bare.host.root(f"rm /etc/sudoers.d/90-operator && loginctl disable-linger {LOGIN}")
+    run = bare.run()
+    assert run.returncode == 2, run.stdout[-6000:]
+    line = next(x for x in run.stdout.splitlines() if "would be systemd user services" in x)
+    assert f"the demos of {LOGIN} on bare would be systemd user services, which need lingering" in line
+    assert line.endswith("give the login user sudo, enable lingering yourself, or set model_launch_user_services: "
+                         "false")
+    counts = recap(run.stdout)["bare"]
+    assert counts["failed"] == 1 and counts["changed"] == 0
