@@ -22,8 +22,11 @@ from tests.helpers.barehost import (
 pytestmark = pytest.mark.slow
 
 
-def test_a_bare_host_boots_systemd_and_takes_a_sudo_login(bare_hosts: BareHosts) -> None:
-    host = bare_hosts.add("bare")
+def test_a_bare_host_boots_systemd_and_takes_a_sudo_login(bare_hosts: BareHosts, tmp_path: Path) -> None:
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "note").write_text("from the controller\n")
+    host = bare_hosts.add("bare", nspawn_args=(f"--bind-ro={tmp_path / 'shared'}:/mnt/shared",))
+    assert bare_hosts.ssh("bare", "cat /mnt/shared/note").stdout == "from the controller\n"
     assert host.root("systemctl is-system-running").stdout.strip() == "running"
     assert host.root("systemctl list-units --failed --plain --no-legend").stdout.strip() == ""
     assert bare_hosts.ssh("bare", "id -un").stdout.strip() == LOGIN

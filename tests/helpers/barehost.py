@@ -4,7 +4,8 @@ A loopback-user host (tests/helpers/sshhosts.py) shares this machine's Pythons, 
 and environment. A bare host shares nothing but the network: a minimal Debian 12 root made by debootstrap from the
 Debian mirror in this machine's apt sources, booted with `systemd-nspawn --boot`, with
 
-* systemd as init (`systemctl is-system-running` answers `running`), Debian's own python3 (3.11), sshd listening on
+* systemd as init (`systemctl is-system-running` answers `running`) with logind sessions (libpam-systemd: the login
+  user's own manager), Debian's own python3 (3.11), sshd listening on
   a loopback address of its own (127.0.0.N, a free port) with key auth only;
 * one login user with sudo (NOPASSWD), nothing else: no pyenv, no wheel folder, no pip configuration, no
   certificate or pip variables in its SSH sessions;
@@ -46,8 +47,11 @@ from tests.helpers.sshhosts import _alive, _descendants, _free_address, _free_po
 #: Cached base roots and per-run host roots live here (root-owned, persistent across runs).
 BARE_ROOT = Path(os.environ.get("MODELRIG_BARE_CACHE", "/var/cache/modelrig-bare"))
 SUITE = "bookworm"
-#: What the image has beyond debootstrap's minbase: an init, sshd, sudo, Debian's python3 and CA store.
-INCLUDE = ("systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "sudo", "ca-certificates")
+#: What the image has beyond debootstrap's minbase: an init with logind sessions (libpam-systemd, which systemd
+#: recommends and every Debian server install has: it starts the login user's own manager), sshd, sudo, Debian's
+#: python3 and CA store.
+INCLUDE = ("systemd", "systemd-sysv", "libpam-systemd", "dbus", "openssh-server", "python3", "sudo",
+           "ca-certificates")
 #: Bump to rebuild every cached base (a change to how the base is prepared).
 BASE_VERSION = 1
 #: The login user of every bare host.
@@ -159,6 +163,8 @@ class BareHost:
     address: str
     port: int
     user: str = LOGIN
+    #: More systemd-nspawn options for every boot (`--bind=...`, `--private-network`, ...).
+    nspawn_args: tuple[str, ...] = ()
     nspawn: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     boots: int = 0
 
@@ -188,7 +194,8 @@ class BareHost:
         log = open(self.folder / f"boot-{self.boots}.log", "wb")
         self.nspawn = subprocess.Popen(
             ["systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--console=passive", "-D", str(self.rootfs),
-             f"--machine={self.name}"], stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+             f"--machine={self.name}", *self.nspawn_args],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         self.boots += 1
         deadline = time.monotonic() + timeout
@@ -282,14 +289,17 @@ class BareHosts:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def add(self, name: str) -> BareHost:
-        """Copy the cached base root, prepare the login user, sshd and trust store, boot; returns once ssh works."""
+    def add(self, name: str, *, nspawn_args: tuple[str, ...] = ()) -> BareHost:
+        """Copy the cached base root, prepare the login user, sshd and trust store, boot; returns once ssh works.
+        `nspawn_args` go to systemd-nspawn on every boot (`--bind=SRC:DST`, ...); the controller must still reach sshd
+        on its loopback address (the host shares this machine's network)."""
         base = base_root()
         folder = BARE_ROOT / "hosts" / f"{os.getpid()}-{next(_HOST_NUMBERS)}"
         _remove_root(folder)
         folder.mkdir(parents=True)
         address = _free_address()
-        host = BareHost(name=name, folder=folder, address=address, port=_free_port(address))
+        host = BareHost(name=name, folder=folder, address=address, port=_free_port(address),
+                        nspawn_args=tuple(nspawn_args))
         self.hosts[name] = host
         _LIVE.append(host)
         subprocess.run(["cp", "-a", "--reflink=auto", str(base), str(host.rootfs)], check=True)
