@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The offline demo driven by Ansible: playbooks/site.yml provisions this machine (inventory/localhost.yml) with
+# The offline demo driven by Ansible: playbooks/site.yml provisions this machine (local/localhost.yml) with
 # the demo model (model_manifests/demo-tiny-ziya.yaml): the toolkit env from a wheel built here, the model env,
 # the weights from a local hub on loopback (tiny repos, one gated: its token goes through Vault-style variables
 # into a 0600 token file), the conversions, and a Gradio chat plus an OpenAI-compatible API. Then one chat
@@ -57,7 +57,7 @@ umask 077
 } >"$work/vars.yml"
 
 echo "demo-ansible: ansible-playbook playbooks/site.yml on this machine"
-ANSIBLE_CONFIG=ansible.cfg "$BIN/ansible-playbook" -i inventory/localhost.yml playbooks/site.yml \
+ANSIBLE_CONFIG=ansible.cfg "$BIN/ansible-playbook" -i local/localhost.yml playbooks/site.yml \
   -e "@$work/vars.yml" | tee "$work/site.out"
 api=$(grep -o 'demo-tiny-ziya/api  http://[^ "]*' "$work/site.out" | awk '{print $2}' | tail -1)
 [ -n "$api" ] || { echo "demo-ansible: no API URL in the playbook's report" >&2; exit 1; }
@@ -65,5 +65,5 @@ echo "demo-ansible: asking $api one question"
 curl -sS --max-time 120 "$api/chat/completions" -H 'Content-Type: application/json' \
   -d '{"model": "demo-tiny-ziya", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16}'
 echo
-echo "demo-ansible: stop the demos with: $BIN/ansible-playbook -i inventory/localhost.yml playbooks/down.yml" \
+echo "demo-ansible: stop the demos with: $BIN/ansible-playbook -i local/localhost.yml playbooks/down.yml" \
   "-e '{\"modelrig_models\": [\"demo-tiny-ziya\"], \"modelrig_data_root\": \"$ROOT/data\"}'"

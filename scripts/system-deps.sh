@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the test suite drives for real: headless Chromium (pages of the Gradio demos), iproute2
 # (`ip link set lo up` inside `unshare -n` to prove tests are offline), git (upstream demo repos), systemd
-# (`systemd-analyze verify` on rendered units) and openssh-server (the Ansible tests' own sshds on loopback).
+# (`systemd-analyze verify` on rendered units), openssh-server (the Ansible tests' own sshds on loopback), and
+# debootstrap + systemd-container (bare Debian 12 test servers booted with systemd-nspawn: tests/helpers/barehost.py).
 # Installs only what is missing.
 set -euo pipefail
 need=()
@@ -11,6 +12,8 @@ command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 command -v git >/dev/null 2>&1 || need+=(git)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
+command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
 if [ ${#need[@]} -eq 0 ]; then
   echo "system packages: unchanged"
   exit 0

@@ -1,5 +1,6 @@
 """The system_packages role over SSH: nothing to do and no root needed when everything is installed, a clear
-refusal naming the missing packages without root, and as root (in check mode) the apt install it would run."""
+refusal naming the missing packages when the login user cannot become root, and as root (in check mode) the apt
+install it would run. A non-root login with sudo installing for real: tests/test_ansible_bare.py."""
 
 from __future__ import annotations
 
@@ -43,7 +44,10 @@ def test_missing_packages_without_root_are_named(ssh_hosts, tmp_path):
     run = playbook(tmp_path, ssh_hosts.inventory(tmp_path / "hosts.yml"),
                    str(_book(tmp_path, system_packages_extra=[MISSING, "bash"])))
     assert run.returncode == 2
-    assert f"system packages missing on plain: {MISSING}; run with become (root) or install them" in run.stdout
+    message = next(line for line in run.stdout.splitlines() if "system packages missing on plain" in line)
+    assert f"system packages missing on plain: {MISSING}; installing them as root failed (" in message
+    assert message.endswith("sudo (or pass --ask-become-pass), or install them.")
+    assert recap(run.stdout)["plain"]["changed"] == 0
 
 
 def test_root_would_install_the_missing_packages_with_apt(ssh_hosts, tmp_path):

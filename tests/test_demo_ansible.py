@@ -42,7 +42,7 @@ def test_the_ansible_demo_answers_and_a_second_run_changes_nothing(tmp_path):
         assert second.returncode == 0, second.stdout[-4000:]
         assert recap(second.stdout)["localhost"]["changed"] == 0, second.stdout[-6000:]
     finally:
-        subprocess.run([str(VENV / "bin" / "ansible-playbook"), "-i", "inventory/localhost.yml", "playbooks/down.yml",
+        subprocess.run([str(VENV / "bin" / "ansible-playbook"), "-i", "local/localhost.yml", "playbooks/down.yml",
                         "-e", json.dumps({"modelrig_models": ["demo-tiny-ziya"],
                                           "modelrig_data_root": str(root / "data")})],
                        cwd=REPO, capture_output=True, text=True, timeout=300,

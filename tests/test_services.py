@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from modelrig.errors import HealthCheckError, LaunchError, PortBusyError
-from modelrig.launch import check, start, status, stop, wait_healthy
+from modelrig.launch import check, choose_supervisor, start, status, stop, wait_healthy
 from tests.helpers.launching import free_port, render_one, tiny_manifest
 
 DEMO = textwrap.dedent('''
@@ -347,3 +347,17 @@ def test_the_kind_registry_covers_exactly_the_kinds_the_schema_accepts():
         assert (launch_dir() / kind.template).is_file(), kind.template
         assert (kind.default_port is None) == (kind.health_path is None) or kind.name == "batch_caption"
         assert not (kind.loopback_only and kind.auth_var), kind.name
+
+
+@pytest.mark.parametrize(("darwin", "systemd_init", "root", "user_manager", "expected"), [
+    (False, True, True, False, "systemd"),    # a root login: system units
+    (False, True, False, True, "systemd"),    # a login user with its user manager (session or lingering)
+    (False, True, False, False, "process"),   # systemd is init but this user has no manager to talk to
+    (False, False, True, False, "process"),   # a container without an init system (AutoDL)
+    (False, False, False, True, "process"),
+    (True, False, False, False, "launchd"),
+])
+def test_supervisor_choice_gives_a_non_root_user_with_a_user_manager_systemd(darwin, systemd_init, root,
+                                                                             user_manager, expected):
+    assert choose_supervisor(darwin=darwin, systemd_init=systemd_init, root=root,
+                             user_manager=user_manager) == expected

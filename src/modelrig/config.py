@@ -53,6 +53,18 @@ class PipSettings(_Strict):
     use_torch_index: bool = True
 
 
+class PythonSettings(_Strict):
+    """Where a venv's Python comes from when the host has no interpreter of the version a plan or lock names."""
+
+    #: uv: `uv python install` (python-build-standalone builds, each checked against the sha256 in uv's downloads
+    #: list); never: refuse, naming the version to install.
+    install: Literal["uv", "never"] = "uv"
+    #: A mirror of python-build-standalone's release downloads (uv's UV_PYTHON_INSTALL_MIRROR).
+    mirror: str | None = None
+    #: A downloads list in uv's JSON form (UV_PYTHON_DOWNLOADS_JSON_URL): builds uv does not know, with sha256.
+    downloads_json_url: str | None = None
+
+
 class CondaSettings(_Strict):
     """An existing Miniforge/conda install and its channels (e.g. a mirror)."""
 
@@ -86,6 +98,7 @@ class HostConfig(_Strict):
 
     hub: HubSettings = HubSettings()
     pip: PipSettings = PipSettings()
+    python: PythonSettings = PythonSettings()
     conda: CondaSettings = CondaSettings()
     serve: ServeSettings = ServeSettings()
     convert: ConvertSettings = ConvertSettings()

@@ -30,6 +30,8 @@ from modelrig.envs.install import (
     indexes_for,
     install_commands,
 )
+from modelrig.envs.python_install import install_python as install_uv_python
+from modelrig.envs.python_install import managed_python_dir
 from modelrig.envs.smoke import describe, smoke_check
 from modelrig.envs.spec import Backend, env_key, package_requirements, resolved_spec
 from modelrig.envs.tools import (
@@ -69,6 +71,8 @@ class EnvBuildPlan:
     warnings: list[str] = field(default_factory=list)
     #: The PyTorch variant index the first install takes torch from; None when torch comes from the normal indexes.
     torch_index_url: str | None = None
+    #: The interpreter a venv is made from (None for conda, which brings its own).
+    base_python: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -116,7 +120,8 @@ def plan_env_build(
     torch_index = indexes.torch_index_url if env.torch.requirements else None
     return EnvBuildPlan(key=key, path=path, spec=spec, backend=backend, installer=installer, python=python,
                         constraints=list(env.torch.requirements), commands=[create, *installs],
-                        needs_rust=needs_rust, torch_index_url=torch_index)
+                        needs_rust=needs_rust, torch_index_url=torch_index,
+                        base_python=base_python if backend == "venv" else None)
 
 
 def resolve_installer(requested: Literal["auto", "uv", "pip"]) -> tuple[Installer, str | None]:
@@ -140,13 +145,27 @@ def prepare_env_build(
     python: str | None = None,
     installer: Literal["auto", "uv", "pip"] = "auto",
     offline: bool = False,
+    exact_python: str | None = None,
+    install_python: bool = False,
 ) -> EnvBuildPlan:
-    """Find the interpreter/conda and installer on this host, then plan the build."""
+    """Find the interpreter/conda and installer on this host, then plan the build.
+
+    The venv backend takes a Python of the plan's version (`exact_python`, e.g. a lock's "3.11.7": exactly that
+    release); with `install_python`, one the host lacks is installed with uv first (host config `python:`).
+    """
     chosen, uv = resolve_installer(installer)
     warnings: list[str] = []
     base_python = version = conda = None
     if backend == "venv":
-        interp, warnings = find_python(env.python, explicit=python)
+        wanted = exact_python or env.python
+        managed = managed_python_dir(data)
+        try:
+            interp, warnings = find_python(wanted, explicit=python, managed_dir=managed)
+        except EnvBuildError as exc:
+            if exc.code != "python_missing" or python or not install_python or uv is None:
+                raise
+            interp = install_uv_python(wanted, uv=uv, data=data, settings=config.python)
+            warnings = [f"installed Python {interp.version} with uv into {managed}"]
         base_python, version = interp.path, interp.version
     else:
         conda = find_conda(config.conda)
@@ -208,8 +227,16 @@ def build_env(
     complete. With `check`, nothing is built or written: the result says whether a build would happen and why.
     """
     start = time.perf_counter()
-    plan = prepare_env_build(env, data=data, config=config, backend=backend, python=python, installer=installer,
-                             offline=offline)
+    try:
+        plan = prepare_env_build(env, data=data, config=config, backend=backend, python=python, installer=installer,
+                                 offline=offline, install_python=not check)
+    except EnvBuildError as exc:
+        if not (check and exc.code == "python_missing" and config.python.install == "uv" and python is None):
+            raise
+        return StageResult(stage="env", changed=True, check=True, model=model, seconds=time.perf_counter() - start,
+                           reasons=[f"no Python {env.python} on this host: it would be installed with uv"],
+                           summary=f"would install Python {env.python} with uv and build a {backend} env",
+                           details={"python": env.python, "backend": backend})
     if check:
         return _check(plan, data=data, start=start, model=model)
     data.envs.mkdir(parents=True, exist_ok=True)

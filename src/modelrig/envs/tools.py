@@ -31,6 +31,8 @@ def clean_environ(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in LEAKY_VARS and not k.startswith("CONDA_")}
     env["PYTHONNOUSERSITE"] = "1"
     env["UV_PYTHON_DOWNLOADS"] = "never"
+    if not env.get("UV_NATIVE_TLS"):  # uv trusts the system store (a proxy's CA, a mirror's) as pip does
+        env.setdefault("UV_SYSTEM_CERTS", "1")
     env.update(extra or {})
     return env
 
@@ -65,28 +67,35 @@ def probe_python(path: str) -> Interpreter | None:
     return Interpreter(path=executable or path, version=version)
 
 
-def python_candidates(version: str) -> list[str]:
-    """Where a Python `version` ("3.11") may be: `python3.11` on PATH, pyenv versions, and `uv python find`."""
+def python_candidates(version: str, *, managed_dir: Path | None = None) -> list[str]:
+    """Where a Python `version` ("3.11" or "3.11.7") may be: `python3.11` on PATH, pyenv versions, `uv python find`
+    (uv's own installs), and the Pythons modelrig installed with uv into `managed_dir`."""
+    minor = ".".join(version.split(".")[:2])
     found: list[str] = []
-    if exe := shutil.which(f"python{version}"):
+    if exe := shutil.which(f"python{minor}"):
         found.append(exe)
     pyenv_root = Path(os.environ.get("PYENV_ROOT", "~/.pyenv")).expanduser()
-    for candidate in sorted(glob.glob(str(pyenv_root / "versions" / f"{version}.*" / "bin" / f"python{version}")),
+    for candidate in sorted(glob.glob(str(pyenv_root / "versions" / f"{minor}.*" / "bin" / f"python{minor}")),
                             reverse=True):
         found.append(candidate)
     if uv := find_uv():
-        try:
-            out = subprocess.run([uv, "python", "find", "--no-project", version], capture_output=True, text=True,
-                                 timeout=30, env=clean_environ(), check=False)
-            if out.returncode == 0 and out.stdout.strip():
-                found.append(out.stdout.strip())
-        except (OSError, subprocess.TimeoutExpired):
-            pass
+        places = [{}] + ([{"UV_PYTHON_INSTALL_DIR": str(managed_dir)}] if managed_dir is not None else [])
+        for extra in places:
+            try:
+                out = subprocess.run([uv, "python", "find", "--no-config", "--no-project", "--system", version],
+                                     capture_output=True, text=True, timeout=30, env=clean_environ(extra),
+                                     check=False)
+                if out.returncode == 0 and out.stdout.strip():
+                    found.append(out.stdout.strip())
+            except (OSError, subprocess.TimeoutExpired):
+                pass
     return found
 
 
-def find_python(version: str, *, explicit: str | None = None) -> tuple[Interpreter, list[str]]:
-    """The base interpreter for a venv of Python `version`, and warnings.
+def find_python(version: str, *, explicit: str | None = None,
+                managed_dir: Path | None = None) -> tuple[Interpreter, list[str]]:
+    """The base interpreter for a venv of Python `version` ("3.11": any patch release; "3.11.7": exactly that one),
+    and warnings.
 
     `explicit` (`--python PATH`) wins even when its version differs from the manifest's (that is a warning).
     """
@@ -94,16 +103,17 @@ def find_python(version: str, *, explicit: str | None = None) -> tuple[Interpret
         interp = probe_python(explicit)
         if interp is None:
             raise EnvBuildError(f"--python {explicit}: not a working Python interpreter")
-        warnings = [] if interp.minor == version else [
+        warnings = [] if version in (interp.minor, interp.version) else [
             f"--python {explicit} is Python {interp.version}, the manifest asks for {version}"]
         return interp, warnings
-    for candidate in python_candidates(version):
+    for candidate in python_candidates(version, managed_dir=managed_dir):
         interp = probe_python(candidate)
-        if interp is not None and interp.minor == version:
+        if interp is not None and version in (interp.minor, interp.version):
             return interp, []
     raise EnvBuildError(f"no Python {version} found (looked for python{version} on PATH, pyenv versions, "
                         f"`uv python find {version}`); install it (e.g. `pyenv install {version}`), pass "
-                        "--python PATH, or use --backend conda")
+                        "--python PATH, set python.install: uv in the host config, or use --backend conda",
+                        code="python_missing", python=version)
 
 
 def find_uv() -> str | None:

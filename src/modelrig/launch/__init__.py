@@ -7,6 +7,7 @@ implement one protocol (`Supervisor`); `start`, `stop`, `status` and `check` pic
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -18,10 +19,10 @@ from modelrig.launch.entry import entry_url, read_entry
 from modelrig.launch.health import probe, wait_healthy
 from modelrig.launch.launchd import LaunchdSupervisor
 from modelrig.launch.process import ProcessSupervisor
-from modelrig.launch.systemd import SystemdSupervisor
+from modelrig.launch.systemd import SystemdSupervisor, user_manager_running
 from modelrig.result import StageResult
 
-__all__ = ["Supervisor", "check", "detect_supervisor", "entry_url", "probe", "read_entry", "start", "status",
+__all__ = ["Supervisor", "check", "choose_supervisor", "detect_supervisor", "entry_url", "probe", "read_entry", "start", "status",
            "stop", "supervisor_for", "wait_healthy"]
 
 SupervisorName = Literal["auto", "process", "systemd", "launchd"]
@@ -46,13 +47,22 @@ class Supervisor(Protocol):
         """{running, pid, ...}."""
 
 
-def detect_supervisor() -> str:
-    """systemd where it runs as init, launchd on macOS, otherwise a supervised background process."""
-    if sys.platform == "darwin" and shutil.which("launchctl"):
+def choose_supervisor(*, darwin: bool, systemd_init: bool, root: bool, user_manager: bool) -> str:
+    """launchd on macOS; systemd where it is init and the caller can manage units there (system units as root,
+    the caller's own user manager otherwise: a login session or lingering keeps it running); else a supervised
+    background process (containers without an init system, a user with no service manager of their own)."""
+    if darwin:
         return "launchd"
-    if Path("/run/systemd/system").is_dir() and shutil.which("systemctl"):
+    if systemd_init and (root or user_manager):
         return "systemd"
     return "process"
+
+
+def detect_supervisor() -> str:
+    """`choose_supervisor` for this machine and user."""
+    return choose_supervisor(darwin=sys.platform == "darwin" and bool(shutil.which("launchctl")),
+                             systemd_init=Path("/run/systemd/system").is_dir() and bool(shutil.which("systemctl")),
+                             root=os.geteuid() == 0, user_manager=user_manager_running())
 
 
 def supervisor_for(name: str, *, run_dir: Path | None = None) -> Supervisor:
@@ -75,7 +85,8 @@ def start(entry_dir: Path, *, supervisor: SupervisorName | str = "auto", run_dir
 
     `process` runs `start.sh` in its own session with a pidfile and log under `run_dir` (default
     `<entry_dir>/run`); a stale pidfile (dead or reused pid) is removed, and an entry re-rendered since it
-    started is restarted. `systemd` installs the unit (user units unless root) and enables it; `launchd` installs
+    started is restarted. `systemd` installs the unit (system units as root, else user units of the caller's own
+    user manager, which lingering keeps running without a login) and enables it; `launchd` installs
     the plist into ~/Library/LaunchAgents and bootstraps it. Already running and unchanged: `changed=False`.
     A port already taken by another process is a `PortBusyError`; a health answer that does not come from the
     started process is a `HealthCheckError`. Services never get hub tokens in their environment.

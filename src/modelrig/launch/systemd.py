@@ -1,4 +1,9 @@
-"""systemd: the rendered unit installed (system units as root, user units otherwise), enabled and started."""
+"""systemd: the rendered unit installed (system units as root, user units otherwise), enabled and started.
+
+A non-root caller's units run under its own user manager (`systemctl --user`): a login session starts it, and
+lingering (`loginctl enable-linger USER`, which the model_launch role sets up) keeps it running from boot without
+one, so enabled units come back after a reboot. `stop` disables the unit and removes the installed file: nothing
+of the entry stays with the service manager."""
 
 from __future__ import annotations
 
@@ -12,9 +17,26 @@ from modelrig.launch.health import ensure_port_free, probe, wait_healthy
 from modelrig.stamp import atomic_write_text
 
 
+def _runtime_dir() -> Path:
+    return Path(f"/run/user/{os.geteuid()}")
+
+
+def user_manager_running() -> bool:
+    """Whether this (non-root) user's systemd user manager runs: its private socket exists."""
+    return (Path(os.environ.get("XDG_RUNTIME_DIR") or _runtime_dir()) / "systemd" / "private").exists()
+
+
+def _env() -> dict[str, str] | None:
+    """`systemctl --user` finds the user manager through XDG_RUNTIME_DIR, which sessions without PAM (cron, su)
+    lack: point it at the user's runtime folder."""
+    if os.geteuid() == 0 or os.environ.get("XDG_RUNTIME_DIR"):
+        return None
+    return {**os.environ, "XDG_RUNTIME_DIR": str(_runtime_dir())}
+
+
 def run(cmd: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run a service-manager command; LaunchError with its output when it fails and `check` is set."""
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=_env())
     if check and done.returncode != 0:
         raise LaunchError(f"{' '.join(cmd)} failed: {(done.stderr or done.stdout).strip()[:500]}",
                           code="service_manager_failed", command=cmd)
@@ -85,11 +107,16 @@ class SystemdSupervisor:
         return written or not active, details
 
     def stop(self, entry_dir: Path, info: dict[str, Any], *, grace: float = 20.0) -> tuple[bool, dict[str, Any]]:
-        """Disable and stop the unit."""
+        """Disable and stop the unit and remove its installed file; (changed, details)."""
         active = self._active(info)
-        if active:
-            run(_systemctl("disable", "--now", info["systemd_unit"]))
-        return active, {"unit": info["systemd_unit"]}
+        target = unit_path(info)
+        if active or target.is_file():
+            run(_systemctl("disable", "--now", info["systemd_unit"]), check=active)
+        removed = target.is_file()
+        if removed:
+            target.unlink()
+            run(_systemctl("daemon-reload"))
+        return active or removed, {"unit": info["systemd_unit"]}
 
     def status(self, entry_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
         """{running, state, pid}."""

@@ -3,8 +3,8 @@ network at all (`modelrig rebuild LOCK --bundle FILE`).
 
 Layout of the .tar: `bundle.json` first (the sha256 and size of every other member), `lock.yaml`,
 `manifests/<model>.yaml`, `wheels/*.whl` (every locked package, matching the locked hashes), `modelrig/*.whl` (the
-toolkit itself, `uv build --wheel`) and `store/<hub>/<org>--<name>/...` (the fetched weights with their fetch
-stamp). Reading one back is `bundle_reader`'s, which trusts nothing in it.
+toolkit itself, `uv build --wheel`, and its dependencies' wheels) and `store/<hub>/<org>--<name>/...` (the fetched
+weights with their fetch stamp). Reading one back is `bundle_reader`'s, which trusts nothing in it.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from modelrig.lock.confine import inside
 from modelrig.lock.packages import hashed_requirements, index_flags, normalise, uv_or_fail
 from modelrig.lock.rebuild import RebuildReport, pinned_manifest, rebuild_env, stopping_on_failure
 from modelrig.lock.schema import Lock, load_lock
+from modelrig.lock.toolkit_wheels import collect_toolkit_wheels, toolkit_indexes
 from modelrig.lock.verify import source_folder
 from modelrig.manifest import load_manifest
 from modelrig.stamp import STAMP_NAME, atomic_dir, sha256_file
@@ -113,6 +114,7 @@ def make_bundle(lock_path: Path, out: Path, ctx: Context) -> dict[str, Any]:
             for rel, found in weights[source.name]:
                 (dst / rel).parent.mkdir(parents=True, exist_ok=True)
                 os.link(found, dst / rel) if _same_device(src, dst) else shutil.copy2(found, dst / rel)
+        collect_toolkit_wheels(stage / "modelrig", indexes=toolkit_indexes(ctx.config.pip), cache=ctx.data.cache)
         for extra in (stage / "modelrig").glob("*"):
             if extra.suffix != ".whl":
                 extra.unlink()
@@ -189,14 +191,16 @@ def rebuild_from_bundle(lock_path: Path, bundle: Path, ctx: Context) -> RebuildR
         unpacked = read_bundle(bundle, lock, Path(tmp))
         manifest = load_manifest(unpacked.manifest(lock.model))
         report = RebuildReport(model=lock.model)
-        report.results.append(rebuild_env(lock, locate(manifest, ctx), ctx, wheels=unpacked.wheels))
+        where = locate(manifest, ctx, python=lock.env.python, install=True)
+        report.results.append(rebuild_env(lock, where, ctx, wheels=unpacked.wheels))
         moved = place_weights(lock, unpacked, ctx)
         report.results.append(StageResult(stage="fetch", changed=bool(moved), model=lock.model,
                                           summary=f"copied {', '.join(moved)} from the bundle" if moved
                                           else "weights in place"))
         entries = sorted({f.entry for f in lock.launch})
+        options = UpOptions(offline=True, entries=entries, python=where.build.base_python)
         with stopping_on_failure(lock, ctx):
-            ran = up(pinned_manifest(manifest, lock), ctx, options=UpOptions(offline=True, entries=entries))
+            ran = up(pinned_manifest(manifest, lock), ctx, options=options)
             report.results += [r for r in ran.results if r.stage not in ("env", "fetch")]
             report.urls = ran.urls
             drift = verify(lock, manifest, ctx, full=True, remote=False).drift

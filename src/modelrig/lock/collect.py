@@ -44,10 +44,15 @@ class Located:
     stamp: dict[str, Any] | None
 
 
-def locate(manifest: Manifest, ctx: Context) -> Located:
-    """The model's env on this host (planned as `modelrig up` plans it) and its stamp, if built."""
+def locate(manifest: Manifest, ctx: Context, *, python: str | None = None, install: bool = False) -> Located:
+    """The model's env on this host (planned as `modelrig up` plans it) and its stamp, if built.
+
+    `python` (a lock's full version, e.g. "3.11.7") plans the env on exactly that interpreter; with `install`, one
+    the host lacks is installed with uv first (host config `python:`), as a rebuild needs.
+    """
     plan = plan_model(manifest, ctx, env_only=True)
-    build = prepare_env_build(plan.env, data=ctx.data, config=ctx.config)
+    build = prepare_env_build(plan.env, data=ctx.data, config=ctx.config, exact_python=python,
+                              install_python=install)
     return Located(build=build, indexes=indexes_for(plan.env, ctx.config.pip), stamp=env_is_complete(build))
 
 

@@ -1,16 +1,26 @@
 """A model env's exact package set: frozen with `uv pip freeze`, hashed with `uv pip compile --generate-hashes`
-against the indexes the env was built from, and local find-links wheels (e.g. torch) hashed on disk."""
+against the indexes the env was built from; where uv gives no hash (find-links folders and wheel folders or index
+mirrors served without `#sha256=` links, e.g. a local torch wheel or a mirror's), the wheel itself is hashed."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 import tempfile
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote, urljoin, urlsplit
+
+from packaging.tags import Tag, compatible_tags, cpython_tags, platform_tags
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+from packaging.version import InvalidVersion, Version
 
 from modelrig.envs.install import Indexes
-from modelrig.envs.tools import clean_environ, find_uv
+from modelrig.envs.tools import clean_environ, find_uv, probe_python
 from modelrig.errors import EnvBuildError
 from modelrig.stamp import sha256_file
 
@@ -96,10 +106,96 @@ def hashes_for(frozen: list[Frozen], *, python: Path | str, indexes: Indexes,
         last = next((x for x in reversed(out.stderr.splitlines()) if x.strip()), "no output")
         raise EnvBuildError(f"cannot hash the env's packages (`uv pip compile --generate-hashes`): {last.strip()}")
     hashes = parse_compiled(out.stdout)
+    tags: set[Tag] | None = None
     for f in pinned:
         if not hashes.get(f.name):
             hashes[f.name] = local_wheel_hashes(f, indexes.find_links)
+        if not hashes.get(f.name):
+            tags = tags if tags is not None else env_tags(python)
+            hashes[f.name] = served_wheel_hashes(f, link_pages(f.name, indexes), tags=tags)
     return hashes
+
+
+def link_pages(name: str, indexes: Indexes) -> list[str]:
+    """The pages that may link `name`'s wheels: each find-links URL itself, and each index's project page."""
+    pages = [link for link in indexes.find_links if urlsplit(link).scheme in ("http", "https", "file")]
+    for url in [indexes.index_url, *indexes.extra_index_urls, indexes.torch_index_url]:
+        if url:
+            pages.append(f"{url.rstrip('/')}/{normalise(name)}/")
+    return pages
+
+
+def env_tags(python: Path | str) -> set[Tag]:
+    """The wheel tags the env's interpreter (CPython X.Y on this machine) installs."""
+    interp = probe_python(str(python))
+    if interp is None:
+        raise EnvBuildError(f"{python}: does not run; cannot tell which wheels its packages came from")
+    major, minor = (int(x) for x in interp.minor.split("."))
+    platforms = list(platform_tags())
+    return set(cpython_tags((major, minor), platforms=platforms)) | set(
+        compatible_tags((major, minor), interpreter=f"cp{major}{minor}", platforms=platforms))
+
+
+class _Links(HTMLParser):
+    """The `href` of every anchor in a find-links or simple-index page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self.hrefs += [value for key, value in attrs if key == "href" and value]
+
+
+def _open(url: str, timeout: float = 60):  # type: ignore[no-untyped-def]
+    return urllib.request.urlopen(urllib.request.Request(url, headers={"Accept": "text/html"}), timeout=timeout)
+
+
+def served_wheel_hashes(frozen: Frozen, pages: list[str], *, tags: set[Tag]) -> list[str]:
+    """sha256 of `frozen`'s wheels that the env's interpreter can install, linked from `pages` (find-links URLs and
+    index project pages): the `#sha256=` a link carries, else the sha256 of the wheel downloaded from it.
+    Unreachable pages are skipped."""
+    try:
+        wanted = Version(frozen.version)
+    except InvalidVersion:
+        return []
+    found: set[str] = set()
+    for page in pages:
+        try:
+            with _open(page) as response:
+                base = response.geturl()
+                html = response.read().decode("utf-8", errors="replace")
+        except (OSError, urllib.error.URLError, ValueError):
+            continue
+        parser = _Links()
+        parser.feed(html)
+        for href in parser.hrefs:
+            location, _, fragment = urljoin(base, href).partition("#")
+            filename = unquote(urlsplit(location).path.rsplit("/", 1)[-1])
+            try:
+                name, version, _build, wheel_tags = parse_wheel_filename(filename)
+            except InvalidWheelFilename:
+                continue
+            if normalise(name) != frozen.name or version != wanted or not wheel_tags & tags:
+                continue
+            declared = fragment.removeprefix("sha256=").lower() if fragment.startswith("sha256=") else ""
+            digest = declared if re.fullmatch(r"[0-9a-f]{64}", declared) else _hash_url(location)
+            if digest:
+                found.add(digest)
+    return sorted(found)
+
+
+def _hash_url(url: str) -> str | None:
+    """sha256 of what `url` serves, streamed; None when it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with _open(url, timeout=300) as response:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                digest.update(block)
+    except (OSError, urllib.error.URLError, ValueError):
+        return None
+    return digest.hexdigest()
 
 
 def parse_compiled(text: str) -> dict[str, list[str]]:

@@ -131,10 +131,11 @@ def rebuild(lock: Lock, manifest: Manifest, ctx: Context, *, manifest_path: Path
         raise NotReproducedError(f"manifest {manifest_path}: sha256 {lock.manifest_sha256} expected, found {found}",
                                  expected=lock.manifest_sha256, found=found)
     report = RebuildReport(model=lock.model)
-    report.results.append(rebuild_env(lock, locate(manifest, ctx), ctx))
+    where = locate(manifest, ctx, python=lock.env.python, install=True)
+    report.results.append(rebuild_env(lock, where, ctx))
     pinned = pinned_manifest(manifest, lock)
     # sources the lock records as pruned (or the host config says to prune) are pruned again once converted
-    options = UpOptions(entries=sorted({f.entry for f in lock.launch}),
+    options = UpOptions(entries=sorted({f.entry for f in lock.launch}), python=where.build.base_python,
                         prune_sources=any(s.pruned for s in lock.sources) or ctx.config.convert.prune_sources)
     early: list[StageResult] = []
     if not any(source.model is not None for source in manifest.weights.values()):

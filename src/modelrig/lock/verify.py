@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from modelrig.config import Context
-from modelrig.errors import ModelrigError
+from modelrig.errors import EnvBuildError, ModelrigError
 from modelrig.fetch.prune import recorded_files
 from modelrig.lock.collect import (
     UNLOCKED_LAUNCH_FILES,
@@ -58,7 +58,12 @@ def verify(lock: Lock, manifest: Manifest, ctx: Context, *, full: bool = False, 
 
     begun = time.perf_counter()
     report = VerifyReport(model=lock.model, mode="full" if full else "fast")
-    where = locate(manifest, ctx)
+    try:  # the env was built on exactly the lock's Python; a host without it is drift, found below
+        where = locate(manifest, ctx, python=lock.env.python)
+    except EnvBuildError as exc:
+        if exc.code != "python_missing":
+            raise
+        where = locate(manifest, ctx)
     report.drift += check_packages(lock, where.build.python if where.stamp else None)
     report.checked["packages"] = len(lock.env.packages)
     total = sum(f.size for s in lock.sources for f in s.files) + sum(f.size for c in lock.conversions

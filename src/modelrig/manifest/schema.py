@@ -200,7 +200,8 @@ class PlatformExtras(_Strict):
 class EnvSpec(_Strict):
     """The model's isolated environment: Python, a torch requirement the planner resolves, pinned packages."""
 
-    python: Annotated[str, Field(pattern=r"^3\.\d{1,2}$")]
+    #: "3.10" takes any 3.10 release the host has; "3.10.13" exactly that one (installed with uv when missing).
+    python: Annotated[str, Field(pattern=r"^3\.\d{1,2}(\.\d{1,3})?$")]
     torch: str = ""
     #: Installed from the same index as torch (their builds must match it), e.g. torchvision==0.16.2.
     torch_companions: list[RequirementStr] = []
