@@ -81,7 +81,7 @@ def test_recorded_mac_reports_chip_and_mps(cli, tmp_path):
     code, out, _ = cli("doctor", "--from-dir", folder, "--json")
     checks = by_name(json.loads(out))
     assert checks["apple"]["status"] == "ok" and checks["apple"]["detail"] == (
-        "Apple M5, 34.4 GB unified memory, MPS available")
+        "Apple M5, 32 GiB unified memory, MPS available")
     assert code == 0
 
 

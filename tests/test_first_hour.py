@@ -27,7 +27,7 @@ import yaml
 from modelrig.config import DataRoot, HostConfig, PipSettings
 from modelrig.envs.build import build_env
 from modelrig.errors import EnvBuildError
-from modelrig.humansize import format_size
+from modelrig.humansize import format_memory, format_size
 from modelrig.orchestrate.demo import DEMO_MODEL, advice, pip_find_links
 from modelrig.plan import EnvPlan, TorchBuild
 from tests.conftest import FIXTURES, REPO
@@ -316,6 +316,13 @@ def test_sizes_read_in_one_decimal_format():
     assert format_size(None) == "unknown"
 
 
+def test_machine_memory_reads_in_the_binary_sizes_it_is_sold_in():
+    """A "16 GB" Mac and a "192 GB" Mac Studio read 16 GiB and 192 GiB, not 17.2 GB and 206 GB."""
+    cases = {16 * 2**30: "16 GiB", 192 * 2**30: "192 GiB", 24564 * 2**20: "24 GiB", 16_700_000_000: "15.6 GiB",
+             512: "512 B", 2**40: "1 TiB"}
+    assert {n: format_memory(n) for n in cases} == cases
+
+
 def test_quiet_plan_prints_its_one_line_result(cli):
     code, out, _ = cli("-q", "plan", DEMO_MODEL)
     assert code == 0
@@ -326,7 +333,7 @@ def test_the_same_quantity_reads_the_same_in_facts_plan_and_doctor(cli, tmp_path
     facts = json.loads((FIXTURES / "hosts" / "cpu-only.json").read_text())
     path = tmp_path / "facts.json"
     path.write_text(json.dumps(facts))
-    ram = format_size(facts["ram_bytes"])
+    ram = format_memory(facts["ram_bytes"])
     disk = format_size(facts["disk_free_bytes"])
     host = tmp_path / "recorded"
     host.mkdir()

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from modelrig.config import AUTODL_DATA_DISK, Context
 from modelrig.facts import HostFacts
-from modelrig.humansize import format_size
+from modelrig.humansize import format_memory, format_size
 from modelrig.netcheck import LOOPBACK_HINT, MIRROR_HINT, is_loopback, loopback_up
 from modelrig.plan import Plan
 
@@ -235,11 +235,11 @@ def accelerator_checks(facts: HostFacts) -> list[Check]:
     elif facts.apple_chip:
         mps = facts.mps_available
         checks.append(Check("apple", "ok" if mps else "warn",
-                            f"{facts.apple_chip}, {format_size(facts.unified_memory_bytes or facts.ram_bytes)} "
+                            f"{facts.apple_chip}, {format_memory(facts.unified_memory_bytes or facts.ram_bytes)} "
                             f"unified memory, MPS {'available' if mps else 'not available'}",
                             "" if mps else "MPS needs macOS 12.3 or later on Apple Silicon"))
     else:
-        checks.append(Check("gpus", "ok", f"none: CPU only ({format_size(facts.ram_bytes)} RAM); the demo and "
+        checks.append(Check("gpus", "ok", f"none: CPU only ({format_memory(facts.ram_bytes)} RAM); the demo and "
                             "small models run, large ones need a GPU or a Mac"))
     checks += [Check("facts", "warn", warning) for warning in facts.warnings]
     return checks

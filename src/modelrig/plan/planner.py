@@ -11,7 +11,7 @@ from packaging.requirements import Requirement
 from modelrig.config import Context, HostConfig
 from modelrig.errors import HostCannotRunError
 from modelrig.facts import HostFacts
-from modelrig.humansize import format_size
+from modelrig.humansize import format_memory, format_size
 from modelrig.manifest import Manifest
 from modelrig.plan.disk import STEP_SIZE_FACTOR, dependency_chain, model_size_gb, plan_disk
 from modelrig.plan.model import EnvPlan, Plan, TorchBuild
@@ -116,7 +116,7 @@ def make_plan(
                        if m.convert and m.id not in built), default=0.0)
     if convert_ram and convert_ram * GB > facts.ram_bytes:
         refusals.append(f"the conversions need {convert_ram:g} GB of RAM; this host has "
-                        f"{format_size(facts.ram_bytes)}: convert on a bigger host and copy the output, or add RAM")
+                        f"{format_memory(facts.ram_bytes)}: convert on a bigger host and copy the output, or add RAM")
     env = _env_plan(manifest, platform, torch)
     launch = [e for e in manifest.launch if platform in e.allowed_platforms]
     skipped = [e.name for e in manifest.launch if e not in launch]
