@@ -210,6 +210,7 @@ def _plan_cpu_precision(facts: HostFacts, resources: Resources) -> PrecisionChoi
     want = math.ceil(needed / CPU_SHARE * GB / 2**30)
     return PrecisionChoice(dtype, None, needed, available, False, refusal=(
         f"needs {needed:g} GB of RAM at {dtype} ({figure:g} GB + 10%); this CPU-only host has "
-        f"{format_memory(facts.ram_bytes)} ({usable:.1f} GB usable): use a host with at least {want} GiB of RAM or a GPU"))
+        f"{format_memory(facts.ram_bytes)} ({usable:.1f} GB usable): use a host with at least {want} GiB of RAM "
+        "or a GPU"))
 
 
