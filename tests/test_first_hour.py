@@ -87,7 +87,14 @@ def test_linux_takes_torch_from_the_cpu_index_pinned_to_the_cpu_build():
     args, message = tt.pip_args("torch==2.13.0", system="Linux", machine="x86_64", index=tt.CPU_INDEX,
                                 reachable=False)
     assert args == ["torch==2.13.0"]
-    assert "unreachable" in message and "PIP_FIND_LINKS" in message and "CUDA build" in message
+    assert "unreachable" in message and "PIP_FIND_LINKS" in message
+    # Which build that gave is said after the install, from torch itself: a +cpu wheel from a mirror's folder is
+    # not called the CUDA build.
+    assert "CUDA" not in message
+    assert tt.installed_build_message("2.13.0+cpu", None, system="Linux") == ""
+    assert tt.installed_build_message("2.13.0", None, system="Darwin") == ""
+    cuda = tt.installed_build_message("2.13.0", "12.8", system="Linux")
+    assert cuda.startswith("bootstrap: the toolkit env got torch 2.13.0, the CUDA 12.8 build") and "+cpu" in cuda
     assert tt.cpu_requirement("torch>=2.1", machine="x86_64") == "torch>=2.1"
     assert tt.cpu_requirement("torch==2.13.0+cpu", machine="x86_64") == "torch==2.13.0+cpu"
 
