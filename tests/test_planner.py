@@ -320,6 +320,15 @@ def test_metal_working_set_is_two_thirds_of_small_and_three_quarters_of_large_ma
     assert mps_usable_gb(192 * 10**9) == pytest.approx(144)
 
 
+def test_a_local_weights_folder_the_host_config_does_not_name_is_warned_about():
+    unset = [w for w in plan_for("ziya-llama-13b-v1.1", "a100-80gb").warnings if "local weights" in w]
+    assert unset == ["ziya-llama-13b-v1.1: base: local weights not set: set local.llama_13b_meta_dir in the host "
+                     "config (or pass --local llama_13b_meta_dir=PATH to fetch and up) to the folder with the "
+                     "meta-llama weights"]
+    config = HostConfig(local={"llama_13b_meta_dir": "/data/llama-13b"})
+    assert not [w for w in plan_for("ziya-llama-13b-v1.1", "a100-80gb", config).warnings if "local weights" in w]
+
+
 def test_refusal_says_why_and_what_would_work_on_cuda():
     plan = plan_for("qwen-vl-chat", "rtx3090-old-driver")
     assert plan.refusal == ("needs 24.86 GB at bf16 (22.6 GB + 10%); this host's NVIDIA GeForce RTX 3090 has "

@@ -57,6 +57,14 @@ def _fetch_steps(manifest: Manifest, *, prefix: str = "") -> list[dict[str, str]
     return steps
 
 
+def _unset_local_weights(manifests: list[Manifest], config: HostConfig) -> list[str]:
+    """A warning for each user-supplied weight folder the host config does not name yet (fetch would stop there)."""
+    return [f"{m.id}: {name}: local weights not set: set local.{source.local.var} in the host config (or pass "
+            f"--local {source.local.var}=PATH to fetch and up) to the folder with the {source.format} weights"
+            for m in manifests for name, source in m.weights.items()
+            if source.local is not None and not source.local.path and source.local.var not in config.local]
+
+
 def _convert_steps(manifest: Manifest) -> list[dict[str, str]]:
     steps = []
     fused = {id(step): group for group in group_steps(manifest) if len(group) > 1 for step in group}
@@ -104,6 +112,7 @@ def make_plan(
     if not precision.fits and precision.refusal:
         refusals.append(precision.refusal)
     deps = dependency_chain(manifest, manifests)
+    warnings += _unset_local_weights([manifest, *(d for d in deps if d.id not in (built or set()))], config)
     disk = plan_disk(manifest, manifests=manifests, built=built, present=present)
     if check_disk and disk.needed_bytes > facts.disk_free_bytes:
         there = f"; {format_size(disk.present_bytes)} already there" if disk.present_bytes else ""
