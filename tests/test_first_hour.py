@@ -323,6 +323,12 @@ def test_sizes_read_in_one_decimal_format():
     assert format_size(None) == "unknown"
 
 
+def test_the_toolkit_envs_ansible_playbook_starts_without_warnings():
+    done = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "--version"], capture_output=True,
+                          text=True, check=True)
+    assert done.stderr == "", done.stderr
+
+
 def test_machine_memory_reads_in_the_binary_sizes_it_is_sold_in():
     """A "16 GB" Mac and a "192 GB" Mac Studio read 16 GiB and 192 GiB, not 17.2 GB and 206 GB."""
     cases = {16 * 2**30: "16 GiB", 192 * 2**30: "192 GiB", 24564 * 2**20: "24 GiB", 16_700_000_000: "15.6 GiB",
