@@ -257,6 +257,31 @@ def test_a_busy_port_is_refused_before_starting_with_its_code(tmp_path, upstream
         other.wait()
 
 
+def test_down_stops_entries_started_without_up_as_the_ansible_roles_start_them(tmp_path, upstream_repo,
+                                                                               monkeypatch):
+    # The roles launch each rendered entry (no up.json): `modelrig down` still stops them.
+    from modelrig.cli import main
+
+    repo, pinned = upstream_repo
+    monkeypatch.setenv("MODELRIG_UPSTREAM_MIRROR", str(repo))
+    root = tmp_path / "root"
+    manifest = tiny_manifest("tiny-upstream", [{
+        "name": "web", "kind": "upstream_script", "port": free_port(), "options": {"start_timeout_s": 30},
+        "upstream": {"repo": "Example/demo", "ref": pinned, "script": "web_demo.py",
+                     "args": ["-c", "{weights}", "--server-name", "{bind}", "--server-port", "{port}"]}}])
+    entry = render_one(manifest, root / "launch" / "tiny-upstream", python=Path(sys.executable),
+                       paths={"model": tmp_path / "w"}, entry="web")
+    (root / "config.yaml").write_text("serve: {supervisor: process}\n")
+    started = start(entry, supervisor="process", run_dir=root / "run" / "tiny-upstream")
+    try:
+        assert main(["--data-root", str(root), "down", "tiny-upstream"]) == 0
+        assert not psutil.pid_exists(started.details["pid"]) or \
+            psutil.Process(started.details["pid"]).status() == psutil.STATUS_ZOMBIE
+        assert status(entry, supervisor="process", run_dir=root / "run" / "tiny-upstream")["running"] is False
+    finally:
+        stop(entry, supervisor="process", run_dir=root / "run" / "tiny-upstream")
+
+
 def test_a_health_answer_from_another_process_is_not_healthy(tmp_path):
     port = free_port()
     other = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
