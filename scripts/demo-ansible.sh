@@ -9,7 +9,8 @@
 # status`, `down`, `up`, `lock` and `doctor` see it with no flag. Its own files (the local hub's repos, the wheel,
 # the locks copied back) go under <data root>/demo-hub and <data root>/demo-ansible, never into this checkout.
 # Knobs: MODELRIG_VENV (controller toolkit env, default .venv), MODELRIG_HOME (the data root), DEMO_HUB_PORT (the
-# local hub's port, default 17890).
+# local hub's port, default 17890), DEMO_CHAT_PORT and DEMO_API_PORT (the demo's ports, default the manifest's 17860
+# and 18000; they go to the host config's serve.ports, so `modelrig up` keeps them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CHECKOUT=$(pwd -P)
@@ -19,6 +20,8 @@ VENV=${MODELRIG_VENV:-.venv}
 case "$VENV" in /*) ;; *) VENV="$CHECKOUT/$VENV" ;; esac
 # One port for the demo's local hub, so the host config written from it is the same on every run.
 HUB_PORT=${DEMO_HUB_PORT:-17890}
+CHAT_PORT=${DEMO_CHAT_PORT:-17860}
+API_PORT=${DEMO_API_PORT:-18000}
 BIN="$VENV/bin"
 [ -x "$BIN/ansible-playbook" ] || { echo "demo-ansible: $BIN/ansible-playbook missing: run make setup" >&2; exit 1; }
 DATA=$("$BIN/python" -c 'from modelrig.config import default_data_root; print(default_data_root().absolute())')
@@ -57,6 +60,7 @@ umask 077
   echo "modelrig_wheel_build_dir: $ROOT/wheel"
   echo "modelrig_uv_cache_dir: ${UV_CACHE_DIR:-$DATA/cache/uv}"
   echo "modelrig_locks_dir: $ROOT/locks"
+  echo "modelrig_ports: {demo-tiny-ziya/chat: $CHAT_PORT, demo-tiny-ziya/api: $API_PORT}"
   echo "modelrig_pip:"
   echo "  index_url: ''"
   echo "  extra_index_urls: []"
