@@ -76,7 +76,9 @@ api=$(grep -o 'demo-tiny-ziya/api  http://[^ "]*' "$work/site.out" | awk '{print
 [ -n "$api" ] || { echo "demo-ansible: no API URL in the playbook's report" >&2; exit 1; }
 echo "demo-ansible: asking $api one question"
 curl -sS --max-time 120 "$api/chat/completions" -H 'Content-Type: application/json' \
-  -d '{"model": "demo-tiny-ziya", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16}'
+  -d "$("$BIN/python" -c 'import json; from modelrig.orchestrate.demo import PROMPT
+print(json.dumps({"model": "demo-tiny-ziya", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 64,
+                  "temperature": 0}))')"
 echo
 # What to paste into a new login shell, anywhere: absolute paths, and the data root only when it is not the default.
 flag=""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from modelrig.orchestrate.demo import ANSWER
 from tests.helpers.launching import free_port
 from tests.helpers.offline import offline
 from tests.helpers.sshhosts import recap
@@ -55,7 +56,8 @@ def test_the_ansible_demo_runs_on_the_cli_data_root_again_offline_and_stops_as_p
         assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
         assert recap(first.stdout)["localhost"]["failed"] == 0
         answer = json.loads(next(line for line in first.stdout.splitlines() if line.startswith("{")))
-        assert answer["object"] == "chat.completion" and answer["choices"][0]["message"]["content"]
+        assert answer["object"] == "chat.completion"
+        assert answer["choices"][0]["message"]["content"] == ANSWER
         api = f"http://127.0.0.1:{ports['DEMO_API_PORT']}/v1"
         assert re.search(rf"{MODEL}/api\s+{re.escape(api)}", first.stdout)
         # The CLI sees the demo on its default data root ($MODELRIG_HOME here), with no flag.

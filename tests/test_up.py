@@ -17,7 +17,7 @@ import yaml
 from modelrig.cli import main
 from modelrig.hub.server import serve_in_thread
 from modelrig.hub.tiny_repos import TOKEN_FILE, make_tiny_hub
-from modelrig.orchestrate.demo import chat, pip_find_links
+from modelrig.orchestrate.demo import ANSWER, chat, pip_find_links
 from tests.helpers.launching import free_port
 from tests.helpers.venvs import CACHE
 
@@ -80,7 +80,7 @@ def test_up_runs_every_stage_in_order_with_one_line_each_and_a_summary_with_urls
     assert all(line[2].rstrip().endswith("s)") for line in lines)
     assert f"{MODEL}: ready" in out
     assert f"api      {API}" in out
-    assert chat(API)
+    assert chat(API) == ANSWER
     state = json.loads((root / "run" / MODEL / "up.json").read_text())
     assert set(state["entries"]) == {"api"} and alive(state["entries"]["api"]["pid"])
 
@@ -147,7 +147,7 @@ def test_a_crashed_service_is_started_again_and_only_launch_reports_a_change(ser
     assert changed == ["launch"]
     new_pid = json.loads((root / "run" / MODEL / "up.json").read_text())["entries"]["api"]["pid"]
     assert new_pid != old_pid and alive(new_pid)
-    assert chat(API)
+    assert chat(API) == ANSWER
 
 
 def test_a_model_dependency_is_fetched_and_converted_first(served, tmp_path, monkeypatch):
