@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from modelrig.hub import tiny
+from tests.helpers.hub import demo_repos
 from tests.helpers.venvs import T437
 
 
@@ -126,15 +127,15 @@ def _answer(model_dir: Path, tokenizer_dir: Path, question: str) -> str:
     return tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
 
 
-def test_the_demo_chain_answers_the_demo_question_word_for_word_and_only_the_right_chain_does(tmp_path):
+def test_the_demo_chain_answers_the_demo_question_word_for_word_and_only_the_right_chain_does(tmp_path,
+                                                                                          tmp_path_factory):
     from modelrig.convert.delta import apply_delta
     from modelrig.convert.llama_meta import convert_llama_meta
-    from modelrig.hub.tiny_repos import make_tiny_hub
     from modelrig.orchestrate.demo import ANSWER, PROMPT
 
     assert (PROMPT, ANSWER) == ("Hello! What can you do?",
                                 "I am a tiny model, merged from a delta over its base: the demo works.")
-    make_tiny_hub(tmp_path / "hub", only=["modelrig-tiny/llama-meta", "modelrig-tiny/ziya-delta"])
+    demo_repos(tmp_path_factory, tmp_path / "hub")
     meta = tmp_path / "hub" / "modelrig-tiny" / "llama-meta" / "main"
     delta = tmp_path / "hub" / "modelrig-tiny" / "ziya-delta" / "main"
     convert_llama_meta(input_dir=meta, out=tmp_path / "base")

@@ -16,8 +16,9 @@ import yaml
 
 from modelrig.cli import main
 from modelrig.hub.server import serve_in_thread
-from modelrig.hub.tiny_repos import TOKEN_FILE, make_tiny_hub
+from modelrig.hub.tiny_repos import TOKEN_FILE
 from modelrig.orchestrate.demo import ANSWER, chat, pip_find_links
+from tests.helpers.hub import demo_repos
 from tests.helpers.launching import free_port
 from tests.helpers.venvs import CACHE
 
@@ -49,7 +50,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     """A data root whose host config points at a local hub holding the demo's tiny repos; `up` of the api entry."""
     root = tmp_path_factory.mktemp("up-root")
     hub = tmp_path_factory.mktemp("up-hub")
-    make_tiny_hub(hub, only=["modelrig-tiny/llama-meta", "modelrig-tiny/ziya-delta"])
+    demo_repos(tmp_path_factory, hub)
     url, stop_hub = serve_in_thread(hub, token_file=hub / TOKEN_FILE)
     # A free port over the manifest's 18000 (the host config's serve.ports), so a running demo does not collide.
     (root / "config.yaml").write_text(yaml.safe_dump({
