@@ -48,7 +48,6 @@ def test_the_ansible_demo_runs_on_the_cli_data_root_again_offline_and_stops_as_p
     ports = {"DEMO_HUB_PORT": free_port(), "DEMO_CHAT_PORT": free_port(), "DEMO_API_PORT": free_port()}
     env = {**os.environ, "MODELRIG_VENV": str(VENV), "MODELRIG_HOME": str(data), "UV_CACHE_DIR": str(CACHE / "uv"),
            **{k: str(v) for k, v in ports.items()}}
-    env.pop("DEMO_ROOT", None)
     before = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=REPO, capture_output=True,
                             text=True, check=True).stdout
     try:
