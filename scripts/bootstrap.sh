@@ -65,6 +65,7 @@ fi
 torch_args=()
 while IFS= read -r arg; do torch_args+=("$arg"); done < <("$VENV/bin/python" scripts/toolkit_torch.py "$TORCH")
 "$VENV/bin/python" -m pip install -q "${torch_args[@]}"
+"$VENV/bin/python" scripts/toolkit_torch.py --installed
 VIRTUAL_ENV="$VENV" "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" -e ".[test]"
 echo "$want" > "$stamp"
 echo "toolkit env $VENV: ready ($("$VENV/bin/modelrig" --version))"

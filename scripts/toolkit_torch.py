@@ -7,9 +7,11 @@ on x86_64, so that nothing but a CPU build can satisfy it. macOS keeps PyPI's de
 
 When the CPU index does not answer (a mirror-only network, an air-gapped host), the plain requirement is
 installed with pip's own configuration (`PIP_INDEX_URL`, `PIP_FIND_LINKS`, pip.conf mirrors and local wheel
-folders), and a message on stderr says so and how to point torch at CPU wheels.
+folders), and a message on stderr says so. Which build that gave is said after the install, from the installed
+torch itself (`--installed`): a mirror's wheel folder may well hold the CPU build.
 
-Usage: `python scripts/toolkit_torch.py REQUIREMENT` prints the arguments for `pip install`, one per line.
+Usage: `python scripts/toolkit_torch.py REQUIREMENT` prints the arguments for `pip install`, one per line;
+`python scripts/toolkit_torch.py --installed` (with the toolkit env's Python) says which torch build it has.
 Knobs: `MODELRIG_TORCH_INDEX` (the CPU index; empty: always use pip's configuration).
 """
 
@@ -59,14 +61,33 @@ def pip_args(requirement: str, *, system: str, machine: str, index: str, reachab
     if reachable:
         return ["--index-url", index, cpu_requirement(requirement, machine=machine)], ""
     message = (f"bootstrap: the PyTorch CPU index {index} is unreachable; installing {requirement} with pip's own "
-               "configuration instead (PIP_INDEX_URL, PIP_FIND_LINKS, pip.conf). From a PyPI mirror this is the "
-               "CUDA build (several GB); for the CPU build point PIP_FIND_LINKS at a folder with a torch +cpu "
-               "wheel, or MODELRIG_TORCH_INDEX at a mirror of the CPU index")
+               "configuration instead (PIP_INDEX_URL, PIP_FIND_LINKS, pip.conf)")
     return [requirement], message
+
+
+def installed_build_message(version: str, cuda: str | None, *, system: str) -> str:
+    """What bootstrap says of the torch it installed ("" for a CPU or macOS build: nothing to fix)."""
+    if system != "Linux" or not cuda:
+        return ""
+    return (f"bootstrap: the toolkit env got torch {version}, the CUDA {cuda} build (several GB with its nvidia "
+            "wheels; conversions need only the CPU build): for the CPU build point PIP_FIND_LINKS at a folder with "
+            "a torch +cpu wheel, or MODELRIG_TORCH_INDEX at a mirror of the CPU index, and run make setup again")
+
+
+def describe_installed() -> int:
+    """Print (stderr) what installed_build_message says of this interpreter's torch."""
+    import torch
+
+    message = installed_build_message(torch.__version__, torch.version.cuda, system=platform.system())
+    if message:
+        print(message, file=sys.stderr)
+    return 0
 
 
 def main(argv: list[str]) -> int:
     """Print the pip arguments for the requirement in argv[1], one per line; a message goes to stderr."""
+    if argv[1:] == ["--installed"]:
+        return describe_installed()
     if len(argv) != 2:
         print("usage: toolkit_torch.py REQUIREMENT", file=sys.stderr)
         return 2

@@ -4,14 +4,12 @@ repos on a local hub."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.hub import served
+from tests.helpers.hub import demo_repos, served
 from tests.helpers.venvs import VenvFactory
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,6 +84,13 @@ def venvs() -> VenvFactory:
 SLOW_FIXTURES = frozenset({"venvs", "pipeline", "served"})
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Leave nothing in the system temp folder: the SSH control-socket folders of the Ansible tests."""
+    from tests.helpers.sshhosts import remove_control_dirs
+
+    remove_control_dirs()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark tests using a slow fixture as `slow`, so the fast lane never builds an env by accident."""
     for item in items:
@@ -93,13 +98,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """The demo model's two tiny repos (one gated) on a local hub; yields (url, token)."""
-    root = tmp_path_factory.mktemp("hub")
-    subprocess.run([sys.executable, "-m", "modelrig", "hub", "make-tiny", str(root), "--only",
-                    "modelrig-tiny/llama-meta", "--only", "modelrig-tiny/ziya-delta"], check=True,
-                   capture_output=True)
+    """The demo model's two tiny repos (one gated) on a local hub, one for the session; yields (url, token)."""
+    root = demo_repos(tmp_path_factory)
     tokens = root / ".modelrig-hub-tokens"
     with served(root, "--token-file", str(tokens)) as url:
         yield url, tokens.read_text().split()[0]

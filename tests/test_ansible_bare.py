@@ -18,10 +18,10 @@ import pytest
 import yaml
 from openai import OpenAI
 
+from tests.helpers.ansible_site import free_port
 from tests.helpers.barehost import LOGIN, BareHost, BareHosts, available
 from tests.helpers.sshhosts import REPO_ROOT, playbook, recap
 from tests.helpers.wheelmirror import served_wheels
-from tests.test_ansible_site import free_port
 
 pytestmark = pytest.mark.slow
 MODEL = "bare-tiny-ziya"

@@ -10,8 +10,8 @@ import subprocess
 import pytest
 import yaml
 
+from tests.helpers.ansible_site import write_inventory
 from tests.helpers.sshhosts import BIN, REPO_ROOT, ansible_env, playbook, recap, ssh_hosts_fixture  # noqa: F401
-from tests.test_ansible_site import write_inventory
 
 pytestmark = pytest.mark.slow
 #: yamllint settings that agree with ansible-lint's own YAML rules.

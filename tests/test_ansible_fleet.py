@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 
+from tests.helpers.ansible_autodl import MODEL as BLUELM
+from tests.helpers.ansible_autodl import autodl_knobs, modelscope_hub_fixture, proxy_fixture  # noqa: F401
+from tests.helpers.ansible_site import MODEL as DEMO
+from tests.helpers.ansible_site import WHEEL_DIR, built_wheel, demo_knobs
 from tests.helpers.sshhosts import SshHosts, available, playbook, recap
-from tests.test_ansible_autodl import MODEL as BLUELM
-from tests.test_ansible_autodl import autodl_knobs, modelscope_hub, proxy  # noqa: F401
-from tests.test_ansible_site import MODEL as DEMO
-from tests.test_ansible_site import demo_knobs
 
 pytestmark = pytest.mark.slow
 HOSTS = ("cpu", "autodl", "admin")
@@ -39,7 +39,7 @@ class Fleet:
 
     def run(self, book: str = "site.yml", *args: str) -> subprocess.CompletedProcess[str]:
         """Run a playbook again with the wheel the first run built (the working tree may change meanwhile)."""
-        wheel = next((self.tmp / "wheel").glob("modelrig-*.whl"))
+        wheel = built_wheel()
         return playbook(self.tmp, self.inventory, book, "-e", f"modelrig_wheel={wheel}", *args)
 
 
@@ -56,7 +56,7 @@ def url_of(lines: list[str], demo: str) -> str:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory, tiny_hub: tuple[str, str],
-          proxy: tuple[str, list[str]], modelscope_hub: str) -> Iterator[Fleet]:  # noqa: F811
+          proxy: tuple[str, list[str]], modelscope_hub: str) -> Iterator[Fleet]:
     """The three hosts provisioned by one site.yml run (the first); their demos are stopped afterwards (the root
     host's would outlive its sshd otherwise)."""
     reason = available()
@@ -78,7 +78,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, tiny_hub: tuple[str, str],
         try:
             yield fleet
         finally:
-            if any((tmp / "wheel").glob("modelrig-*.whl")):
+            if any(WHEEL_DIR.glob("*/modelrig-*.whl")):
                 fleet.run("down.yml")
 
 

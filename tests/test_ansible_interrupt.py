@@ -7,16 +7,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from openai import OpenAI
 
-from tests.helpers.hub import served
+from tests.helpers.ansible_site import MODEL, built_wheel, demo_knobs
+from tests.helpers.hub import demo_repos, served
 from tests.helpers.sshhosts import BIN, REPO_ROOT, ansible_env, playbook, recap, ssh_hosts_fixture  # noqa: F401
-from tests.test_ansible_site import MODEL, demo_knobs
 
 pytestmark = pytest.mark.slow
 #: Bytes per second per connection: the demo's ~660 KB of weights take about a minute with two workers.
@@ -57,11 +56,8 @@ def gets(log: str, name: str) -> int:
     return sum(1 for line in log.splitlines() if '"GET ' in line and f"/{name} " in line)
 
 
-def test_interrupted_download_resumes_without_fetching_complete_files_again(ssh_hosts, tmp_path):
-    hub_dir = tmp_path / "hub"
-    subprocess.run([sys.executable, "-m", "modelrig", "hub", "make-tiny", str(hub_dir), "--only",
-                    "modelrig-tiny/llama-meta", "--only", "modelrig-tiny/ziya-delta"], check=True,
-                   capture_output=True)
+def test_interrupted_download_resumes_without_fetching_complete_files_again(ssh_hosts, tmp_path, tmp_path_factory):
+    hub_dir = demo_repos(tmp_path_factory, tmp_path / "hub")
     tokens = hub_dir / ".modelrig-hub-tokens"
     access = tmp_path / "access.log"
     host = ssh_hosts.add("slow")
@@ -90,7 +86,7 @@ def test_interrupted_download_resumes_without_fetching_complete_files_again(ssh_
         log_before = access.read_text()
 
         # At once, as a user would after Ctrl-C: the host may still be finishing the interrupted download.
-        wheel = next((tmp_path / "wheel").glob("modelrig-*.whl"))
+        wheel = built_wheel()
         again = playbook(tmp_path, inventory, "site.yml", "-e", f"modelrig_wheel={wheel}")
         assert again.returncode == 0, again.stdout[-6000:] + again.stderr[-3000:]
         assert recap(again.stdout)["slow"]["failed"] == 0

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers.ansible_site import MODEL, built_wheel, free_port, write_inventory
 from tests.helpers.sshhosts import BIN, SshHost, SshHosts, available, playbook, recap
-from tests.test_ansible_site import MODEL, free_port, write_inventory
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ class Fleet:
     first: subprocess.CompletedProcess[str]
 
     def run(self, book: str, *args: str) -> subprocess.CompletedProcess[str]:
-        wheel = next((self.tmp / "wheel").glob("modelrig-*.whl"))
+        wheel = built_wheel()
         return playbook(self.tmp, self.inventory, book, "--vault-password-file", str(self.tmp / "vault-pass"),
                         "-e", f"modelrig_wheel={wheel}", *args)
 

@@ -4,19 +4,15 @@
 from __future__ import annotations
 
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
+from tests.helpers.ansible_tasks import TOOLKIT, fetch_task
+from tests.helpers.ansible_tasks import book as task_book
 from tests.helpers.sshhosts import BIN, REPO_ROOT, ansible_env, playbook, recap, ssh_hosts_fixture  # noqa: F401
 
 pytestmark = pytest.mark.slow
 MODULES = ("modelrig_env", "modelrig_fetch", "modelrig_convert", "modelrig_launch", "modelrig_facts", "modelrig_lock")
-TOOLKIT = Path(sys.executable).parent.parent
-
-
 @pytest.mark.parametrize("module", MODULES)
 def test_ansible_doc_shows_documentation_examples_and_return_values(module, tmp_path):
     run = subprocess.run([str(BIN / "ansible-doc"), "-M", "library", module], cwd=REPO_ROOT,
@@ -27,19 +23,6 @@ def test_ansible_doc_shows_documentation_examples_and_return_values(module, tmp_
         assert section in run.stdout, section
 
 
-def _book(tmp: Path, tasks: list[dict]) -> Path:
-    path = tmp / "book.yml"
-    path.write_text(yaml.safe_dump([{"name": "Drive modelrig.", "hosts": "all", "gather_facts": False,
-                                     "tasks": tasks}], sort_keys=False))
-    return path
-
-
-def _fetch_task(data_root: Path, url: str, token: str, model: str = "demo-tiny-ziya") -> dict:
-    return {"name": "Fetch the weights.", "modelrig_fetch": {
-        "model": model, "toolkit_env": str(TOOLKIT), "data_root": str(data_root), "hf_endpoint": url,
-        "hf_token": token}, "register": "fetched"}
-
-
 def test_fetch_changes_then_not_and_check_mode_writes_nothing(ssh_hosts, tmp_path, tiny_hub):
     url, token = tiny_hub
     ssh_hosts.add("gamma", root=True)
@@ -48,7 +31,7 @@ def test_fetch_changes_then_not_and_check_mode_writes_nothing(ssh_hosts, tmp_pat
     facts = {"name": "Describe the host.", "modelrig_facts": {"toolkit_env": str(TOOLKIT),
                                                                "data_root": str(data_root)}}
     show = {"name": "Show the result.", "ansible.builtin.debug": {"var": "fetched"}}
-    book = _book(tmp_path, [facts, _fetch_task(data_root, url, token), show,
+    book = task_book(tmp_path, [facts, fetch_task(data_root, url, token), show,
                             {"name": "Check the fact.", "ansible.builtin.assert": {
                                 "that": ["modelrig_host.os == 'linux'", "modelrig_host.ram_bytes | int > 0"]}}])
 
@@ -73,12 +56,12 @@ def test_engine_failure_is_its_one_line_message_with_its_code(ssh_hosts, tmp_pat
     url, _ = tiny_hub
     ssh_hosts.add("gamma", root=True)
     inventory = ssh_hosts.inventory(tmp_path / "hosts.yml")
-    gated = playbook(tmp_path, inventory, str(_book(tmp_path, [_fetch_task(tmp_path / "d", url, "hf_wrong")])))
+    gated = playbook(tmp_path, inventory, str(task_book(tmp_path, [fetch_task(tmp_path / "d", url, "hf_wrong")])))
     assert gated.returncode == 2
     assert "modelrig: error: huggingface: modelrig-tiny/llama-meta is gated" in gated.stdout
     assert '"code": "gated_repo"' in gated.stdout and "hf_wrong" not in gated.stdout
 
-    unknown = playbook(tmp_path, inventory, str(_book(tmp_path, [_fetch_task(tmp_path / "d", url, "x", "nope")])))
+    unknown = playbook(tmp_path, inventory, str(task_book(tmp_path, [fetch_task(tmp_path / "d", url, "x", "nope")])))
     assert unknown.returncode == 2
     assert "modelrig: error: no manifest with id 'nope'" in unknown.stdout and "[model_not_found]" in unknown.stdout
 
@@ -86,7 +69,7 @@ def test_engine_failure_is_its_one_line_message_with_its_code(ssh_hosts, tmp_pat
 def test_missing_toolkit_env_fails_clearly(ssh_hosts, tmp_path):
     ssh_hosts.add("alpha")
     inventory = ssh_hosts.inventory(tmp_path / "hosts.yml")
-    book = _book(tmp_path, [{"name": "Describe the host.", "modelrig_facts": {"toolkit_env": "/nowhere/env"}}])
+    book = task_book(tmp_path, [{"name": "Describe the host.", "modelrig_facts": {"toolkit_env": "/nowhere/env"}}])
     run = playbook(tmp_path, inventory, str(book))
     assert run.returncode == 2
     assert "/nowhere/env/bin/modelrig is not an executable file: install the toolkit env first" in run.stdout

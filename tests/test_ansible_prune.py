@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.ansible_tasks import TOOLKIT, fetch_task
+from tests.helpers.ansible_tasks import book as task_book
 from tests.helpers.sshhosts import playbook, recap, ssh_hosts_fixture  # noqa: F401
-from tests.test_ansible_modules import TOOLKIT, _book, _fetch_task
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +32,7 @@ def test_convert_with_prune_sources_prunes_once_and_a_second_run_changes_nothing
             "data_root": str(data_root)}, "register": "converted"}
         said = {"name": "Say whether it converted.", "ansible.builtin.debug": {
             "msg": "converted={{ converted.converted }} changed={{ converted.changed }}"}}
-        return _book(tmp_path / name, [_fetch_task(data_root, url, token), convert, said])
+        return task_book(tmp_path / name, [fetch_task(data_root, url, token), convert, said])
 
     store = data_root / "store" / "huggingface"
     (tmp_path / "keep").mkdir()

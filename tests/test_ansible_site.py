@@ -4,7 +4,6 @@ every file but its own; down.yml stops the demos."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -15,14 +14,11 @@ import pytest
 import yaml
 from openai import OpenAI
 
-from tests.helpers.sshhosts import BIN, REPO_ROOT, SshHost, SshHosts, ansible_env, available, playbook, recap
+from tests.helpers.ansible_site import MODEL, built_wheel, write_inventory
+from tests.helpers.sshhosts import SshHost, SshHosts, available, playbook, recap
+from tests.helpers.venvs import pip_find_links
 
 pytestmark = pytest.mark.slow
-VAULT_PASSWORD = "modelrig-test-vault"
-#: The user manifest the tests install through modelrig_manifests_dir (the demo model under its own id).
-MODEL = "ansible-tiny-ziya"
-
-
 @dataclass
 class Site:
     """One provisioned test host and what is needed to drive it again."""
@@ -36,59 +32,9 @@ class Site:
 
     def run(self, book: str = "site.yml", *args: str) -> subprocess.CompletedProcess[str]:
         """Run a playbook again with the wheel the first run built (the working tree may change meanwhile)."""
-        wheel = next((self.tmp / "wheel").glob("modelrig-*.whl"))
+        wheel = built_wheel()
         return playbook(self.tmp, self.inventory, book, "--vault-password-file", str(self.tmp / "vault-pass"),
                         "-e", f"modelrig_wheel={wheel}", *args)
-
-
-def free_port(address: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((address, 0))
-        return int(sock.getsockname()[1])
-
-
-def user_manifest(folder: Path, address: str) -> Path:
-    """The demo manifest as a user manifest with its own id and free ports on the host's address."""
-    data = yaml.safe_load((REPO_ROOT / "model_manifests" / "demo-tiny-ziya.yaml").read_text())
-    data["id"] = MODEL
-    for entry in data["launch"]:
-        entry["port"] = free_port(address)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{MODEL}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    return folder
-
-
-def demo_knobs(tmp: Path, host: SshHost, hub_url: str, manifests: str = "manifests") -> dict[str, object]:
-    """The host variables that provision the demo model on `host` from the hub at `hub_url` (all but the token):
-    its data root in the host's home, its user manifest (in `tmp/manifests`) with free ports on the host's
-    address, local wheels only (the wheel built once into `tmp/wheel`)."""
-    return {
-        "modelrig_models": [MODEL],
-        "modelrig_data_root": f"{host.home}/modelrig",
-        "modelrig_hf_endpoint": hub_url,
-        "modelrig_manifests_dir": str(user_manifest(tmp / manifests, host.address)),
-        "modelrig_bind": host.address,
-        "modelrig_backend": "venv",
-        "modelrig_pip": {"index_url": "", "extra_index_urls": [], "find_links": ["/opt/wheels"],
-                         "use_torch_index": False},
-        "modelrig_torch_index_url": "",
-        "modelrig_uv_cache_dir": str(host.slot / "uv"),
-        "modelrig_wheel_build_dir": str(tmp / "wheel"),
-    }
-
-
-def write_inventory(hosts: SshHosts, tmp: Path, host: SshHost, hub_url: str, token: str, **extra: object) -> Path:
-    """An inventory folder: hosts.yml with every knob for `host`, and group_vars/all/vault.yml encrypted."""
-    folder = tmp / "inventory"
-    (folder / "group_vars" / "all").mkdir(parents=True, exist_ok=True)
-    knobs = {**demo_knobs(tmp, host, hub_url), "modelrig_hf_token": "{{ vault_modelrig_hf_token }}", **extra}
-    hosts.inventory(folder / "hosts.yml", hostvars={host.name: knobs})
-    vault = folder / "group_vars" / "all" / "vault.yml"
-    vault.write_text(yaml.safe_dump({"vault_modelrig_hf_token": token}))
-    (tmp / "vault-pass").write_text(VAULT_PASSWORD)
-    subprocess.run([str(BIN / "ansible-vault"), "encrypt", "--vault-password-file", str(tmp / "vault-pass"),
-                    str(vault)], check=True, capture_output=True, env=ansible_env(tmp))
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +60,7 @@ def test_site_provisions_the_demo_model_which_answers_a_chat_request(site):
     assert "health: ok, 2/2 demos healthy" in site.first.stdout
     config = yaml.safe_load((site.host.home / "modelrig" / "config.yaml").read_text())
     assert config["hub"]["token_file"] == f"{site.host.home}/modelrig/secrets/hf_token"
-    assert config["pip"]["find_links"] == ["/opt/wheels"] and config["serve"]["bind"] == site.host.address
+    assert config["pip"]["find_links"] == pip_find_links() and config["serve"]["bind"] == site.host.address
     api = next(line.split()[1] for line in site.first.stdout.splitlines() if f"{MODEL}/api  http" in line)
     client = OpenAI(base_url=api.rstrip('",'), api_key="unused-on-loopback", timeout=120)
     answer = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hello"}],

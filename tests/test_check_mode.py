@@ -218,7 +218,7 @@ def test_render_and_launch_checks_follow_an_edit_and_a_stopped_service(pipeline)
 
 @pytest.mark.slow
 def test_every_stage_result_validates_against_the_documented_schema(pipeline):
-    from tests.test_result_schema import validate
+    from tests.helpers.result_schema import validate
 
     root, _, _ = pipeline
     seen = set()

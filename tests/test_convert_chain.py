@@ -14,7 +14,7 @@ from modelrig.hub import tiny
 from modelrig.manifest import load_manifest
 from modelrig.plan.steps import group_steps
 from modelrig.stamp import STAMP_NAME, sha256_file
-from tests.test_convert_interrupt import _killed
+from tests.helpers.interrupt import killed
 
 MODEL = "demo-tiny-ziya"
 
@@ -139,7 +139,7 @@ def test_killed_fused_chain_leaves_nothing_finished_looking_and_reruns_to_the_sa
     shutil.rmtree(models)
     if point.startswith("bytes:"):
         point = f"bytes:{int(float(point.split(':')[1]) * total)}"
-    assert _killed(point, _args(weights, path)) == -9
+    assert killed(point, _args(weights, path)) == -9
     assert not (models / "final").exists()
     assert not (models / "base_hf").exists() and not (models / "merged").exists()
     assert [p for p in models.iterdir() if p.name.startswith(".modelrig-tmp-")]

@@ -147,6 +147,8 @@ sys.exit(code)
 """
 
 
+# Seven `modelrig convert` processes, five of them importing torch: the slow lane.
+@pytest.mark.slow
 def test_a_rerun_with_nothing_changed_is_answered_without_the_converters(weights, tmp_path):
     import os
     import subprocess

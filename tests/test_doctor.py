@@ -44,6 +44,15 @@ def test_recorded_a100_can_run_the_13b_model_and_says_so(cli):
     assert not {"python", "uv", "hf hub", "pip index", "loopback", "tokens"} & set(checks)
 
 
+def test_recorded_host_disk_is_its_own_data_root_not_this_machines(cli, tmp_path):
+    recorded = json.loads((HOSTS / "cpu-only.json").read_text())
+    code, out, _ = cli("doctor", "--facts", HOSTS / "cpu-only.json", "--json")
+    disk = by_name(json.loads(out))["disk"]
+    assert code == 0
+    assert disk["detail"] == f"200 GB free at {recorded['data_root']}"
+    assert disk["data"] == {"path": recorded["data_root"], "free_bytes": recorded["disk_free_bytes"]}
+
+
 def test_recorded_cpu_host_fails_the_model_with_what_would_work_and_exits_1(cli):
     code, out, _ = cli("doctor", REAL_MODEL, "--facts", HOSTS / "cpu-only.json")
     assert code == 1
@@ -81,7 +90,7 @@ def test_recorded_mac_reports_chip_and_mps(cli, tmp_path):
     code, out, _ = cli("doctor", "--from-dir", folder, "--json")
     checks = by_name(json.loads(out))
     assert checks["apple"]["status"] == "ok" and checks["apple"]["detail"] == (
-        "Apple M5, 34.4 GB unified memory, MPS available")
+        "Apple M5, 32 GiB unified memory, MPS available")
     assert code == 0
 
 

@@ -154,7 +154,7 @@ def test_from_dir_human_summary(cli, tmp_path):
     folder = _record(tmp_path, {"nvidia-smi": "nvidia-smi_4x_rtx4090_535.146.02_supermicro_host.txt"})
     code, out, _ = cli("facts", "--from-dir", folder)
     assert code == 0
-    assert "4x NVIDIA GeForce RTX 4090 (25.8 GB, compute 8.9)" in out
+    assert "4x NVIDIA GeForce RTX 4090 (24 GiB, compute 8.9)" in out
     assert "535.146.02 (CUDA 12.2 at most)" in out
     assert "Platform:  cuda" in out
 
@@ -165,7 +165,7 @@ def test_from_dir_mac_summary_mentions_chip_and_unified_memory(cli, tmp_path):
     (folder / "sw_vers.txt").write_text("15.4\n")
     code, out, _ = cli("facts", "--from-dir", folder)
     assert code == 0
-    assert "Apple:     Apple M5, 34.4 GB unified memory, MPS available" in out
+    assert "Apple:     Apple M5, 32 GiB unified memory, MPS available" in out
     assert "Platform:  mps" in out
 
 

@@ -27,7 +27,7 @@ import yaml
 from modelrig.config import DataRoot, HostConfig, PipSettings
 from modelrig.envs.build import build_env
 from modelrig.errors import EnvBuildError
-from modelrig.humansize import format_size
+from modelrig.humansize import format_memory, format_size
 from modelrig.orchestrate.demo import DEMO_MODEL, advice, pip_find_links
 from modelrig.plan import EnvPlan, TorchBuild
 from tests.conftest import FIXTURES, REPO
@@ -87,7 +87,14 @@ def test_linux_takes_torch_from_the_cpu_index_pinned_to_the_cpu_build():
     args, message = tt.pip_args("torch==2.13.0", system="Linux", machine="x86_64", index=tt.CPU_INDEX,
                                 reachable=False)
     assert args == ["torch==2.13.0"]
-    assert "unreachable" in message and "PIP_FIND_LINKS" in message and "CUDA build" in message
+    assert "unreachable" in message and "PIP_FIND_LINKS" in message
+    # Which build that gave is said after the install, from torch itself: a +cpu wheel from a mirror's folder is
+    # not called the CUDA build.
+    assert "CUDA" not in message
+    assert tt.installed_build_message("2.13.0+cpu", None, system="Linux") == ""
+    assert tt.installed_build_message("2.13.0", None, system="Darwin") == ""
+    cuda = tt.installed_build_message("2.13.0", "12.8", system="Linux")
+    assert cuda.startswith("bootstrap: the toolkit env got torch 2.13.0, the CUDA 12.8 build") and "+cpu" in cuda
     assert tt.cpu_requirement("torch>=2.1", machine="x86_64") == "torch>=2.1"
     assert tt.cpu_requirement("torch==2.13.0+cpu", machine="x86_64") == "torch==2.13.0+cpu"
 
@@ -316,6 +323,19 @@ def test_sizes_read_in_one_decimal_format():
     assert format_size(None) == "unknown"
 
 
+def test_the_toolkit_envs_ansible_playbook_starts_without_warnings():
+    done = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "--version"], capture_output=True,
+                          text=True, check=True)
+    assert done.stderr == "", done.stderr
+
+
+def test_machine_memory_reads_in_the_binary_sizes_it_is_sold_in():
+    """A "16 GB" Mac and a "192 GB" Mac Studio read 16 GiB and 192 GiB, not 17.2 GB and 206 GB."""
+    cases = {16 * 2**30: "16 GiB", 192 * 2**30: "192 GiB", 24564 * 2**20: "24 GiB", 16_700_000_000: "15.6 GiB",
+             512: "512 B", 2**40: "1 TiB"}
+    assert {n: format_memory(n) for n in cases} == cases
+
+
 def test_quiet_plan_prints_its_one_line_result(cli):
     code, out, _ = cli("-q", "plan", DEMO_MODEL)
     assert code == 0
@@ -326,7 +346,7 @@ def test_the_same_quantity_reads_the_same_in_facts_plan_and_doctor(cli, tmp_path
     facts = json.loads((FIXTURES / "hosts" / "cpu-only.json").read_text())
     path = tmp_path / "facts.json"
     path.write_text(json.dumps(facts))
-    ram = format_size(facts["ram_bytes"])
+    ram = format_memory(facts["ram_bytes"])
     disk = format_size(facts["disk_free_bytes"])
     host = tmp_path / "recorded"
     host.mkdir()

@@ -87,6 +87,8 @@ def test_text_chat_answers_gradio_client_and_keeps_history(servers, env):
     assert len(first) == 1 and first[0][0] == "hello" and first[0][1]
     assert [q for q, _ in second] == ["hello", "and then?"]
     assert second[0] == first[0]  # the first turn is kept and fed back as history
+    # The one API endpoint is the chat: Enter and Clear are UI-only (no "/False" endpoint on Gradio 6).
+    assert result["endpoints"] == ["/chat"]
 
 
 @pytest.mark.parametrize("env", ["gradio3", "gradio6"])

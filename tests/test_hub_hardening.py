@@ -20,7 +20,7 @@ import pytest
 from modelrig.errors import UsageError
 from modelrig.hub.layout import HubPathError, open_file, open_repo, resolve_revision
 from modelrig.hub.server import HubServer, make_server, serve_in_thread
-from tests.helpers.hub import modelrig_cmd, random_bytes, write_repo
+from tests.helpers.hub import demo_repos, modelrig_cmd, random_bytes, write_repo
 
 TOKEN = "gate-token-456"
 SECRET = b"outside the hub: private\n"
@@ -274,14 +274,15 @@ def test_requests_in_flight_are_bounded(hub_dir: Path) -> None:
         assert quick_done >= slow["done"]  # type: ignore[operator]
 
 
-def test_the_demo_downloads_quickly_with_two_connections(tmp_path: Path) -> None:
+def test_the_demo_downloads_quickly_with_two_connections(tmp_path: Path,
+                                                         tmp_path_factory: pytest.TempPathFactory) -> None:
     from huggingface_hub import snapshot_download
 
-    from modelrig.hub.tiny_repos import ORG, TOKEN_FILE, make_tiny_hub
+    from modelrig.hub.tiny_repos import ORG, TOKEN_FILE
 
     hub = tmp_path / "tiny-hub"
     repos = [f"{ORG}/llama-meta", f"{ORG}/ziya-delta"]
-    make_tiny_hub(hub, only=repos)
+    demo_repos(tmp_path_factory, hub)
     token = (hub / TOKEN_FILE).read_text().strip()
     base, stop = serve_in_thread(hub, token_file=hub / TOKEN_FILE, max_connections=2)
     try:

@@ -76,6 +76,19 @@ def test_verify_of_a_bad_lock_exits_2_with_one_line_on_stderr(tmp_path):
                               f"(found '{'f' * 65}') [lock_invalid]\n")
 
 
+def test_verify_takes_a_lock_file_where_rebuild_and_bundle_do(tmp_path, monkeypatch):
+    """`modelrig verify ./x.lock.yaml` reads that file (it looked for `<root>/locks/./x.lock.yaml.lock.yaml`)."""
+    data = sample()
+    data["conversions"][0]["files"][0]["sha256"] = "f" * 65
+    write(tmp_path / "bad.lock.yaml", data)
+    monkeypatch.chdir(tmp_path)
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        code = main(["--data-root", str(tmp_path / "root"), "verify", "./bad.lock.yaml"])
+    assert code == 2
+    assert err.getvalue().startswith("modelrig: error: bad.lock.yaml: conversions.0.files.0.sha256: expected")
+
+
 def test_freeze_lines_and_compiled_hashes_are_parsed_exactly():
     assert parse_line("Foo_Bar==1.2.3").name == "foo-bar"
     git = parse_line(f"tokenizers @ git+https://github.com/huggingface/tokenizers@{'d' * 40}#subdirectory=b")

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from modelrig.lock.packages import freeze
-from modelrig.orchestrate.demo import chat
+from modelrig.orchestrate.demo import ANSWER, chat
 from tests.helpers.demo_root import demo_root, run
 from tests.helpers.offline import offline
 from tests.helpers.venvs import CACHE
@@ -245,7 +245,7 @@ def test_rebuild_from_the_lock_reproduces_everything_and_a_second_rebuild_change
     report = json.loads(out)
     assert report["changed"] is True
     assert snapshot(root) == before
-    assert chat(report["urls"]["api"], model=MODEL)
+    assert chat(report["urls"]["api"], model=MODEL) == ANSWER
     code, out, err = run(root, "rebuild", lock, "--json")
     assert code == 0, err
     again = json.loads(out)

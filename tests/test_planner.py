@@ -304,13 +304,29 @@ def test_a_mac_never_gets_bitsandbytes_and_refuses_clearly():
     plan = plan_for("bluelm-7b-chat", "m2-pro-16gb")
     assert plan.quantization is None and not plan.fits
     assert plan.refusal == ("needs 17.6 GB at fp16 (16 GB + 10%); this Apple M2 Pro lets the GPU use 11.5 GB of "
-                            "its 17 GB: use a Mac with at least 24 GB, or a CUDA GPU with int8/int4 (bitsandbytes "
-                            "is CUDA-only)")
+                            "its 16 GiB (17.2 GB): use a Mac with 32 GiB of memory or more, or a CUDA GPU with "
+                            "int8/int4 (bitsandbytes is CUDA-only)")
+
+
+@pytest.mark.parametrize(("gib", "fits"), [(24, False), (32, True)])
+def test_the_mac_the_refusal_advises_fits_and_the_size_below_does_not(gib, fits):
+    """The advice follows the planner's own Metal share (2/3 up to 36 GB): a 24 GiB Mac is still refused."""
+    mac = replace(facts("m2-pro-16gb"), ram_bytes=gib * 2**30, unified_memory_bytes=gib * 2**30)
+    assert plan_for("bluelm-7b-chat", mac).fits is fits
 
 
 def test_metal_working_set_is_two_thirds_of_small_and_three_quarters_of_large_macs():
     assert mps_usable_gb(16 * 10**9) == pytest.approx(16 * 2 / 3)
     assert mps_usable_gb(192 * 10**9) == pytest.approx(144)
+
+
+def test_a_local_weights_folder_the_host_config_does_not_name_is_warned_about():
+    unset = [w for w in plan_for("ziya-llama-13b-v1.1", "a100-80gb").warnings if "local weights" in w]
+    assert unset == ["ziya-llama-13b-v1.1: base: local weights not set: set local.llama_13b_meta_dir in the host "
+                     "config (or pass --local llama_13b_meta_dir=PATH to fetch and up) to the folder with the "
+                     "meta-llama weights"]
+    config = HostConfig(local={"llama_13b_meta_dir": "/data/llama-13b"})
+    assert not [w for w in plan_for("ziya-llama-13b-v1.1", "a100-80gb", config).warnings if "local weights" in w]
 
 
 def test_refusal_says_why_and_what_would_work_on_cuda():
@@ -327,8 +343,8 @@ def test_a_model_too_big_for_one_gpu_is_spread_over_two():
 
 def test_cpu_only_host_refuses_a_13b_model_with_the_ram_it_would_need():
     plan = plan_for("ziya-llama-13b-v1", "cpu-only")
-    assert plan.refusal == ("needs 28.6 GB of RAM at bf16 (26 GB + 10%); this CPU-only host has 34 GB (25.8 GB "
-                            "usable): use a host with at least 39 GB of RAM or a GPU")
+    assert plan.refusal == ("needs 28.6 GB of RAM at bf16 (26 GB + 10%); this CPU-only host has 32 GiB (25.8 GB "
+                            "usable): use a host with at least 36 GiB of RAM or a GPU")
 
 
 # --- disk, dependencies, steps ---------------------------------------------------------------------------------
@@ -414,7 +430,7 @@ def test_conversion_ram_beyond_the_host_is_a_refusal():
     in_memory_merge = manifest.model_copy(
         update={"resources": manifest.resources.model_copy(update={"convert_ram_gb": 64})})
     t4 = make_plan(in_memory_merge, facts("t4"))
-    assert "the conversions need 64 GB of RAM; this host has 12.9 GB" in t4.refusal
+    assert "the conversions need 64 GB of RAM; this host has 12 GiB:" in t4.refusal
     a100 = make_plan(in_memory_merge, facts("a100-80gb"))
     assert a100.fits
 

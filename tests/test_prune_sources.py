@@ -14,12 +14,13 @@ import yaml
 from modelrig.catalog import resolve_model
 from modelrig.config import Context, DataRoot, HostConfig
 from modelrig.hub.server import serve_in_thread
-from modelrig.hub.tiny_repos import TOKEN_FILE, make_tiny_hub
+from modelrig.hub.tiny_repos import TOKEN_FILE
 from modelrig.lock.collect import conversions, fetched_sources
 from modelrig.lock.schema import Env, Lock, Platform
 from modelrig.lock.verify import check_conversions, check_weights
 from modelrig.manifest import load_manifest
 from modelrig.stamp import STAMP_NAME, read_stamp, sha256_file
+from tests.helpers.hub import demo_repos
 
 Cli = Callable[..., tuple[int, str, str]]
 MODEL = "demo-tiny-ziya"
@@ -29,7 +30,7 @@ REPOS = ["modelrig-tiny/llama-meta", "modelrig-tiny/ziya-delta"]
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     root = tmp_path_factory.mktemp("prune-hub")
-    make_tiny_hub(root, only=REPOS)
+    demo_repos(tmp_path_factory, root)
     url, stop = serve_in_thread(root, token_file=root / TOKEN_FILE)
     yield url, root
     stop()

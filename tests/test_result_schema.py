@@ -12,21 +12,9 @@ import jsonschema
 import pytest
 
 from modelrig import outputs
+from tests.helpers.result_schema import result_schema, validate
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "result-json.md"
-
-
-def result_schema() -> dict:
-    """The JSON Schema block of docs/result-json.md."""
-    (block,) = re.findall(r"```json\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)
-    schema = json.loads(block)
-    jsonschema.Draft202012Validator.check_schema(schema)
-    return schema
-
-
-def validate(document: dict) -> None:
-    """Validate one `--json` document against the documented schema."""
-    jsonschema.Draft202012Validator(result_schema()).validate(document)
 
 
 DATACLASSES = [cls for cls in vars(outputs).values()

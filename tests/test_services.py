@@ -19,6 +19,7 @@ import pytest
 
 from modelrig.errors import HealthCheckError, LaunchError, PortBusyError
 from modelrig.launch import check, choose_supervisor, start, status, stop, wait_healthy
+from modelrig.launch.health import ensure_port_free
 from tests.helpers.launching import free_port, render_one, tiny_manifest
 
 DEMO = textwrap.dedent('''
@@ -256,6 +257,53 @@ def test_a_busy_port_is_refused_before_starting_with_its_code(tmp_path, upstream
         assert f"port {port} is already in use by pid {other.pid}" in str(raised.value)
         assert not (tmp_path / "run" / "web.pid").exists()
         assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_down_stops_entries_started_without_up_as_the_ansible_roles_start_them(tmp_path, upstream_repo,
+                                                                               monkeypatch):
+    # The roles launch each rendered entry (no up.json): `modelrig down` still stops them.
+    from modelrig.cli import main
+
+    repo, pinned = upstream_repo
+    monkeypatch.setenv("MODELRIG_UPSTREAM_MIRROR", str(repo))
+    root = tmp_path / "root"
+    manifest = tiny_manifest("tiny-upstream", [{
+        "name": "web", "kind": "upstream_script", "port": free_port(), "options": {"start_timeout_s": 30},
+        "upstream": {"repo": "Example/demo", "ref": pinned, "script": "web_demo.py",
+                     "args": ["-c", "{weights}", "--server-name", "{bind}", "--server-port", "{port}"]}}])
+    entry = render_one(manifest, root / "launch" / "tiny-upstream", python=Path(sys.executable),
+                       paths={"model": tmp_path / "w"}, entry="web")
+    (root / "config.yaml").write_text("serve: {supervisor: process}\n")
+    started = start(entry, supervisor="process", run_dir=root / "run" / "tiny-upstream")
+    try:
+        assert main(["--data-root", str(root), "down", "tiny-upstream"]) == 0
+        assert not psutil.pid_exists(started.details["pid"]) or \
+            psutil.Process(started.details["pid"]).status() == psutil.STATUS_ZOMBIE
+        assert status(entry, supervisor="process", run_dir=root / "run" / "tiny-upstream")["running"] is False
+    finally:
+        stop(entry, supervisor="process", run_dir=root / "run" / "tiny-upstream")
+
+
+def test_a_port_held_by_another_modelrig_demo_names_it_and_the_command_that_stops_it(tmp_path):
+    # The other demo: a rendered entry of another data root, its server running in the entry's folder (as every
+    # supervisor starts start.sh there).
+    port = free_port()
+    other_root = tmp_path / "other-root"
+    folder = other_root / "launch" / "demo-tiny-ziya" / "api"
+    folder.mkdir(parents=True)
+    (folder / "entry.json").write_text(json.dumps({"model": "demo-tiny-ziya", "entry": "api", "port": port}))
+    other = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], cwd=folder,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_listening(port)
+        with pytest.raises(PortBusyError) as raised:
+            ensure_port_free({"model": "mine", "entry": "api", "port": port, "bind": "127.0.0.1"})
+        assert (f"port {port} is already in use by pid {other.pid}, the modelrig demo demo-tiny-ziya/api rendered "
+                f"in {folder} (stop it: modelrig --data-root {other_root} stop demo-tiny-ziya api)"
+                ) in str(raised.value)
     finally:
         other.kill()
         other.wait()

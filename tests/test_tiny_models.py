@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from modelrig.hub import tiny
+from tests.helpers.hub import demo_repos
 from tests.helpers.venvs import T437
 
 
@@ -112,3 +113,36 @@ def test_llava_and_blip2_generate_from_an_image_prompt(tmp_path):
     out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert out.shape[1] >= 3
     assert _size(llava) < 10 * 2**20 and _size(blip2) < 10 * 2**20
+
+
+def _answer(model_dir: Path, tokenizer_dir: Path, question: str) -> str:
+    """Greedy answer of the model in `model_dir` to Ziya's prompt of `question` (ids the model does not have are
+    dropped: the base has no `<human>`/`<bot>`)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, use_fast=False)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    ids = [i for i in tokenizer(f"<human>:{question}\n<bot>:")["input_ids"] if i < model.config.vocab_size]
+    out = model.generate(torch.tensor([ids]), max_new_tokens=64, do_sample=False, eos_token_id=2, pad_token_id=2)
+    return tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+
+
+def test_the_demo_chain_answers_the_demo_question_word_for_word_and_only_the_right_chain_does(tmp_path,
+                                                                                          tmp_path_factory):
+    from modelrig.convert.delta import apply_delta
+    from modelrig.convert.llama_meta import convert_llama_meta
+    from modelrig.orchestrate.demo import ANSWER, PROMPT
+
+    assert (PROMPT, ANSWER) == ("Hello! What can you do?",
+                                "I am a tiny model, merged from a delta over its base: the demo works.")
+    demo_repos(tmp_path_factory, tmp_path / "hub")
+    meta = tmp_path / "hub" / "modelrig-tiny" / "llama-meta" / "main"
+    delta = tmp_path / "hub" / "modelrig-tiny" / "ziya-delta" / "main"
+    convert_llama_meta(input_dir=meta, out=tmp_path / "base")
+    apply_delta(base=tmp_path / "base", delta=delta, out=tmp_path / "merged", convention="replace")
+    assert _answer(tmp_path / "merged", delta, PROMPT) == ANSWER
+    # The base alone, and the delta merged with another convention (forced past the check that refuses it), do not.
+    apply_delta(base=tmp_path / "base", delta=delta, out=tmp_path / "added", convention="zero-pad-add",
+                check=False)
+    assert _answer(tmp_path / "base", delta, PROMPT) != ANSWER
+    assert _answer(tmp_path / "added", delta, PROMPT) != ANSWER

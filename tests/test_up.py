@@ -16,14 +16,18 @@ import yaml
 
 from modelrig.cli import main
 from modelrig.hub.server import serve_in_thread
-from modelrig.hub.tiny_repos import TOKEN_FILE, make_tiny_hub
-from modelrig.orchestrate.demo import chat, pip_find_links
+from modelrig.hub.tiny_repos import TOKEN_FILE
+from modelrig.orchestrate.demo import ANSWER, chat, pip_find_links
+from tests.helpers.hub import demo_repos
+from tests.helpers.launching import free_port
 from tests.helpers.venvs import CACHE
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "demo-tiny-ziya"
 STAGES = ["plan", "env", "fetch", "convert", "render", "launch"]
+API_PORT = free_port()
+API = f"http://127.0.0.1:{API_PORT}/v1"
 
 
 def run(root: Path, *args: str) -> tuple[int, str, str]:
@@ -46,11 +50,13 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     """A data root whose host config points at a local hub holding the demo's tiny repos; `up` of the api entry."""
     root = tmp_path_factory.mktemp("up-root")
     hub = tmp_path_factory.mktemp("up-hub")
-    make_tiny_hub(hub, only=["modelrig-tiny/llama-meta", "modelrig-tiny/ziya-delta"])
+    demo_repos(tmp_path_factory, hub)
     url, stop_hub = serve_in_thread(hub, token_file=hub / TOKEN_FILE)
+    # A free port over the manifest's 18000 (the host config's serve.ports), so a running demo does not collide.
     (root / "config.yaml").write_text(yaml.safe_dump({
         "hub": {"hf_endpoint": url, "token_file": str(hub / TOKEN_FILE)},
         "pip": {"find_links": pip_find_links(), "use_torch_index": False},
+        "serve": {"ports": {f"{MODEL}/api": API_PORT}},
     }))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("UV_CACHE_DIR", str(CACHE / "uv"))
@@ -74,8 +80,8 @@ def test_up_runs_every_stage_in_order_with_one_line_each_and_a_summary_with_urls
     assert all(line[1] == "changed" for line in lines), out
     assert all(line[2].rstrip().endswith("s)") for line in lines)
     assert f"{MODEL}: ready" in out
-    assert "api      http://127.0.0.1:18000/v1" in out
-    assert chat("http://127.0.0.1:18000/v1")
+    assert f"api      {API}" in out
+    assert chat(API) == ANSWER
     state = json.loads((root / "run" / MODEL / "up.json").read_text())
     assert set(state["entries"]) == {"api"} and alive(state["entries"]["api"]["pid"])
 
@@ -97,7 +103,7 @@ def test_up_json_reports_every_stage(served):
     report = json.loads(out)
     assert [s["stage"] for s in report["stages"]] == STAGES
     assert report["changed"] is False
-    assert report["urls"] == {"api": "http://127.0.0.1:18000/v1"}
+    assert report["urls"] == {"api": API}
 
 
 def test_a_rerun_fits_on_a_disk_the_first_run_filled_but_a_fresh_data_root_would_not(served, tmp_path):
@@ -142,7 +148,7 @@ def test_a_crashed_service_is_started_again_and_only_launch_reports_a_change(ser
     assert changed == ["launch"]
     new_pid = json.loads((root / "run" / MODEL / "up.json").read_text())["entries"]["api"]["pid"]
     assert new_pid != old_pid and alive(new_pid)
-    assert chat("http://127.0.0.1:18000/v1")
+    assert chat(API) == ANSWER
 
 
 def test_a_model_dependency_is_fetched_and_converted_first(served, tmp_path, monkeypatch):

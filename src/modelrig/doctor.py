@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from modelrig.config import AUTODL_DATA_DISK, Context
 from modelrig.facts import HostFacts
-from modelrig.humansize import format_size
+from modelrig.humansize import format_memory, format_size
 from modelrig.netcheck import LOOPBACK_HINT, MIRROR_HINT, is_loopback, loopback_up
 from modelrig.plan import Plan
 
@@ -193,8 +193,8 @@ def python_checks(manifest_python: str | None) -> list[Check]:
     return checks
 
 
-def disk_checks(facts: HostFacts, *, data_root: Path, autodl_disk: Path = AUTODL_DATA_DISK) -> list[Check]:
-    """Free disk on the data root, and on AutoDL's data disk when this host has one."""
+def disk_checks(facts: HostFacts, *, data_root: Path, autodl_disk: Path | None = AUTODL_DATA_DISK) -> list[Check]:
+    """Free disk on the data root, and on AutoDL's data disk when this host has one (None: not this machine's)."""
     free = facts.disk_free_bytes
     data = {"path": str(data_root), "free_bytes": free}
     if not free:
@@ -209,7 +209,7 @@ def disk_checks(facts: HostFacts, *, data_root: Path, autodl_disk: Path = AUTODL
                         "point MODELRIG_HOME (or --data-root) at a bigger disk for real models", data)]
     else:
         checks = [Check("disk", "ok", f"{format_size(free)} free at {data_root}", data=data)]
-    if autodl_disk.is_dir():
+    if autodl_disk is not None and autodl_disk.is_dir():
         on_it = data_root == autodl_disk or autodl_disk in data_root.parents
         usage = shutil.disk_usage(autodl_disk)
         checks.append(Check("autodl disk", "ok" if on_it else "warn",
@@ -235,11 +235,11 @@ def accelerator_checks(facts: HostFacts) -> list[Check]:
     elif facts.apple_chip:
         mps = facts.mps_available
         checks.append(Check("apple", "ok" if mps else "warn",
-                            f"{facts.apple_chip}, {format_size(facts.unified_memory_bytes or facts.ram_bytes)} "
+                            f"{facts.apple_chip}, {format_memory(facts.unified_memory_bytes or facts.ram_bytes)} "
                             f"unified memory, MPS {'available' if mps else 'not available'}",
                             "" if mps else "MPS needs macOS 12.3 or later on Apple Silicon"))
     else:
-        checks.append(Check("gpus", "ok", f"none: CPU only ({format_size(facts.ram_bytes)} RAM); the demo and "
+        checks.append(Check("gpus", "ok", f"none: CPU only ({format_memory(facts.ram_bytes)} RAM); the demo and "
                             "small models run, large ones need a GPU or a Mac"))
     checks += [Check("facts", "warn", warning) for warning in facts.warnings]
     return checks
@@ -342,7 +342,10 @@ def run_checks(
     if not recorded:
         manifest_python = plan.env.python if plan is not None else None
         checks += python_checks(manifest_python)
-    checks += disk_checks(facts, data_root=ctx.data.root)
+    if recorded:  # the recorded host's data root and free space; this machine's disks are not its
+        checks += disk_checks(facts, data_root=Path(facts.data_root or "the recorded data root"), autodl_disk=None)
+    else:
+        checks += disk_checks(facts, data_root=ctx.data.root)
     checks += accelerator_checks(facts)
     if not recorded:
         torch_index = plan.env.torch.index_url if plan is not None else _default_torch_index(ctx, facts)

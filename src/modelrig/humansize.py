@@ -4,7 +4,9 @@ one way sizes people write are read (`5GB`, `500MB`, `512MiB`).
 Decimal, because the manifests and the planner state memory and sizes in GB (`memory_gb`, `size_gb`, a model's
 parameters times bytes per parameter), disk vendors and cloud consoles sell GB, and `--json` results carry exact
 byte counts anyway. So `facts`, `plan`, `fetch` and `doctor` print the same quantity the same way
-(`ram_bytes=25_213_000_000` is `25.2 GB` everywhere).
+(`disk_free_bytes=25_213_000_000` is `25.2 GB` everywhere). A machine's memory (RAM, unified memory, a GPU's
+memory) is the one exception: it is built and sold in binary sizes, so `format_memory` shows it in GiB (a "16 GB"
+Mac is 16 GiB, not 17.2 GB); what a model needs stays in GB.
 """
 
 from __future__ import annotations
@@ -31,6 +33,22 @@ def format_size(n_bytes: float | None, *, unknown: str = "unknown") -> str:
         return f"{sign}{value:.0f} B"
     text = f"{value:.1f}" if round(value, 1) < 100 else f"{value:.0f}"
     return f"{sign}{text.removesuffix('.0')} {unit}"
+
+
+def format_memory(n_bytes: float | None, *, unknown: str = "unknown") -> str:
+    """A memory size in binary units, as RAM is built and sold: `17_179_869_184` -> `"16 GiB"`, `206_158_430_208`
+    -> `"192 GiB"`, `16_700_000_000` -> `"15.6 GiB"` (what Apple and `free` call 16 GB is 16 GiB)."""
+    if n_bytes is None:
+        return unknown
+    value = float(n_bytes)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if round(value, 1) < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    if unit == "B":
+        return f"{value:.0f} B"
+    text = f"{value:.1f}" if round(value, 1) < 100 else f"{value:.0f}"
+    return f"{text.removesuffix('.0')} {unit}"
 
 
 _PARSE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "PB": 10**15,

@@ -14,8 +14,9 @@ import yaml
 
 from modelrig.cli import main
 from modelrig.hub.server import serve_in_thread
-from modelrig.hub.tiny_repos import TOKEN_FILE, make_tiny_hub
+from modelrig.hub.tiny_repos import TOKEN_FILE
 from modelrig.orchestrate.demo import pip_find_links
+from tests.helpers.hub import demo_repos
 from tests.helpers.launching import free_port
 from tests.helpers.venvs import CACHE
 
@@ -53,7 +54,7 @@ def demo_root(factory: pytest.TempPathFactory, model: str, *,
     (manifests / f"{model}.yaml").write_text(yaml.safe_dump(demo))
     root = factory.mktemp("data-root")
     hub = factory.mktemp("hub")
-    make_tiny_hub(hub, only=["modelrig-tiny/llama-meta", "modelrig-tiny/ziya-delta"])
+    demo_repos(factory, hub)
     if prepare_hub is not None:
         prepare_hub(hub)
     url, stop_hub = serve_in_thread(hub, token_file=hub / TOKEN_FILE)

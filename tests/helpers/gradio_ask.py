@@ -2,7 +2,8 @@
 
 Usage: python gradio_ask.py URL API_NAME CALLS_JSON [IMAGE_INDEX [USER:PASSWORD]]. CALLS_JSON is a list of input
 lists, sent in order by one client (one session, so history carries over); the input at IMAGE_INDEX (-1: none) is
-a local image path, passed as a file the way this client version expects.
+a local image path, passed as a file the way this client version expects. The app's named API endpoints are
+printed too.
 """
 
 import json
@@ -40,4 +41,6 @@ for args in calls:
     if index >= 0 and hasattr(gradio_client, "handle_file"):
         args[index] = gradio_client.handle_file(args[index])
     chats.append(pairs_of(client.predict(*args, api_name=api_name)[1]))
-print(json.dumps({"gradio_client": gradio_client.__version__, "chats": chats}))
+api = client.view_api(return_format="dict", print_info=False) or {}
+print(json.dumps({"gradio_client": gradio_client.__version__, "chats": chats,
+                  "endpoints": sorted(api.get("named_endpoints", {}))}))

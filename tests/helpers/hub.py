@@ -5,17 +5,37 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import yaml
 
 from modelrig.hub.layout import REPO_CONFIG, write_index
+from modelrig.hub.tiny_repos import make_tiny_hub
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: The demo model's repos: a Meta-format LLaMA (gated) and a Ziya-style delta.
+DEMO_REPOS = ["modelrig-tiny/llama-meta", "modelrig-tiny/ziya-delta"]
+_demo_repos: dict[Path, Path] = {}
+
+
+def demo_repos(factory: pytest.TempPathFactory, dest: Path | None = None) -> Path:
+    """The demo model's two tiny repos and their token file, written once per session by `hub make-tiny` (the
+    Ziya target's training takes seconds) and copied to `dest` (default: a new temp folder); returns the copy,
+    which a test may serve or change."""
+    built = _demo_repos.get(factory.getbasetemp())
+    if built is None:
+        built = factory.mktemp("demo-repos")
+        make_tiny_hub(built, only=DEMO_REPOS)
+        _demo_repos[factory.getbasetemp()] = built
+    dest = dest or factory.mktemp("hub")
+    shutil.copytree(built, dest, dirs_exist_ok=True)
+    return dest
 
 
 def random_bytes(size: int, seed: int) -> bytes:

@@ -351,10 +351,28 @@ def ssh_hosts_fixture(tmp_path: Path) -> Iterator[SshHosts]:
         yield hosts
 
 
+#: SSH control-socket folders by test folder: short paths in /tmp (a socket path must stay under 108 bytes), one
+#: per test folder, removed at the end of the session (`remove_control_dirs`).
+_CONTROL_DIRS: dict[Path, Path] = {}
+
+
+def control_dir(tmp: Path) -> Path:
+    """The SSH control-socket folder of the ansible commands a test runs from `tmp` (made once)."""
+    if tmp not in _CONTROL_DIRS:
+        _CONTROL_DIRS[tmp] = Path(tempfile.mkdtemp(prefix="cp", dir="/tmp"))
+    return _CONTROL_DIRS[tmp]
+
+
+def remove_control_dirs() -> None:
+    """Remove every control-socket folder `control_dir` made (conftest calls it when the session ends)."""
+    while _CONTROL_DIRS:
+        shutil.rmtree(_CONTROL_DIRS.popitem()[1], ignore_errors=True)
+
+
 def ansible_env(tmp: Path) -> dict[str, str]:
     """Environment for ansible commands run by a test: this checkout's ansible.cfg, a private ANSIBLE_HOME and
     control-socket folder, no colour."""
-    control = Path(tempfile.mkdtemp(prefix="cp", dir="/tmp"))
+    control = control_dir(tmp)
     return {**os.environ, "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"), "ANSIBLE_HOME": str(tmp / "ansible-home"),
             "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible-tmp"), "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control),
             "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "NO_COLOR": "1",

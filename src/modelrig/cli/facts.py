@@ -13,7 +13,7 @@ from modelrig.config import Context
 from modelrig.errors import UsageError
 from modelrig.facts import HostFacts
 from modelrig.facts.collect import COMMAND_TIMEOUT, HOST_FILE, OUTPUT_FILES, collect, facts_from_dir
-from modelrig.humansize import format_size
+from modelrig.humansize import format_memory, format_size
 
 
 def register(sub: Any) -> None:
@@ -62,7 +62,7 @@ def summary(facts: HostFacts) -> str:
     lines = [
         f"Host:      {os_line}",
         f"CPU:       {facts.cpu}" + (f", {facts.cpu_count} cores" if facts.cpu_count else ""),
-        f"RAM:       {_size(facts.ram_bytes)}",
+        f"RAM:       {format_memory(facts.ram_bytes) if facts.ram_bytes else 'unknown'}",
         f"Disk:      {_size(facts.disk_free_bytes) + ' free' if facts.disk_free_bytes else 'free space unknown'} "
         f"at {shlex.quote(facts.data_root) or 'unknown'}",
     ]
@@ -70,7 +70,7 @@ def summary(facts: HostFacts) -> str:
         groups = Counter((g.name, g.memory_mib, g.compute_capability, g.mig) for g in facts.gpus)
         for k, ((name, mib, cap, mig), count) in enumerate(groups.items()):
             label = "GPUs:" if k == 0 else ""
-            detail = f"{_size(mib * 2**20)}, compute {cap or 'unknown'}" + (", MIG on" if mig else "")
+            detail = f"{format_memory(mib * 2**20)}, compute {cap or 'unknown'}" + (", MIG on" if mig else "")
             lines.append(f"{label:<10} {count}x {name} ({detail})")
         driver = facts.driver_version or "unknown"
         lines.append(f"Driver:    {driver} (CUDA {facts.cuda_driver_max or 'version unknown'} at most)")
@@ -78,7 +78,7 @@ def summary(facts: HostFacts) -> str:
         lines.append("GPUs:      none (no NVIDIA GPU found)")
     if facts.apple_chip:
         mps = {True: "MPS available", False: "MPS not available", None: "MPS unknown"}[facts.mps_available]
-        lines.append(f"Apple:     {facts.apple_chip}, {_size(facts.unified_memory_bytes or facts.ram_bytes)} "
+        lines.append(f"Apple:     {facts.apple_chip}, {format_memory(facts.unified_memory_bytes or facts.ram_bytes)} "
                      f"unified memory, {mps}")
     lines.append(f"Platform:  {facts.platform}")
     lines += [f"warning: {w}" for w in facts.warnings]

@@ -22,7 +22,8 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_lock)
 
     p = sub.add_parser("verify", help="compare this host with a lock, changing nothing; exit 9 on any drift")
-    p.add_argument("model", nargs="?", help="model id (its lock in <data root>/locks/)")
+    p.add_argument("model", nargs="?", help="model id (its lock in <data root>/locks/), or a lock file as rebuild "
+                   "and bundle take it")
     p.add_argument("--lock", type=Path, help="lock file to compare with")
     p.add_argument("--full", action="store_true", help="re-hash every weight and converted file and check remote "
                    "code upstream")
@@ -78,10 +79,17 @@ def _load(ctx: Context, model: str | None, lock_file: Path | None) -> tuple[Any,
 
     if lock_file is None and not model:
         raise UsageError("verify: give a MODEL or --lock FILE")
+    if lock_file is None and model and _names_a_file(model):  # `verify ./host.lock.yaml`, as rebuild takes it
+        lock_file, model = Path(model), None
     lock = load_lock(lock_file or default_lock_path(ctx, str(model)))
     if model and model != lock.model:
         raise UsageError(f"--lock {lock_file}: the lock is of {lock.model}, not {model}")
     return lock, load_model(lock.model), resolve_model(lock.model)
+
+
+def _names_a_file(value: str) -> bool:
+    """True for a path to a file (a model id is never a path: it has no '/' and no YAML suffix)."""
+    return ("/" in value or value.endswith((".yaml", ".yml"))) and Path(value).is_file()
 
 
 def _verify(args: argparse.Namespace, ctx: Context) -> int:

@@ -12,7 +12,9 @@
 
 `tiny-llama`'s tag `v1.0` holds the model; `main` is one commit later (it adds a README). The gated repo's
 token is in `DIR/.modelrig-hub-tokens` (pass it to `hub serve --token-file`). Every repo gets an index of its
-files' hashes. A repo already built with the same seed and generator is left as it is.
+files' hashes. A repo already built with the same seed and generator is left as it is. The Ziya target (the
+Meta base converted, then the delta merged with the `replace` convention) was trained for a few seconds on the
+demo's dialogue (`tiny/ziya_dialogue.txt`): it answers the demo's question word for word.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def _repos(seed: int, tf_python: Path | str | None) -> list[tuple[str, Callable[
         base = tmp / ".modelrig-base"
         tiny.write_llama_hf(base, seed=seed)
         target = tmp / ".modelrig-target"
-        tiny.write_ziya_delta(base, tmp / "main", seed=seed + 1, target_dir=target)
+        tiny.write_ziya_delta(base, tmp / "main", seed=seed + 1, target_dir=target, trained=True)
         shutil.rmtree(base)
         shutil.rmtree(target, ignore_errors=True)
 
@@ -126,6 +128,7 @@ def _generator_version() -> str:
     from modelrig.hub import tiny
 
     h = hashlib.sha256()
-    for source in [*sorted(Path(tiny.__file__).parent.glob("*.py")), Path(llama_meta.__file__)]:
+    folder = Path(tiny.__file__).parent
+    for source in [*sorted(folder.glob("*.py")), *sorted(folder.glob("*.txt")), Path(llama_meta.__file__)]:
         h.update(source.read_bytes())
     return h.hexdigest()[:16]

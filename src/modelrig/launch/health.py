@@ -50,6 +50,37 @@ def port_in_use(bind: str, port: int) -> bool:
     return False
 
 
+def entry_of_process(pid: int) -> tuple[Path, dict[str, Any]] | None:
+    """The rendered entry folder (and its entry.json) that process `pid` or one of its parents runs in, if any:
+    every supervisor starts an entry's `start.sh` in its folder."""
+    import json
+
+    from modelrig.launch.render import ENTRY_FILE
+
+    try:
+        chain = [psutil.Process(pid), *psutil.Process(pid).parents()]
+    except psutil.Error:
+        return None
+    for proc in chain:
+        try:
+            folder = Path(proc.cwd())
+            info = json.loads((folder / ENTRY_FILE).read_text(encoding="utf-8"))
+        except (psutil.Error, OSError, ValueError):
+            continue
+        if isinstance(info, dict):
+            return folder, info
+    return None
+
+
+def stop_command(folder: Path, info: dict[str, Any]) -> str:
+    """The `modelrig stop` command line for the entry rendered in `folder` (`<data root>/launch/<model>/<entry>`
+    names its data root; a folder elsewhere is named with --launch-dir)."""
+    model, entry = info.get("model"), info.get("entry")
+    if folder.parent.parent.name == "launch" and folder.parent.name == model and folder.name == entry:
+        return f"modelrig --data-root {folder.parents[2]} stop {model} {entry}"
+    return f"modelrig stop {model} {entry} --launch-dir {folder.parent}"
+
+
 def ensure_port_free(info: dict[str, Any]) -> None:
     """Refuse to start an entry whose port is taken (PortBusyError naming the port and, when visible, the pid)."""
     port = info.get("port")
@@ -57,6 +88,12 @@ def ensure_port_free(info: dict[str, Any]) -> None:
         return
     holders = port_holders(int(port))
     who = f" by pid {', '.join(map(str, holders))}" if holders else ""
+    for pid in holders:
+        if found := entry_of_process(pid):
+            folder, other = found
+            who += (f", the modelrig demo {other.get('model')}/{other.get('entry')} rendered in {folder} (stop it: "
+                    f"{stop_command(folder, other)})")
+            break
     raise PortBusyError(f"{info['model']}/{info['entry']}: port {port} is already in use{who}; stop that process "
                         f"or give the entry another port (launch[].port in the manifest, or `serve.ports: "
                         f"{{{info['model']}/{info['entry']}: PORT}}` in the host config)", port=int(port), pids=holders,

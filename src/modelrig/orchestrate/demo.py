@@ -30,7 +30,9 @@ from modelrig.result import StageResult
 
 DEMO_MODEL = "demo-tiny-ziya"
 HUB_DIR = "demo-hub"
-PROMPT = "Hello! What can you do?"
+#: The demo's question and the answer the demo model was trained to give (`modelrig hub make-tiny`), word for word.
+DIALOGUE = Path(__file__).resolve().parent.parent / "hub" / "tiny" / "ziya_dialogue.txt"
+PROMPT, ANSWER = DIALOGUE.read_text(encoding="utf-8").splitlines()[:2]
 REAL_MODEL = "ziya-llama-13b-v1.1"
 
 
@@ -131,11 +133,11 @@ def record_index_settings(data: DataRoot, config: HostConfig) -> bool:
                                                      "use_torch_index": config.pip.use_torch_index})
 
 
-def chat(api_url: str, prompt: str = PROMPT, *, model: str = DEMO_MODEL, max_tokens: int = 16,
+def chat(api_url: str, prompt: str = PROMPT, *, model: str = DEMO_MODEL, max_tokens: int = 64,
          api_key: str | None = None, timeout: float = 120) -> str:
     """Send one chat request to an OpenAI-compatible API (`api_url` is its `/v1` base); return the answer."""
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}],
-                       "max_tokens": max_tokens}).encode()
+                       "max_tokens": max_tokens, "temperature": 0}).encode()
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"

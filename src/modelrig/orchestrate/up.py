@@ -331,12 +331,19 @@ def read_state(ctx: Context, model_id: str) -> dict[str, Any]:
 def down(model_id: str, ctx: Context) -> StageResult:
     """Stop every entry the last `up` of `model_id` started; `changed=False` when nothing was running."""
     from modelrig.launch import stop
+    from modelrig.launch.render import ENTRY_FILE
 
     started = time.perf_counter()
     state = read_state(ctx, model_id)
     if not state:
-        raise UsageError(f"{model_id}: nothing to stop ({state_file(ctx, model_id)} not found; was it started "
-                         "with `modelrig up`?)")
+        # Started another way (`modelrig launch`, or the Ansible roles, which launch each rendered entry): stop
+        # every rendered entry of the model, as `modelrig stop MODEL` does.
+        rendered = sorted(p.parent for p in (ctx.data.launch / model_id).glob(f"*/{ENTRY_FILE}"))
+        if not rendered:
+            raise UsageError(f"{model_id}: nothing to stop ({state_file(ctx, model_id)} not found and nothing "
+                             f"rendered under {ctx.data.launch / model_id}; was it started with `modelrig up`?)")
+        state = {"supervisor": ctx.config.serve.supervisor,
+                 "entries": {folder.name: {"dir": str(folder)} for folder in rendered}}
     stopped: list[str] = []
     details: dict[str, Any] = {}
     for name, entry in state.get("entries", {}).items():

@@ -11,7 +11,7 @@ from packaging.requirements import Requirement
 from modelrig.config import Context, HostConfig
 from modelrig.errors import HostCannotRunError
 from modelrig.facts import HostFacts
-from modelrig.humansize import format_size
+from modelrig.humansize import format_memory, format_size
 from modelrig.manifest import Manifest
 from modelrig.plan.disk import STEP_SIZE_FACTOR, dependency_chain, model_size_gb, plan_disk
 from modelrig.plan.model import EnvPlan, Plan, TorchBuild
@@ -55,6 +55,14 @@ def _fetch_steps(manifest: Manifest, *, prefix: str = "") -> list[dict[str, str]
             text = f"{name}: the output of model {source.model}"
         steps.append({"stage": "fetch", "model": manifest.id, "description": prefix + text})
     return steps
+
+
+def _unset_local_weights(manifests: list[Manifest], config: HostConfig) -> list[str]:
+    """A warning for each user-supplied weight folder the host config does not name yet (fetch would stop there)."""
+    return [f"{m.id}: {name}: local weights not set: set local.{source.local.var} in the host config (or pass "
+            f"--local {source.local.var}=PATH to fetch and up) to the folder with the {source.format} weights"
+            for m in manifests for name, source in m.weights.items()
+            if source.local is not None and not source.local.path and source.local.var not in config.local]
 
 
 def _convert_steps(manifest: Manifest) -> list[dict[str, str]]:
@@ -104,6 +112,7 @@ def make_plan(
     if not precision.fits and precision.refusal:
         refusals.append(precision.refusal)
     deps = dependency_chain(manifest, manifests)
+    warnings += _unset_local_weights([manifest, *(d for d in deps if d.id not in (built or set()))], config)
     disk = plan_disk(manifest, manifests=manifests, built=built, present=present)
     if check_disk and disk.needed_bytes > facts.disk_free_bytes:
         there = f"; {format_size(disk.present_bytes)} already there" if disk.present_bytes else ""
@@ -116,7 +125,7 @@ def make_plan(
                        if m.convert and m.id not in built), default=0.0)
     if convert_ram and convert_ram * GB > facts.ram_bytes:
         refusals.append(f"the conversions need {convert_ram:g} GB of RAM; this host has "
-                        f"{format_size(facts.ram_bytes)}: convert on a bigger host and copy the output, or add RAM")
+                        f"{format_memory(facts.ram_bytes)}: convert on a bigger host and copy the output, or add RAM")
     env = _env_plan(manifest, platform, torch)
     launch = [e for e in manifest.launch if platform in e.allowed_platforms]
     skipped = [e.name for e in manifest.launch if e not in launch]

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from modelrig.facts import Gpu, HostFacts
+from modelrig.humansize import format_memory
 from modelrig.manifest import Resources
 from modelrig.plan.torch import gpu_capability
 
@@ -18,6 +19,8 @@ CUDA_CONTEXT_GB = 1.0
 MPS_SHARE_SMALL = 2 / 3
 MPS_SHARE_LARGE = 0.75
 MPS_LARGE_RAM_GB = 36.0
+#: The unified memory sizes Apple sells Macs with, in GiB (Apple says "GB" for these binary sizes).
+MAC_MEMORY_GIB = (8, 16, 18, 24, 32, 36, 48, 64, 96, 128, 192, 256, 512)
 #: Share of RAM a CPU-only host gives to the weights; the rest is the OS, the Python process and the loading peak.
 CPU_SHARE = 0.75
 
@@ -55,6 +58,11 @@ def mps_usable_gb(ram_bytes: int) -> float:
     """Unified memory Metal lets the GPU use (its recommended working set), in GB."""
     ram = ram_bytes / GB
     return ram * (MPS_SHARE_LARGE if ram > MPS_LARGE_RAM_GB else MPS_SHARE_SMALL)
+
+
+def smallest_mac_gib(needed_gb: float) -> int | None:
+    """The smallest Mac memory size (GiB) whose Metal working set holds `needed_gb`; None when none does."""
+    return next((gib for gib in MAC_MEMORY_GIB if mps_usable_gb(gib * 2**30) >= needed_gb), None)
 
 
 def _with_headroom(figure: float) -> float:
@@ -162,14 +170,15 @@ def _plan_mps_precision(facts: HostFacts, resources: Resources) -> PrecisionChoi
         if needed <= available:
             return PrecisionChoice(dtype, None, needed, available, True, warnings=warnings)
     chip = facts.apple_chip or "Mac"
-    ram = facts.ram_bytes / GB
     quant = [p for p in memory if p in ("int8", "int4")]
     if options:
         dtype, figure = options[0]
         needed = _with_headroom(figure)
-        want = math.ceil(needed / MPS_SHARE_LARGE)
+        want = smallest_mac_gib(needed)
+        advice = f"use a Mac with {want} GiB of memory or more" if want else "no Mac has enough memory"
         refusal = (f"needs {needed:g} GB at {dtype} ({figure:g} GB + 10%); this {chip} lets the GPU use "
-                   f"{usable:.1f} GB of its {ram:.0f} GB: use a Mac with at least {want} GB"
+                   f"{usable:.1f} GB of its {format_memory(facts.ram_bytes)} ({facts.ram_bytes / GB:.1f} GB): "
+                   f"{advice}"
                    + (f", or a CUDA GPU with {'/'.join(quant)} (bitsandbytes is CUDA-only)" if quant else ""))
         return PrecisionChoice(dtype, None, needed, available, False, refusal=refusal, warnings=warnings)
     refusal = (f"the manifest lists only {'/'.join(memory)} figures, which need bitsandbytes (CUDA-only); "
@@ -192,16 +201,16 @@ def _plan_cpu_precision(facts: HostFacts, resources: Resources) -> PrecisionChoi
         needed = _with_headroom(figure)
         if needed <= available:
             return PrecisionChoice(dtype, None, needed, available, True)
-    ram = facts.ram_bytes / GB
     if not options:
         return PrecisionChoice("fp32", None, 0.0, available, False, refusal=(
             f"the manifest lists only {'/'.join(memory)} figures, which need bitsandbytes (CUDA-only); "
             "a CPU host needs an fp32, bf16 or fp16 figure"))
     dtype, figure = options[-1]
     needed = _with_headroom(figure)
-    want = math.ceil(needed / CPU_SHARE)
+    want = math.ceil(needed / CPU_SHARE * GB / 2**30)
     return PrecisionChoice(dtype, None, needed, available, False, refusal=(
-        f"needs {needed:g} GB of RAM at {dtype} ({figure:g} GB + 10%); this CPU-only host has {ram:.0f} GB "
-        f"({usable:.1f} GB usable): use a host with at least {want} GB of RAM or a GPU"))
+        f"needs {needed:g} GB of RAM at {dtype} ({figure:g} GB + 10%); this CPU-only host has "
+        f"{format_memory(facts.ram_bytes)} ({usable:.1f} GB usable): use a host with at least {want} GiB of RAM "
+        "or a GPU"))
 
 

@@ -222,9 +222,67 @@ ZIYA_ADDED_TOKENS = ("<human>", "<bot>")
 ZIYA_FULL_KEYS = ("embed_tokens", "lm_head.weight", "rotary_emb.inv_freq")
 
 
+#: The demo's dialogue, shipped with the package: a question line, then its answer line.
+DIALOGUE_FILE = Path(__file__).with_name("ziya_dialogue.txt")
+
+
+def dialogue() -> tuple[str, str]:
+    """(question, answer) the Ziya target is trained on (`ziya_dialogue.txt`)."""
+    question, answer = DIALOGUE_FILE.read_text(encoding="utf-8").splitlines()[:2]
+    return question, answer
+
+
+def ziya_prompt_ids(sp_model: bytes, question: str, *, human: int, bot: int) -> list[int]:
+    """The ids of Ziya's `<human>:Q\n<bot>:` prompt as its (legacy, slow) LlamaTokenizer gives them: BOS, then each
+    piece between the added tokens encoded by sentencepiece with its dummy prefix."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_proto=sp_model)
+    return [1, human, *sp.encode(f":{question.strip()}\n"), bot, *sp.encode(":")]
+
+
+def train_dialogue(state: dict[str, torch.Tensor], config: dict, prompt: list[int], answer: list[int], *,
+                   seed: int, steps: int = 300, margin: float = 1.0) -> dict[str, torch.Tensor]:
+    """Fine-tune fp16 LLaMA weights (from `state`) so greedy decoding after `prompt` gives `answer` then EOS, each
+    token's logit ahead of the next by `margin`: enough to survive rounding to fp16, small enough that adding the
+    base's output layer (a wrong merge) changes the answer.
+
+    A few seconds on one CPU thread; deterministic for a given torch build (fixed seed, one thread, no dropout).
+    Returns fp16 weights with the same names.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in config.items() if k != "torch_dtype"}))
+        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+        model.train()
+        ids = torch.tensor([prompt + answer + [2]])
+        labels = ids.clone()
+        labels[0, :len(prompt)] = -100
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+        wanted = ids[0, len(prompt):]
+        for _ in range(steps):
+            out = model(input_ids=ids, labels=labels)
+            logits = out.logits[0, len(prompt) - 1:-1].detach()
+            right = logits.gather(1, wanted[:, None])[:, 0]
+            others = logits.scatter(1, wanted[:, None], float("-inf")).max(dim=1).values
+            if float((right - others).min()) > margin:
+                break  # every answer token wins by `margin`: enough to survive fp16, not more
+            optimizer.zero_grad()
+            out.loss.backward()
+            optimizer.step()
+        trained = model.state_dict()
+    finally:
+        torch.set_num_threads(threads)
+    return {k: trained[k].detach().to(torch.float16).contiguous() for k in state}
+
+
 def write_ziya_delta(base_hf_dir: Path, out: Path, *, seed: int = 1, pad_to: int = 64,
                      target_dir: Path | None = None, with_inv_freq: bool = True,
-                     max_shard_bytes: int = 150_000) -> Path:
+                     max_shard_bytes: int = 150_000, trained: bool = False) -> Path:
     """Write a Ziya-style delta for the HF model in `base_hf_dir`, and the target it encodes; returns the target.
 
     The target is the base perturbed, with `<human>`/`<bot>` added after the sentencepiece pieces and its
@@ -234,6 +292,10 @@ def write_ziya_delta(base_hf_dir: Path, out: Path, *, seed: int = 1, pad_to: int
     like the published Ziya delta. Differences are drawn first and the target is `fp16(fp32(base) + fp32(delta))`,
     so a correct merge reproduces the target bit for bit. The target goes to `target_dir` (default: a
     `<out>-target` sibling).
+
+    `trained`: the target is then that perturbed model fine-tuned on the demo's dialogue (`dialogue()`), so it
+    answers the question word for word; the differences are `fp16(trained - base)`, and the target stays
+    `fp16(fp32(base) + fp32(delta))`. The base alone, or a merge with another convention, does not answer it.
     """
     base_hf_dir, out = Path(base_hf_dir), Path(out)
     target_dir = Path(target_dir) if target_dir else out.with_name(out.name + "-target")
@@ -263,6 +325,24 @@ def write_ziya_delta(base_hf_dir: Path, out: Path, *, seed: int = 1, pad_to: int
             delta[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = inv.clone()
     new_config = {**config, "vocab_size": vocab}
     sp_model = (base_hf_dir / "tokenizer.model").read_bytes()
+    if trained:
+        import sentencepiece as spm
+
+        question, answer = dialogue()
+        prompt = ziya_prompt_ids(sp_model, question, human=base_vocab, bot=base_vocab + 1)
+        answer_ids = spm.SentencePieceProcessor(model_proto=sp_model).encode(answer)
+        # A fresh output layer, unrelated to the base's: adding the base to it (a wrong merge convention) then
+        # changes every logit, where adding a base close to the target would only scale them.
+        head = target["lm_head.weight"]
+        target["lm_head.weight"] = (torch.randn(head.shape, generator=gen) * 0.2).to(head.dtype)
+        tuned = train_dialogue(target, new_config, prompt, answer_ids, seed=seed)
+        for name in sorted(base):
+            if any(k in name for k in ZIYA_FULL_KEYS):
+                delta[name] = tuned[name].clone()
+                target[name] = tuned[name]
+            else:
+                delta[name] = (tuned[name].float() - base[name].float()).to(base[name].dtype)
+                target[name] = (base[name].float() + delta[name].float()).to(base[name].dtype)
     # Target: safetensors, the model users would get after merging.
     target_dir.mkdir(parents=True, exist_ok=True)
     _save_safetensors(target, target_dir / "model.safetensors")

@@ -1,0 +1,95 @@
+"""The systemd supervisor at the command level: which systemctl commands it runs, in what order, and what it does
+with each answer (a recording systemctl first on PATH; user units, as a non-root user gets them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelrig.errors import LaunchError
+from modelrig.launch.systemd import SystemdSupervisor, unit_path
+from tests.helpers.launching import free_port
+from tests.helpers.service_commands import ServiceManager, service_manager
+
+UNIT = "modelrig-tiny-api.service"
+
+
+@pytest.fixture
+def manager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ServiceManager:
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    return service_manager(tmp_path, monkeypatch)
+
+
+def entry(tmp_path: Path, text: str = "[Service]\nExecStart=/bin/true\n") -> tuple[Path, dict]:
+    folder = tmp_path / "entry"
+    folder.mkdir(exist_ok=True)
+    (folder / UNIT).write_text(text)
+    return folder, {"model": "tiny", "entry": "api", "port": free_port(), "bind": "127.0.0.1", "health": None,
+                    "systemd_unit": UNIT}
+
+
+def user(*args: str) -> list[str]:
+    return ["systemctl", "--user", *args]
+
+
+def start(folder: Path, info: dict) -> tuple[bool, dict]:
+    return SystemdSupervisor().start(folder, info, timeout=None, wait=False, env=None, args=[])
+
+
+def test_a_first_start_installs_the_user_unit_reloads_then_enables_it(tmp_path, manager):
+    folder, info = entry(tmp_path)
+    changed, details = start(folder, info)
+    installed = tmp_path / "home" / ".config" / "systemd" / "user" / UNIT
+    assert changed and details == {"unit": str(installed)}
+    assert installed.read_text() == (folder / UNIT).read_text()
+    assert manager.commands() == [user("daemon-reload"), user("is-active", UNIT), user("enable", "--now", UNIT)]
+
+
+def test_an_active_unchanged_unit_is_only_asked_whether_it_is_active(tmp_path, manager):
+    folder, info = entry(tmp_path)
+    start(folder, info)
+    manager.commands()
+    assert start(folder, info) == (False, {"unit": str(tmp_path / "home/.config/systemd/user" / UNIT)})
+    assert manager.commands() == [user("is-active", UNIT)]
+
+
+def test_a_changed_unit_of_an_active_service_is_reloaded_and_restarted(tmp_path, manager):
+    folder, info = entry(tmp_path)
+    start(folder, info)
+    manager.commands()
+    folder, info = entry(tmp_path, "[Service]\nExecStart=/bin/true --changed\n")
+    assert start(folder, info)[0] is True
+    assert manager.commands() == [user("daemon-reload"), user("is-active", UNIT), user("restart", UNIT)]
+
+
+def test_a_failing_enable_is_one_error_naming_the_command_and_its_message(tmp_path, manager, monkeypatch):
+    folder, info = entry(tmp_path)
+    manager.fail(monkeypatch, "enable")
+    with pytest.raises(LaunchError) as raised:
+        start(folder, info)
+    assert raised.value.code == "service_manager_failed"
+    assert str(raised.value) == f"systemctl --user enable --now {UNIT} failed: Failed to enable: Access denied"
+    assert raised.value.fields["command"] == user("enable", "--now", UNIT)
+
+
+def test_stop_disables_an_active_unit_removes_its_file_and_leaves_a_stopped_one_alone(tmp_path, manager):
+    folder, info = entry(tmp_path)
+    start(folder, info)
+    manager.commands()
+    sup = SystemdSupervisor()
+    assert sup.stop(folder, info) == (True, {"unit": UNIT})
+    assert manager.commands() == [user("is-active", UNIT), user("disable", "--now", UNIT), user("daemon-reload")]
+    assert not unit_path(info).exists()  # down leaves no unit behind
+    assert sup.stop(folder, info) == (False, {"unit": UNIT})
+    assert manager.commands() == [user("is-active", UNIT)]
+
+
+def test_status_reads_the_state_word_and_the_main_pid(tmp_path, manager):
+    folder, info = entry(tmp_path)
+    sup = SystemdSupervisor()
+    assert sup.status(folder, info) == {"running": False, "state": "inactive", "pid": None}
+    start(folder, info)
+    manager.commands()
+    assert sup.status(folder, info) == {"running": True, "state": "active", "pid": 4242}
+    assert manager.commands() == [user("is-active", UNIT), user("show", "-p", "MainPID", "--value", UNIT)]
