@@ -20,6 +20,7 @@ from modelrig.config import HostConfig
 from modelrig.errors import LaunchError
 from modelrig.launch.escape import FILTERS, sh_name
 from modelrig.launch.kinds import launch_kind
+from modelrig.launch.outdir import ENTRY_FILE, claim_out_dir
 from modelrig.manifest import ADAPTERS, LaunchEntry, Manifest, is_bind_address
 from modelrig.plan import Plan
 from modelrig.result import StageResult
@@ -30,9 +31,6 @@ from modelrig.stamp import atomic_write_text, digest, read_stamp, write_stamp
 GENERATION_KEYS = {"max_new_tokens": 512, "temperature": 0.7, "top_p": 0.9, "top_k": None, "repetition_penalty": 1.0}
 
 SECRETS_FILE = "secrets.env"
-ENTRY_FILE = "entry.json"
-#: Written into an output folder render made (new or empty): render writes and removes files only in such folders.
-OUT_MARKER = ".modelrig-render"
 
 
 def is_loopback(host: str) -> bool:
@@ -334,7 +332,7 @@ def render(manifest: Manifest, plan: Plan, out_dir: Path, *, paths: Mapping[str,
     if unknown:
         raise LaunchError(f"{manifest.id}: no launch entry {', '.join(map(repr, unknown))} (entries: "
                           f"{', '.join(by_name) or 'none'})")
-    _claim_out_dir(out_dir, check=check)
+    claim_out_dir(out_dir, check=check)
     report: dict[str, Any] = {}
     reasons: list[str] = []
     changed = False
@@ -367,28 +365,6 @@ def render(manifest: Manifest, plan: Plan, out_dir: Path, *, paths: Mapping[str,
     return StageResult(stage="render", changed=changed, summary=summary, model=manifest.id,
                        seconds=time.perf_counter() - started, details={"entries": report, "out": str(out_dir)},
                        reasons=reasons, check=check)
-
-
-def _claim_out_dir(out_dir: Path, *, check: bool) -> None:
-    """Make sure `out_dir` is render's before anything in it is written or removed: a folder with `OUT_MARKER`,
-    a new or empty one, or one holding only rendered entry folders (each with its stamp and `ENTRY_FILE`, as render
-    left them before the marker existed). The marker is written unless `check`. Any other folder (or a file) is refused in one line naming it, untouched."""
-    if (out_dir / OUT_MARKER).is_file():
-        return
-    if out_dir.exists() and not out_dir.is_dir():
-        raise LaunchError(f"{out_dir}: render's output folder is a file; give another --out", code="out_not_ours",
-                          path=str(out_dir))
-    children = sorted(out_dir.iterdir()) if out_dir.is_dir() else []
-    foreign = [c.name for c in children
-               if not (c.is_dir() and not c.is_symlink() and read_stamp(c) is not None and (c / ENTRY_FILE).is_file())]
-    if foreign:
-        raise LaunchError(f"{out_dir}: this folder holds files that modelrig render did not write ({foreign[0]}, no "
-                          f"{OUT_MARKER}); render would overwrite them, so it stops: give another --out or an empty "
-                          "folder", code="out_not_ours", path=str(out_dir))
-    if not check:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / OUT_MARKER, "This folder is written by `modelrig render`: its files are "
-                          "rewritten or removed when they differ from their rendering.\n", mode=0o644)
 
 
 def _differences(entry_dir: Path, files: Mapping[str, str], previous: Mapping[str, Any],
