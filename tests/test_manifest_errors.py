@@ -87,7 +87,7 @@ CASES = [
     ("bad_torch_specifier", 'torch: ">=2.1"', 'torch: "2.1+"',
      "13: env.torch: not a version specifier such as '==2.1.2' or '>=2.1,<2.4' (got '2.1+')"),
     ("bad_python_version", 'python: "3.10"', 'python: "3"',
-     "12: env.python: expected a Python version such as '3.10' (got '3')"),
+     "12: env.python: expected a Python version such as '3.10' (or a release such as '3.11.7') (got '3')"),
     ("id_not_matching_file_name", "id: m", "id: other",
      "1: id: 'other' must match the file name 'm' (one file per model, named after its id)"),
     ("empty_weights", "weights:\n  model:\n    huggingface: {repo: org/m, revision: main}\n    size_gb: 1.0\n",

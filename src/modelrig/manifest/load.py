@@ -124,7 +124,7 @@ def _by_line(problems: list[str]) -> list[str]:
 _PATTERN_MESSAGES = {
     _REPO: "expected a repo id 'owner/name' (letters, digits, '.', '_', '-')",
     _SLUG: "expected a lowercase id: a-z, 0-9, '.', '_', '-', starting with a letter or digit",
-    r"^3\.\d{1,2}$": "expected a Python version such as '3.10'",
+    r"^3\.\d{1,2}(\.\d{1,3})?$": "expected a Python version such as '3.10' (or a release such as '3.11.7')",
     r"^[a-z][a-z0-9_]*$": "expected a lowercase name: a-z, 0-9, '_', starting with a letter",
     r"^[a-z][a-z0-9_-]*$": "expected a lowercase name: a-z, 0-9, '_', '-', starting with a letter",
     _ENV_NAME: "expected an environment variable name: letters, digits, '_', not starting with a digit",
