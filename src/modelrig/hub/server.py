@@ -27,6 +27,8 @@ from modelrig.errors import UsageError
 from modelrig.hub import hf_routes, ms_routes
 from modelrig.hub.layout import HubPathError, open_file
 from modelrig.hub.protocol import Request, Response, json_response
+from modelrig.hub.pull_routes import PullThrough
+from modelrig.hub.upstream import Upstream
 from modelrig.hub.wire import header_safe, parse_range, read_tokens, request_token
 
 DEFAULT_MAX_CONNECTIONS = 32
@@ -53,8 +55,10 @@ class HubServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], root: Path, *, tokens: frozenset[str] = frozenset(),
                  max_connections: int = DEFAULT_MAX_CONNECTIONS, max_open: int | None = None,
-                 throttle_bps: int = 0, access_log: bool = False) -> None:
+                 throttle_bps: int = 0, access_log: bool = False, pull: PullThrough | None = None) -> None:
         self.root = root.resolve()
+        #: In pull-through mode, what answers requests (from its store, filled from its upstream).
+        self.pull = pull
         self.access_log = access_log
         self.tokens = tokens
         self.throttle_bps = throttle_bps
@@ -237,7 +241,9 @@ class _Handler(BaseHTTPRequestHandler):
                       token=request_token(self.headers.get("Authorization"), self.headers.get("Cookie")),
                       root=self.server.root)
         try:
-            response = (ms_routes.handle(req, self.server.tokens) or hf_routes.handle(req, self.server.tokens)
+            pull = self.server.pull
+            response = ((pull.handle(req, self.server.tokens) if pull else None)
+                        or ms_routes.handle(req, self.server.tokens) or hf_routes.handle(req, self.server.tokens)
                         or json_response(404, {"error": "not found"}))
         except Exception as exc:  # a bug must not take the server down; answer 500 and keep serving
             response = json_response(500, {"error": f"{type(exc).__name__}: {exc}"})
@@ -252,6 +258,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def _send(self, response: Response, *, head: bool) -> None:
+        if response.stream is not None:
+            self._send_arriving(response, head=head)
+            return
         if response.file is None:
             self._send_headers(response.status, {**response.headers, "Content-Length": str(len(response.body))})
             if not head:
@@ -268,15 +277,22 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_file(response, f, head=head)
 
     def _send_file(self, response: Response, f: BinaryIO, *, head: bool) -> None:
-        size = f.seek(0, 2)
+        span = self._send_content_headers(response, f.seek(0, 2))
+        if span is None or head or span[1] < span[0]:
+            return
+        self._stream(f, span[0], span[1] - span[0] + 1)
+
+    def _send_content_headers(self, response: Response, size: int) -> tuple[int, int] | None:
+        """Send the headers of a file answer of `size` bytes (206 for a Range); the inclusive span to send, or
+        None after a 416."""
         start, end = 0, size - 1
         status = 200
-        wanted = self.headers.get("Range")
+        wanted = self.headers.get("Range") if response.ranges else None
         if wanted:
             parsed = parse_range(wanted, size)
             if parsed is None:
                 self._send_headers(416, {"Content-Range": f"bytes */{size}", "Content-Length": "0"})
-                return
+                return None
             start, end = parsed
             status = 206
         headers = dict(response.headers)
@@ -284,9 +300,20 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         headers.update({"Content-Type": "application/octet-stream", "Content-Length": str(max(end - start + 1, 0))})
         self._send_headers(status, headers)
-        if head or end < start:
+        return start, end
+
+    def _send_arriving(self, response: Response, *, head: bool) -> None:
+        """Send a file still arriving (pull-through mode); a transfer that fails midway cuts the connection, so
+        the client sees a short body, never a complete one."""
+        assert response.stream is not None
+        span = self._send_content_headers(response, response.size)
+        if span is None or head or span[1] < span[0]:
             return
-        self._stream(f, start, end - start + 1)
+        try:
+            for block in response.stream(span[0], span[1] + 1):
+                self.wfile.write(block)
+        except Exception:  # the transfer failed or the client left: either way this answer ends here
+            self.close_connection = True
 
     def _stream(self, f: Any, offset: int, count: int) -> None:
         rate = self.server.throttle_bps
@@ -312,8 +339,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 def make_server(root: Path, *, host: str = "127.0.0.1", port: int = 0, allow_remote: bool = False,
                 token_file: Path | None = None, max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                throttle_bps: int = 0, access_log: bool = False) -> HubServer:
-    """A bound (not yet serving) hub server over `root`; refuses a non-loopback `host` unless `allow_remote`, and
+                throttle_bps: int = 0, access_log: bool = False, upstream: Upstream | None = None) -> HubServer:
+    """A bound (not yet serving) hub server over `root` (with `upstream`: a pull-through hub keeping what it fetches
+    in `root`); refuses a non-loopback `host` unless `allow_remote`, and
     a port outside 0-65535, fewer than one connection or a negative throttle (named by their `hub serve` flags)."""
     if not root.is_dir():
         raise UsageError(f"{root}: not a directory")
@@ -330,17 +358,18 @@ def make_server(root: Path, *, host: str = "127.0.0.1", port: int = 0, allow_rem
                          "other machines")
     try:
         return HubServer((host, port), root, tokens=read_tokens(token_file), max_connections=max_connections,
-                         throttle_bps=throttle_bps, access_log=access_log)
+                         throttle_bps=throttle_bps, access_log=access_log,
+                         pull=PullThrough(root, upstream) if upstream else None)
     except OSError as exc:
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def serve_in_thread(root: Path, *, port: int = 0, host: str = "127.0.0.1", token_file: Path | None = None,
-                    throttle_bps: int = 0, max_connections: int = DEFAULT_MAX_CONNECTIONS
-                    ) -> tuple[str, Callable[[], None]]:
+                    throttle_bps: int = 0, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                    upstream: Upstream | None = None) -> tuple[str, Callable[[], None]]:
     """Serve `root` from a background thread; returns (base URL, stop function)."""
     server = make_server(root, host=host, port=port, token_file=token_file, throttle_bps=throttle_bps,
-                         max_connections=max_connections)
+                         max_connections=max_connections, upstream=upstream)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True,
                               name="modelrig-hub")
     thread.start()
