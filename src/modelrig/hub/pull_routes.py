@@ -19,7 +19,7 @@ from modelrig.hub import hf_routes, ms_routes
 from modelrig.hub import upstream as up
 from modelrig.hub.layout import HubFile, Revision
 from modelrig.hub.protocol import Request, Response, json_response
-from modelrig.hub.pull_store import PullStore
+from modelrig.hub.pull_store import REFUSED_BACKOFF, REFUSED_TTL, PullStore
 from modelrig.hub.upstream import FileEntry, Snapshot, Upstream, UpstreamError
 
 #: Seconds a branch or tag name is taken to still name the commit the upstream last gave for it.
@@ -164,13 +164,20 @@ class PullThrough:
     def _file(self, req: Request, snap: Snapshot, entry: FileEntry, headers: dict[str, str]) -> Response:
         """The file: from the store when verified there, else streamed from the one transfer fetching it."""
         final = self.store.blob(entry)
-        ranges = not self.store.recently_refused(entry)
+        refused = self.store.refused_since(entry)
+        ranges = refused is None or refused >= REFUSED_TTL
         if final.is_file():
             return Response(200, headers, file=HubFile(path=entry.path, size=entry.size, sha256=entry.digest,
                                                        oid=entry.oid, lfs=entry.lfs, local=final,
                                                        repo_folder=self.store.blobs), ranges=ranges)
         if req.method == "HEAD":
             return Response(200, headers, stream=_nothing, size=entry.size)
+        if refused is not None and refused < REFUSED_BACKOFF:
+            message = (f"{snap.repo}@{snap.commit[:12]}: {entry.path}: the upstream sent bytes that do not match "
+                       f"its {entry.algo} {int(refused)} s ago; asking again in {REFUSED_BACKOFF - int(refused)} s")
+            return json_response(502, {"error": message, "Code": 502, "Success": False, "Message": message},
+                                 {"Retry-After": str(REFUSED_BACKOFF - int(refused)),
+                                  "X-Error-Message": message[:hf_routes.MAX_HEADER_MESSAGE]})
         transfer = self.store.transfer(entry, lambda offset: up.open_file(self.upstream, snap, entry, offset),
                                        self.log)
         return Response(200, headers, stream=transfer.read, size=entry.size, ranges=ranges)

@@ -33,6 +33,8 @@ STORE = ".modelrig-pull"
 #: Seconds after an upstream sent a file's wrong bytes during which Range requests for it get the whole file:
 #: a client resuming may hold a prefix of those bytes.
 REFUSED_TTL = 24 * 3600
+#: Seconds after such a refusal during which the file is not asked for again (clients get 502 and Retry-After).
+REFUSED_BACKOFF = 30
 _BLOCK = 1 << 20
 
 
@@ -90,12 +92,12 @@ class PullStore:
         """Where the verified file of `entry` is (or will be) kept."""
         return self.blobs / entry.algo / entry.digest
 
-    def recently_refused(self, entry: FileEntry) -> bool:
-        """Whether the upstream sent wrong bytes for `entry` within REFUSED_TTL seconds."""
+    def refused_since(self, entry: FileEntry) -> float | None:
+        """Seconds since the upstream last sent wrong bytes for `entry`, or None."""
         try:
-            return time.time() - _refused_marker(self.blob(entry)).stat().st_mtime < REFUSED_TTL
+            return time.time() - _refused_marker(self.blob(entry)).stat().st_mtime
         except OSError:
-            return False
+            return None
 
     def transfer(self, entry: FileEntry, opener: Callable[[int], tuple[Any, int]], log: Callable[[str], None]
                  ) -> Transfer:
