@@ -114,5 +114,12 @@ def test_a_second_run_fetches_nothing_from_anyone(fleet: FleetRun) -> None:
     assert again.returncode == 0, again.stdout[-8000:] + again.stderr[-3000:]
     counts = recap(again.stdout)
     assert {h: counts[h]["changed"] for h in HOSTS} == dict.fromkeys(HOSTS, 0), again.stdout[-6000:]
-    assert logged_requests(fleet.upstream_log)[before_up:] == []
-    assert [r for r in logged_requests(hub_log)[before_hub:] if r[0] == "GET" and r[1] != "/"] == []
+    # no file from anyone; the manifest names branches, which the fleet hub asks the upstream about once each
+    upstream_asked = logged_requests(fleet.upstream_log)[before_up:]
+    assert [r for r in upstream_asked if "/resolve/" in r[1] or r[1].startswith("/_lfs/")] == []
+    assert sorted(r[1] for r in upstream_asked) == sorted({r[1] for r in upstream_asked})
+    assert {r[1].split("?")[0] for r in upstream_asked} <= {
+        f"/api/models/{repo}/{what}" for repo in ("modelrig-tiny/llama-meta", "modelrig-tiny/ziya-delta")
+        for what in ("revision/main", "refs")}
+    hub_asked = logged_requests(hub_log)[before_hub:]
+    assert [r for r in hub_asked if "/resolve/" in r[1] or r[1].startswith("/_lfs/")] == []

@@ -53,7 +53,12 @@ class PullThrough:
 
     # -- snapshots ----------------------------------------------------------------------------------------------
     def snapshot(self, protocol: str, repo: str, revision: str) -> Snapshot:
-        """The snapshot `revision` names: stored (a commit id, or a fresh branch name) or asked upstream."""
+        """The snapshot `revision` names: stored (a commit id, or a fresh branch name) or asked upstream (once,
+        however many clients ask at the same time)."""
+        with self.store.lock("snapshot", protocol, repo, revision):
+            return self._snapshot(protocol, repo, revision)
+
+    def _snapshot(self, protocol: str, repo: str, revision: str) -> Snapshot:
         ref = None
         if up.is_commit(revision):
             stored = self.store.snapshot(protocol, repo, revision)
@@ -183,7 +188,15 @@ class PullThrough:
         return Response(200, headers, stream=transfer.read, size=entry.size, ranges=ranges)
 
     def _forwarded(self, protocol: str, repo: str, key: str, path: str) -> Response:
-        """An upstream JSON answer forwarded as is (kept, and given from the store when the upstream is down)."""
+        """An upstream JSON answer forwarded as is: kept, given from the store for REF_TTL seconds and whenever the
+        upstream is down."""
+        with self.store.lock("raw", protocol, repo, key):
+            kept = self.store.raw(protocol, repo, key)
+            if kept is not None and kept[1] < REF_TTL:
+                return Response(200, {"Content-Type": "application/json; charset=utf-8"}, kept[0])
+            return self._forward(protocol, repo, key, path, kept[0] if kept else None)
+
+    def _forward(self, protocol: str, repo: str, key: str, path: str, kept: bytes | None) -> Response:
         try:
             body = up.passthrough(self.upstream, protocol, path)
             json.loads(body)
@@ -191,8 +204,7 @@ class PullThrough:
         except ValueError:
             return _upstream_error(protocol, UpstreamError(f"{path}: the upstream's answer is not JSON"))
         except UpstreamError as exc:
-            kept = self.store.raw(protocol, repo, key) if exc.unreachable else None
-            if kept is None:
+            if kept is None or not exc.unreachable:
                 return _upstream_error(protocol, exc)
             body = kept
         return Response(200, {"Content-Type": "application/json; charset=utf-8"}, body)

@@ -49,6 +49,7 @@ class PullStore:
         self.root = root.resolve() / STORE
         self.blobs = self.root / "blobs"
         self._transfers: dict[str, Transfer] = {}
+        self._question_locks: dict[tuple[str, ...], threading.Lock] = {}
         self._lock = threading.Lock()
 
     # -- metadata -----------------------------------------------------------------------------------------------
@@ -78,11 +79,18 @@ class PullStore:
         if revision != snap.commit:
             _write_atomic(folder / "refs" / quote(revision, safe=""), snap.commit.encode())
 
-    def raw(self, protocol: str, repo: str, key: str) -> bytes | None:
+    def raw(self, protocol: str, repo: str, key: str) -> tuple[bytes, float] | None:
+        """(a forwarded answer, seconds since it was kept), or None."""
+        path = self._repo_dir(protocol, repo) / "raw" / f"{quote(key, safe='')}.json"
         try:
-            return (self._repo_dir(protocol, repo) / "raw" / f"{quote(key, safe='')}.json").read_bytes()
+            return path.read_bytes(), time.time() - path.stat().st_mtime
         except OSError:
             return None
+
+    def lock(self, *key: str) -> threading.Lock:
+        """The lock of one metadata question, so that clients asking it at once cause one upstream request."""
+        with self._lock:
+            return self._question_locks.setdefault(key, threading.Lock())
 
     def save_raw(self, protocol: str, repo: str, key: str, body: bytes) -> None:
         _write_atomic(self._repo_dir(protocol, repo) / "raw" / f"{quote(key, safe='')}.json", body)
