@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -123,3 +124,30 @@ def test_a_second_run_fetches_nothing_from_anyone(fleet: FleetRun) -> None:
         for what in ("revision/main", "refs")}
     hub_asked = logged_requests(hub_log)[before_hub:]
     assert [r for r in hub_asked if "/resolve/" in r[1] or r[1].startswith("/_lfs/")] == []
+
+
+def test_one_host_failing_its_fetch_leaves_the_others_and_a_rerun_fixes_it(fleet: FleetRun) -> None:
+    h4 = fleet.hosts.hosts["h4"]
+    store = h4.home / "modelrig" / "store"
+    before_up = len(logged_requests(fleet.upstream_log))
+    shutil.rmtree(store / "huggingface")
+    store.chmod(0o500)  # h4 can no longer write its downloads
+    try:
+        broken = fleet.run()
+    finally:
+        store.chmod(0o755)
+    counts = recap(broken.stdout)
+    assert broken.returncode != 0
+    assert counts["h4"]["failed"] == 1, broken.stdout[-6000:]
+    assert {h: (counts[h]["failed"], counts[h]["changed"]) for h in HOSTS if h != "h4"} == \
+        dict.fromkeys(("h1", "h2", "h3"), (0, 0))
+    again = fleet.run()
+    assert again.returncode == 0, again.stdout[-6000:]
+    counts = recap(again.stdout)
+    assert counts["h4"]["changed"] > 0 and counts["h4"]["failed"] == 0
+    assert {h: counts[h]["changed"] for h in ("h1", "h2", "h3")} == dict.fromkeys(("h1", "h2", "h3"), 0)
+    assert sorted(json.loads(p.read_text())["repo"] for p in store.rglob(".modelrig-stamp.json")) == \
+        ["modelrig-tiny/llama-meta", "modelrig-tiny/ziya-delta"]
+    # h4's files came again from the fleet hub, which kept them: the upstream sent none
+    assert [r for r in logged_requests(fleet.upstream_log)[before_up:]
+            if "/resolve/" in r[1] or r[1].startswith("/_lfs/")] == []
