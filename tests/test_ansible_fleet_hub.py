@@ -151,3 +151,33 @@ def test_one_host_failing_its_fetch_leaves_the_others_and_a_rerun_fixes_it(fleet
     # h4's files came again from the fleet hub, which kept them: the upstream sent none
     assert [r for r in logged_requests(fleet.upstream_log)[before_up:]
             if "/resolve/" in r[1] or r[1].startswith("/_lfs/")] == []
+
+
+def test_a_fleet_hub_on_an_inventory_host_serves_the_fleet_and_itself(tmp_path: Path) -> None:
+    reason = available()
+    if reason:
+        pytest.fail(reason)
+    upstream_dir = tmp_path / "upstream"
+    subprocess.run([sys.executable, "-m", "modelrig", "hub", "make-tiny", str(upstream_dir), "--only",
+                    "modelrig-tiny/llama-meta", "--only", "modelrig-tiny/ziya-delta"], check=True, capture_output=True)
+    tokens = upstream_dir / ".modelrig-hub-tokens"
+    log = tmp_path / "upstream.log"
+    with served(upstream_dir, "--token-file", str(tokens), access_log=log) as url, \
+            SshHosts(tmp_path / "ssh-hosts") as hosts:
+        for name in ("hub", "worker"):
+            hosts.add(name)
+        hub = hosts.hosts["hub"]
+        inventory = hosts.inventory(tmp_path / "hosts.yml", hostvars={
+            name: {**demo_knobs(tmp_path, hosts.hosts[name], url, f"manifests-{name}"),
+                   "modelrig_hf_token": tokens.read_text().split()[0]} for name in ("hub", "worker")}, group_vars={
+            "modelrig_fleet_hub": "hub", "modelrig_fleet_hub_port": free_port(hub.address)})
+        run = playbook(tmp_path, inventory, "site.yml", "--tags", TAGS, *NO_RESTART)
+        assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-3000:]
+        assert "warning: the fleet hub" not in run.stdout
+        gets = file_gets(log)
+        assert gets and set(gets.values()) == {1}, gets
+        kept = hub.home / "modelrig" / "fleet-hub" / ".modelrig-pull" / "blobs"
+        assert len([p for p in kept.rglob("*") if p.is_file()]) == sum(gets.values())
+        for name in ("hub", "worker"):
+            stamps = list((hosts.hosts[name].home / "modelrig" / "store").rglob(".modelrig-stamp.json"))
+            assert len(stamps) == 2, name
