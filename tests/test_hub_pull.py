@@ -16,11 +16,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
+from modelrig.hub.upstream import Upstream
 from tests.helpers.hub import (
     client_env,
     logged_requests,
@@ -294,3 +296,49 @@ def test_a_bad_upstream_is_one_line_naming_the_flag(value: str, tmp_path: Path) 
     assert f"--upstream {value}: expected huggingface, modelscope" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "pull").exists()
+
+
+def test_upstream_values_are_parsed_and_bad_ones_named() -> None:
+    from modelrig.errors import UsageError
+    from modelrig.hub.upstream import parse_upstreams
+
+    assert parse_upstreams(["huggingface"]) == Upstream(hf="https://huggingface.co", ms=None)
+    assert parse_upstreams(["huggingface", "modelscope"]) == Upstream(hf="https://huggingface.co",
+                                                                      ms="https://www.modelscope.cn")
+    assert parse_upstreams(["http://10.0.0.5:8790/"]) == Upstream(hf="http://10.0.0.5:8790", ms="http://10.0.0.5:8790")
+    assert parse_upstreams(["hf=https://hf-mirror.com", "modelscope"]) == Upstream(hf="https://hf-mirror.com",
+                                                                                  ms="https://www.modelscope.cn")
+    with pytest.raises(UsageError, match="--upstream ms=file:///etc"):
+        parse_upstreams(["ms=file:///etc"])
+
+
+def test_an_upstream_listing_with_paths_leaving_the_repo_is_refused(tmp_path: Path) -> None:
+    """Input from the upstream is not trusted: a listing naming `../` paths or a bad digest is a 502, nothing kept."""
+    listing = {"sha": "a" * 40, "gated": False, "siblings": [
+        {"rfilename": "../../outside.bin", "size": 3, "blobId": "b" * 40,
+         "lfs": {"sha256": "c" * 64, "size": 3}}]}
+    bad_digest = {"sha": "a" * 40, "siblings": [{"rfilename": "ok.bin", "size": 3, "blobId": "not-hex"}]}
+
+    class Evil(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(listing if "/evil/" in self.path else bad_digest).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    evil = ThreadingHTTPServer(("127.0.0.1", 0), Evil)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    try:
+        with served(tmp_path / "pull", "--upstream", f"hf=http://127.0.0.1:{evil.server_address[1]}") as pull:
+            status, _, body = _get(pull, "/api/models/org/evil/revision/main")
+            assert status == 502 and b"bad path '../../outside.bin'" in body
+            status, _, body = _get(pull, "/org/bad/resolve/main/ok.bin")
+            assert status == 502 and b"bad gitsha1 'not-hex'" in body
+    finally:
+        evil.shutdown()
+    assert not (tmp_path / "outside.bin").exists()
+    assert not list((tmp_path / "pull").rglob("*.json"))  # no snapshot kept
