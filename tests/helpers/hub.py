@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 import yaml
@@ -73,25 +75,45 @@ def modelrig_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "modelrig", *args]
 
 
+def start_hub(directory: Path, *args: str, port: int = 0, access_log: Path | None = None
+              ) -> tuple[subprocess.Popen[str], str]:
+    """Start `modelrig hub serve DIR --port PORT ARGS` as a subprocess; return it and its URL once it prints it.
+    With `access_log`, every request is logged into that file (appended to, so a restarted hub adds to it)."""
+    log_args = ["--access-log"] if access_log else []
+    stderr = open(access_log, "a") if access_log else subprocess.DEVNULL
+    proc = subprocess.Popen(modelrig_cmd("hub", "serve", str(directory), "--port", str(port), *args, *log_args),
+                            stdout=subprocess.PIPE, stderr=stderr, text=True)
+    if access_log:
+        stderr.close()
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "http://" not in line:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"hub serve did not start: {line!r}")
+    return proc, line.strip().rsplit(" ", 1)[-1]
+
+
 @contextlib.contextmanager
 def served(directory: Path, *args: str, access_log: Path | None = None) -> Iterator[str]:
     """Run `modelrig hub serve DIR --port 0` as a subprocess; yield its URL once it prints it. With `access_log`,
     the server logs every request into that file."""
-    log_args = ["--access-log"] if access_log else []
-    stderr = open(access_log, "w") if access_log else subprocess.PIPE
-    proc = subprocess.Popen(modelrig_cmd("hub", "serve", str(directory), "--port", "0", *args, *log_args),
-                            stdout=subprocess.PIPE, stderr=stderr, text=True)
+    proc, url = start_hub(directory, *args, access_log=access_log)
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if "http://" not in line:
-            raise AssertionError(f"hub serve did not start: {line!r}")
-        yield line.strip().rsplit(" ", 1)[-1]
+        yield url
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-        if access_log:
-            stderr.close()
+
+
+def logged_requests(access_log: Path) -> list[tuple[str, str, int, str]]:
+    """(method, path, status, Range asked for or '-') of every request in a `hub serve --access-log` log."""
+    found = []
+    for line in access_log.read_text(encoding="utf-8").splitlines():
+        match = re.search(r'"([A-Z]+) (\S+) HTTP/[0-9.]+" (\d+) range=(\S+)', line)
+        if match:
+            found.append((match[1], unquote(match[2]), int(match[3]), match[4]))
+    return found
 
 
 def offline_driver(tmp: Path, hub_dir: Path, client_python: Path, client_code: str, *serve_args: str) -> list[str]:

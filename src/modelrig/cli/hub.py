@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from modelrig.config import Context
+from modelrig.errors import UsageError
 
 
 def register(sub: Any) -> None:
@@ -31,6 +32,12 @@ def register(sub: Any) -> None:
     p.add_argument("--throttle", type=int, default=0, metavar="BYTES_PER_S",
                    help="limit each file transfer to this rate (simulates a slow link; 0: unlimited)")
     p.add_argument("--access-log", action="store_true", help="log every request (and its Range) to stderr")
+    p.add_argument("--upstream", action="append", metavar="HUB",
+                   help="pull-through mode: fetch what DIR lacks from huggingface, modelscope, a URL serving both "
+                   "protocols, or hf=URL / ms=URL (repeatable); each file is fetched once, verified, kept in DIR")
+    p.add_argument("--upstream-token-file", type=Path, metavar="FILE",
+                   help="the fleet's token for gated repos upstream (one line); clients must present a token from "
+                   "--token-file to get gated repos")
     add_json_flag(p)
     p.set_defaults(func=_serve)
 
@@ -52,12 +59,20 @@ def register(sub: Any) -> None:
 def _serve(args: argparse.Namespace, ctx: Context) -> int:
     from modelrig.hub.layout import REPO_INDEX, list_repos
     from modelrig.hub.server import make_server
+    from modelrig.hub.upstream import parse_upstreams
 
+    upstream = None
+    if args.upstream:
+        upstream = parse_upstreams(args.upstream, args.upstream_token_file)
+        args.dir.mkdir(parents=True, exist_ok=True)
+    elif args.upstream_token_file:
+        raise UsageError("--upstream-token-file needs --upstream", flag="--upstream-token-file")
     server = make_server(args.dir, host=args.host, port=args.port, allow_remote=args.allow_remote,
                          token_file=args.token_file, max_connections=args.max_connections,
-                         throttle_bps=args.throttle, access_log=args.access_log)
+                         throttle_bps=args.throttle, access_log=args.access_log, upstream=upstream)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    unindexed = [repo for repo in list_repos(args.dir) if not (args.dir / repo / REPO_INDEX).is_file()]
+    unindexed = [] if upstream else [repo for repo in list_repos(args.dir)
+                                     if not (args.dir / repo / REPO_INDEX).is_file()]
     if unindexed and not ctx.quiet:
         print(f"modelrig: warning: {len(unindexed)} repos have no hash index ({', '.join(unindexed[:3])}"
               f"{', ...' if len(unindexed) > 3 else ''}): their files are hashed on first request, which is slow "

@@ -78,6 +78,11 @@ def _info(req: Request, repo: HubRepo, rev: str | None) -> Response:
     revision = _revision(repo, rev)
     if isinstance(revision, Response):
         return revision
+    return info_response(req, repo.repo, repo.gated, revision)
+
+
+def info_response(req: Request, repo_id: str, gated: bool, revision: Revision) -> Response:
+    """The repo info answer (`/api/models/{repo}[/revision/{rev}]`) for a resolved revision."""
     blobs = req.query.get("blobs", "").lower() == "true"
     siblings = []
     for f in revision.files:
@@ -87,11 +92,11 @@ def _info(req: Request, repo: HubRepo, rev: str | None) -> Response:
             if f.lfs:
                 entry["lfs"] = {"sha256": f.sha256, "size": f.size, "pointerSize": 134}
         siblings.append(entry)
-    org = repo.repo.split("/")[0]
+    org = repo_id.split("/")[0]
     return json_response(200, {
-        "_id": revision.commit[:24], "id": repo.repo, "modelId": repo.repo, "author": org, "sha": revision.commit,
+        "_id": revision.commit[:24], "id": repo_id, "modelId": repo_id, "author": org, "sha": revision.commit,
         "lastModified": _EPOCH, "createdAt": _EPOCH, "private": False, "disabled": False,
-        "gated": "manual" if repo.gated else False, "downloads": 0, "likes": 0, "tags": [], "library_name": None,
+        "gated": "manual" if gated else False, "downloads": 0, "likes": 0, "tags": [], "library_name": None,
         "siblings": siblings, "spaces": [], "cardData": {},
     })
 
@@ -100,6 +105,11 @@ def _tree(req: Request, repo: HubRepo, rev: str, prefix: str) -> Response:
     revision = _revision(repo, rev)
     if isinstance(revision, Response):
         return revision
+    return tree_response(req, revision, prefix)
+
+
+def tree_response(req: Request, revision: Revision, prefix: str) -> Response:
+    """The tree listing answer (`/api/models/{repo}/tree/{rev}[/{prefix}]`) for a resolved revision."""
     recursive = req.query.get("recursive", "").lower() == "true"
     base = prefix.strip("/")
     entries: list[dict[str, object]] = []
@@ -141,8 +151,7 @@ def _resolve(req: Request, repo: HubRepo, rev: str, path: str) -> Response:
         return revision
     hub_file = revision.file(path)
     if hub_file is None:
-        return _error(404, "EntryNotFound", f"{path} does not exist at {revision.commit}",
-                      {"X-Repo-Commit": revision.commit})
+        return entry_not_found(path, revision.commit)
     headers = {"X-Repo-Commit": revision.commit, "Accept-Ranges": "bytes"}
     if hub_file.lfs:
         location = (f"http://{req.host}/{LFS_PREFIX}/{quote(repo.repo)}/{revision.commit}/"
@@ -165,6 +174,16 @@ def _lfs_object(req: Request, repo: HubRepo, commit: str, path: str) -> Response
     return Response(200, {"X-Repo-Commit": revision.commit, "ETag": f'"{hub_file.sha256}"',
                           "X-Linked-Etag": f'"{hub_file.sha256}"', "X-Linked-Size": str(hub_file.size),
                           "Accept-Ranges": "bytes"}, file=hub_file)
+
+
+def entry_not_found(path: str, commit: str) -> Response:
+    """The Hub's 404 for a file a commit does not have."""
+    return _error(404, "EntryNotFound", f"{path} does not exist at {commit}", {"X-Repo-Commit": commit})
+
+
+def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    """A Hub error answer (see `_error`)."""
+    return _error(status, code, message, headers)
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:

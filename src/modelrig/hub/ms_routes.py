@@ -59,6 +59,11 @@ def _files(req: Request, repo: HubRepo) -> Response:
     revision = _revision(repo, req.query.get("Revision"))
     if isinstance(revision, Response):
         return revision
+    return files_response(req, revision)
+
+
+def files_response(req: Request, revision: Revision) -> Response:
+    """The file listing answer (`repo/files`, `repo/tree`) for a resolved revision."""
     recursive = req.query.get("Recursive", "").lower() == "true"
     root = req.query.get("Root", "").strip("/")
     entries: list[dict[str, object]] = []
@@ -95,6 +100,11 @@ def _raw(req: Request, repo: HubRepo) -> Response:
 def _ok(data: object) -> Response:
     return json_response(200, {"Code": 200, "Success": True, "Message": "success", "Data": data,
                                "RequestId": "local"})
+
+
+def error(status: int, message: str) -> Response:
+    """A ModelScope error answer."""
+    return _error(status, message)
 
 
 def _error(status: int, message: str) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,12 +29,17 @@ class Request:
 
 @dataclass
 class Response:
-    """A response: a status, headers, and either a body or a file to stream (with Range support)."""
+    """A response: a status, headers, and either a body, a file to stream, or a `stream(start, stop)` of `size`
+    bytes still arriving (the last two with Range support)."""
 
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     file: HubFile | None = None
+    stream: Callable[[int, int], Iterator[bytes]] | None = None
+    size: int = 0
+    #: False: a Range request gets the whole file (200), so a client drops bytes it kept from an earlier try.
+    ranges: bool = True
 
 
 def json_response(status: int, value: Any, headers: dict[str, str] | None = None) -> Response:

@@ -16,35 +16,32 @@ header or the log unescaped: control and non-ASCII characters are written as bac
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from modelrig.errors import UsageError
 from modelrig.hub import hf_routes, ms_routes
+from modelrig.hub.guarded import GuardedHandler
 from modelrig.hub.layout import HubPathError, open_file
 from modelrig.hub.protocol import Request, Response, json_response
+from modelrig.hub.pull_routes import PullThrough
+from modelrig.hub.upstream import Upstream
 from modelrig.hub.wire import header_safe, parse_range, read_tokens, request_token
 
 DEFAULT_MAX_CONNECTIONS = 32
 #: Open connections allowed per request slot (at least MIN_OPEN): room for clients' idle keep-alive pools.
 OPEN_PER_SLOT = 4
 MIN_OPEN = 16
-#: A request body up to this size is read and dropped (keeping the connection); a larger one closes it.
-MAX_DISCARDED_BODY = 1 << 20
 #: Seconds a request may take to arrive, from its first byte to the end of its headers (and of a body it sends).
 READ_DEADLINE = 10.0
-#: A logged error message is cut to this many characters (a request line can be 64 KiB).
-_LOGGED_CHARS = 200
 _CHUNK = 1 << 20
 _HOST = re.compile(r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 
@@ -66,9 +63,12 @@ class HubServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], root: Path, *, tokens: frozenset[str] = frozenset(),
                  max_connections: int = DEFAULT_MAX_CONNECTIONS, max_open: int | None = None,
-                 throttle_bps: int = 0, access_log: bool = False, read_deadline: float = READ_DEADLINE) -> None:
+                 throttle_bps: int = 0, access_log: bool = False, read_deadline: float = READ_DEADLINE,
+                 pull: PullThrough | None = None) -> None:
         self.root = root.resolve()
         self.read_deadline = read_deadline
+        #: In pull-through mode, what answers requests (from its store, filled from its upstream).
+        self.pull = pull
         self.access_log = access_log
         self.tokens = tokens
         self.throttle_bps = throttle_bps
@@ -187,53 +187,10 @@ def _shut(connection: socket.socket) -> None:
         pass
 
 
-class _IdleAwareReader:
-    """The request stream of a connection: the first data after an idle wait marks the connection busy, a
-    connection closed to make room reads as ended, and one closed for stalling past its read deadline raises
-    TimeoutError (the handler answers nothing more and closes it)."""
-
-    def __init__(self, stream: BinaryIO, handler: _Handler) -> None:
-        self._stream = stream
-        self._handler = handler
-
-    def readline(self, limit: int = -1) -> bytes:
-        line = self._stream.readline(limit)
-        self._raise_if_stalled()
-        return line if self._handler.server.mark_busy(self._handler) else b""
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._stream.read(size)
-        self._raise_if_stalled()
-        return data
-
-    def _raise_if_stalled(self) -> None:
-        if self._handler.stalled:
-            raise TimeoutError(f"the request did not arrive within {self._handler.server.read_deadline:g} s")
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(GuardedHandler):
     server: HubServer
-    protocol_version = "HTTP/1.1"
     server_version = "modelrig-hub"
     sys_version = ""
-    timeout = 60
-    evicted = False
-    stalled = False
-
-    def setup(self) -> None:
-        super().setup()
-        self.rfile = _IdleAwareReader(self.rfile, self)  # type: ignore[assignment]
-
-    def handle_one_request(self) -> None:
-        self.server.mark_idle(self)
-        super().handle_one_request()
-
-    def finish(self) -> None:
-        self.server.forget(self)
-        super().finish()
 
     def do_GET(self) -> None:
         self._dispatch(head=False)
@@ -249,82 +206,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse
 
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet unless the access log is on: clients probe optional files, and 404s are normal."""
-        if self.server.access_log:
-            super().log_message(format, *args)
-
-    def log_error(self, format: str, *args: Any) -> None:
-        """One line on stderr, access log or not (a malformed or stalled request): escaped and cut short."""
-        message = header_safe(format % args)
-        if len(message) > _LOGGED_CHARS:
-            message = message[:_LOGGED_CHARS] + "..."
-        sys.stderr.write(f"{self.address_string()} - - [{self.log_date_time_string()}] {message}\n")
-
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         """One access-log line per request, with the Range asked for (shows resumed downloads)."""
         self.log_message('"%s" %s range=%s', header_safe(self.requestline), code, self.headers.get("Range", "-"))
-
-    def send_response(self, code: int, message: str | None = None) -> None:
-        self.server.done_reading(self)
-        super().send_response(code, message)
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Answer a request the server cannot parse (400, 414, 431, 505, 501) with its standard reason phrase and
-        a JSON body, close the connection, and log one line with what was wrong; no request text is echoed."""
-        self.server.done_reading(self)
-        phrase = self.responses.get(code, ("Error",))[0]
-        self.log_error("%d %s: %s", code, phrase, message or phrase)
-        self.close_connection = True
-        if self.request_version in ("", "HTTP/0.9"):
-            self.request_version = "HTTP/1.0"  # a line that is not HTTP still gets a status line
-        body = json.dumps({"error": phrase}).encode()
-        self.send_response_only(code, phrase)
-        for key, value in (("Server", self.version_string()), ("Date", self.date_time_string()),
-                           ("Content-Type", "application/json; charset=utf-8"), ("Connection", "close"),
-                           ("Content-Length", str(len(body)))):
-            self.send_header(key, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-        self._linger()
-
-    def _linger(self) -> None:
-        """Send the answer, then read and drop what the client still sends (at most MAX_DISCARDED_BODY, for at most
-        a second) before the connection closes: closing with unread input would reset it and lose the answer."""
-        try:
-            self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_WR)
-            self.connection.settimeout(1.0)
-            ends, left = time.monotonic() + 1.0, MAX_DISCARDED_BODY
-            while left > 0 and time.monotonic() < ends:
-                block = self.connection.recv(min(left, 1 << 16))
-                if not block:
-                    break
-                left -= len(block)
-        except OSError:
-            pass
-
-    def _discard_body(self) -> None:
-        """Read and drop the request body, so that the next request on a keep-alive connection starts where it
-        should; a body that cannot be skipped that way (chunked, larger than MAX_DISCARDED_BODY, a malformed or
-        repeated length, or cut short) closes the connection after the answer instead."""
-        if self.headers.get("Transfer-Encoding") or len(self.headers.get_all("Content-Length") or []) > 1:
-            self.close_connection = True
-            return
-        length = (self.headers.get("Content-Length") or "").strip()
-        if not length:
-            return
-        if not length.isdigit() or int(length) > MAX_DISCARDED_BODY:
-            self.close_connection = True
-            return
-        left = int(length)
-        while left > 0:
-            block = self.rfile.read(min(left, 1 << 16))
-            if not block:
-                self.close_connection = True
-                return
-            left -= len(block)
 
     def _dispatch(self, *, head: bool) -> None:
         self._discard_body()
@@ -342,7 +226,9 @@ class _Handler(BaseHTTPRequestHandler):
                       token=request_token(self.headers.get("Authorization"), self.headers.get("Cookie")),
                       root=self.server.root)
         try:
-            response = (ms_routes.handle(req, self.server.tokens) or hf_routes.handle(req, self.server.tokens)
+            pull = self.server.pull
+            response = ((pull.handle(req, self.server.tokens) if pull else None)
+                        or ms_routes.handle(req, self.server.tokens) or hf_routes.handle(req, self.server.tokens)
                         or json_response(404, {"error": "not found"}))
         except Exception as exc:  # a bug must not take the server down; answer 500 and keep serving
             response = json_response(500, {"error": f"{type(exc).__name__}: {exc}"})
@@ -357,6 +243,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def _send(self, response: Response, *, head: bool) -> None:
+        if response.stream is not None:
+            self._send_arriving(response, head=head)
+            return
         if response.file is None:
             self._send_headers(response.status, {**response.headers, "Content-Length": str(len(response.body))})
             if not head:
@@ -373,15 +262,22 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_file(response, f, head=head)
 
     def _send_file(self, response: Response, f: BinaryIO, *, head: bool) -> None:
-        size = f.seek(0, 2)
+        span = self._send_content_headers(response, f.seek(0, 2))
+        if span is None or head or span[1] < span[0]:
+            return
+        self._stream(f, span[0], span[1] - span[0] + 1)
+
+    def _send_content_headers(self, response: Response, size: int) -> tuple[int, int] | None:
+        """Send the headers of a file answer of `size` bytes (206 for a Range); the inclusive span to send, or
+        None after a 416."""
         start, end = 0, size - 1
         status = 200
-        wanted = self.headers.get("Range")
+        wanted = self.headers.get("Range") if response.ranges else None
         if wanted:
             parsed = parse_range(wanted, size)
             if parsed is None:
                 self._send_headers(416, {"Content-Range": f"bytes */{size}", "Content-Length": "0"})
-                return
+                return None
             start, end = parsed
             status = 206
         headers = dict(response.headers)
@@ -389,9 +285,20 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         headers.update({"Content-Type": "application/octet-stream", "Content-Length": str(max(end - start + 1, 0))})
         self._send_headers(status, headers)
-        if head or end < start:
+        return start, end
+
+    def _send_arriving(self, response: Response, *, head: bool) -> None:
+        """Send a file still arriving (pull-through mode); a transfer that fails midway cuts the connection, so
+        the client sees a short body, never a complete one."""
+        assert response.stream is not None
+        span = self._send_content_headers(response, response.size)
+        if span is None or head or span[1] < span[0]:
             return
-        self._stream(f, start, end - start + 1)
+        try:
+            for block in response.stream(span[0], span[1] + 1):
+                self.wfile.write(block)
+        except Exception:  # the transfer failed or the client left: either way this answer ends here
+            self.close_connection = True
 
     def _stream(self, f: Any, offset: int, count: int) -> None:
         rate = self.server.throttle_bps
@@ -417,8 +324,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 def make_server(root: Path, *, host: str = "127.0.0.1", port: int = 0, allow_remote: bool = False,
                 token_file: Path | None = None, max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                throttle_bps: int = 0, access_log: bool = False) -> HubServer:
-    """A bound (not yet serving) hub server over `root`; refuses a non-loopback `host` unless `allow_remote`, and
+                throttle_bps: int = 0, access_log: bool = False, upstream: Upstream | None = None) -> HubServer:
+    """A bound (not yet serving) hub server over `root` (with `upstream`: a pull-through hub keeping what it fetches
+    in `root`); refuses a non-loopback `host` unless `allow_remote`, and
     a port outside 0-65535, fewer than one connection or a negative throttle (named by their `hub serve` flags)."""
     if not root.is_dir():
         raise UsageError(f"{root}: not a directory")
@@ -435,17 +343,18 @@ def make_server(root: Path, *, host: str = "127.0.0.1", port: int = 0, allow_rem
                          "other machines")
     try:
         return HubServer((host, port), root, tokens=read_tokens(token_file), max_connections=max_connections,
-                         throttle_bps=throttle_bps, access_log=access_log)
+                         throttle_bps=throttle_bps, access_log=access_log,
+                         pull=PullThrough(root, upstream) if upstream else None)
     except OSError as exc:
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def serve_in_thread(root: Path, *, port: int = 0, host: str = "127.0.0.1", token_file: Path | None = None,
-                    throttle_bps: int = 0, max_connections: int = DEFAULT_MAX_CONNECTIONS
-                    ) -> tuple[str, Callable[[], None]]:
+                    throttle_bps: int = 0, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                    upstream: Upstream | None = None) -> tuple[str, Callable[[], None]]:
     """Serve `root` from a background thread; returns (base URL, stop function)."""
     server = make_server(root, host=host, port=port, token_file=token_file, throttle_bps=throttle_bps,
-                         max_connections=max_connections)
+                         max_connections=max_connections, upstream=upstream)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True,
                               name="modelrig-hub")
     thread.start()

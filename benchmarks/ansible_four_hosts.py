@@ -1,0 +1,60 @@
+"""site.yml on four SSH test hosts in one run, then again with everything in place (changed=0), with the ansible.cfg
+of this checkout (forks, ControlPersist); the hosts as benchmarks/ansible_bench.py makes them. Writes its section of
+BENCHMARKS.md. Needs root.
+
+Usage: `.venv/bin/python benchmarks/ansible_four_hosts.py [--no-write]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.ansible_bench import fleet  # noqa: E402
+from benchmarks.report import publish  # noqa: E402
+from modelrig.hub.server import serve_in_thread  # noqa: E402
+from modelrig.hub.tiny_repos import TOKEN_FILE, make_tiny_hub  # noqa: E402
+from tests.helpers.sshhosts import available  # noqa: E402
+
+SECTION = "## Ansible, four hosts (benchmarks/ansible_four_hosts.py)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--no-write", action="store_true", help="print the table, leave BENCHMARKS.md alone")
+    args = parser.parse_args()
+    reason = available()
+    if reason:
+        raise SystemExit(reason)
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="modelrig-fourhosts-") as name:
+        tmp = Path(name)
+        hub = tmp / "hub"
+        make_tiny_hub(hub, only=["modelrig-tiny/llama-meta", "modelrig-tiny/ziya-delta"])
+        url, stop_hub = serve_in_thread(hub, token_file=hub / TOKEN_FILE)
+        try:
+            first, second, caches, changed, _ = fleet(tmp, url, (hub / TOKEN_FILE).read_text().split()[0],
+                                                      ["a", "b", "c", "d"])
+        finally:
+            stop_hub()
+    table = "\n".join([
+        SECTION, "",
+        "The demo model on four hosts in one site.yml run (each host a Unix user with its own sshd on 127.0.0.N of "
+        "this 2-core machine, as in the section above), then the same run again with everything in place; "
+        f"1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (the machine is shared "
+        "with other developers' builds and tests).", "",
+        "| what | seconds |", "|---|---|",
+        f"| first site.yml, four hosts (uv caches {caches}) | {first:.1f} |",
+        f"| second site.yml, four hosts (changed={changed}) | {second:.1f} |",
+    ])
+    publish(SECTION, table, write=not args.no_write)
+
+
+if __name__ == "__main__":
+    main()
