@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from modelrig.hub.layout import open_repo, resolve_revision
+from tests.helpers.ansible_site import demo_knobs, free_port
 from tests.helpers.hub import logged_requests, served
 from tests.helpers.sshhosts import SshHosts, available, playbook, recap
-from tests.test_ansible_site import demo_knobs, free_port
 
 pytestmark = pytest.mark.slow
 HOSTS = ("h1", "h2", "h3", "h4")
