@@ -12,6 +12,7 @@ Mac is 16 GiB, not 17.2 GB); what a model needs stays in GB.
 from __future__ import annotations
 
 _UNITS = ("B", "kB", "MB", "GB", "TB", "PB")
+_BINARY_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 
 
 def format_size(n_bytes: float | None, *, unknown: str = "unknown") -> str:
@@ -20,35 +21,26 @@ def format_size(n_bytes: float | None, *, unknown: str = "unknown") -> str:
     Three significant figures at most: one decimal below 100 of a unit (a trailing `.0` dropped), none above;
     whole bytes below 1 kB; negative counts keep their sign.
     """
-    if n_bytes is None:
-        return unknown
-    value = float(n_bytes)
-    sign = "-" if value < 0 else ""
-    value = abs(value)
-    for unit in _UNITS:
-        if round(value, 1) < 1000 or unit == _UNITS[-1]:  # 999.96 kB reads "1 MB", not "1000 kB"
-            break
-        value /= 1000
-    if unit == "B":
-        return f"{sign}{value:.0f} B"
-    text = f"{value:.1f}" if round(value, 1) < 100 else f"{value:.0f}"
-    return f"{sign}{text.removesuffix('.0')} {unit}"
+    return unknown if n_bytes is None else _scaled(float(n_bytes), _UNITS, 1000)
 
 
 def format_memory(n_bytes: float | None, *, unknown: str = "unknown") -> str:
     """A memory size in binary units, as RAM is built and sold: `17_179_869_184` -> `"16 GiB"`, `206_158_430_208`
     -> `"192 GiB"`, `16_700_000_000` -> `"15.6 GiB"` (what Apple and `free` call 16 GB is 16 GiB)."""
-    if n_bytes is None:
-        return unknown
-    value = float(n_bytes)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if round(value, 1) < 1024 or unit == "TiB":
+    return unknown if n_bytes is None else _scaled(float(n_bytes), _BINARY_UNITS, 1024)
+
+
+def _scaled(value: float, units: tuple[str, ...], base: int) -> str:
+    sign = "-" if value < 0 else ""
+    value = abs(value)
+    for unit in units:
+        if round(value, 1) < base or unit == units[-1]:  # 999.96 kB reads "1 MB", not "1000 kB"
             break
-        value /= 1024
+        value /= base
     if unit == "B":
-        return f"{value:.0f} B"
+        return f"{sign}{value:.0f} B"
     text = f"{value:.1f}" if round(value, 1) < 100 else f"{value:.0f}"
-    return f"{text.removesuffix('.0')} {unit}"
+    return f"{sign}{text.removesuffix('.0')} {unit}"
 
 
 _PARSE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "PB": 10**15,
