@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 from pathlib import Path
@@ -210,6 +211,6 @@ def test_shards_are_written_back_while_written_and_fsynced_beside_the_next_one(t
         spans = sorted((o, n) for path, o, n in kicks if Path(path).name == name)
         if (tmp_path / "st" / name).stat().st_size > 64 << 10:
             assert len(spans) > 1, name  # more than one stretch started before the end
-        assert all(a[0] + a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))  # contiguous, in order
+        assert all(a[0] + a[1] == b[0] for a, b in itertools.pairwise(spans))  # contiguous, in order
         syncs = [thread for path, thread in synced if Path(path).name == name]
         assert len(syncs) == 1 and syncs[0] != threading.main_thread().name
