@@ -1,0 +1,164 @@
+"""`modelrig convert tf` for every type `transformers-cli convert` took, against transformers' own conversion."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelrig.convert.tf1_types import TF1_TYPES, model_class_for, resolve_type
+from modelrig.errors import UsageError
+from tests.helpers.tf1_checkpoints import FIXTURES, TINY_CONFIGS, compare_all, write_all
+from tests.helpers.venvs import TF_CONVERT
+
+
+@pytest.fixture(scope="session")
+def tf1_releases(tmp_path_factory: pytest.TempPathFactory, venvs: Any) -> tuple[Path, dict[str, int], Path]:
+    """Every fixture release (one TensorFlow process), and the conversion env's python."""
+    python = venvs.get(TF_CONVERT)
+    root = tmp_path_factory.mktemp("tf1")
+    return root, write_all(root, python=python), python
+
+
+def _checkpoint(root: Path, name: str) -> Path:
+    kind = FIXTURES[name][0]
+    return {"gpt": root / name, "xlm": root / name / "mlm_tiny.pth"}.get(kind, root / name / "model.ckpt")
+
+
+def _config(root: Path, name: str) -> Path | None:
+    found = sorted((root / name).glob("*config.json")) + sorted((root / name).glob("hparams.json"))
+    return found[0] if found else None
+
+
+@pytest.fixture(scope="session")
+def converted(tf1_releases: tuple[Path, dict[str, int], Path], tmp_path_factory: pytest.TempPathFactory
+              ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each release converted by modelrig (type from the config; XLM's named), and compared in one process."""
+    from modelrig.convert.tf import convert_tf1
+
+    root, _slots, python = tf1_releases
+    out = tmp_path_factory.mktemp("converted")
+    details: dict[str, Any] = {}
+    for name, (kind, task) in FIXTURES.items():
+        result = convert_tf1(checkpoint=_checkpoint(root, name), config=_config(root, name),
+                             model_type="xlm" if kind == "xlm" else None, finetuning_task=task, out=out / name,
+                             python=python)
+        details[name] = result.details
+    pairs = {name: (FIXTURES[name][0], out / name, root / name / "ref") for name in FIXTURES}
+    probe = (str(root / "bert" / "model.ckpt"), "bert/embeddings/word_embeddings/adam_m")
+    return details, compare_all(pairs, python=python, slot_probe=probe)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+def test_release_converts_to_transformers_own_weights_and_logits(name, converted):
+    details, compared = converted
+    kind, task = FIXTURES[name]
+    expected_class = model_class_for(TF1_TYPES[kind], task=task)[0]
+    assert compared[name]["arch"] == expected_class
+    assert compared[name]["tensors"] > 0
+    assert compared[name]["different"] == []
+    assert compared[name]["logits_max_diff"] == 0.0
+    assert details[name]["model_type"] == kind
+
+
+@pytest.mark.slow
+def test_optimizer_slots_are_never_read(tf1_releases, converted):
+    """The fixture overwrote every adam slot's bytes, so TensorFlow refuses to read one (its checksum fails); the
+    conversions succeeded, so none was read, and each skipped exactly the slots plus global_step."""
+    _root, slots, _python = tf1_releases
+    details, compared = converted
+    assert "checksum" in compared["__slot_probe__"].lower() or "data loss" in compared["__slot_probe__"].lower()
+    for name, count in slots.items():
+        assert count > 0
+        assert details[name]["skipped"] == count + 1, name
+
+
+@pytest.mark.slow
+def test_checkpoint_with_fewer_layers_than_its_config_is_refused_naming_the_first_unfilled_weight(
+        tf1_releases, tmp_path, cli):
+    root, _slots, python = tf1_releases
+    config = tmp_path / "bert_config.json"
+    config.write_text(json.dumps({**TINY_CONFIGS["bert"], "num_hidden_layers": 3}))
+    code, _out, err = cli("convert", "tf", "--checkpoint", root / "bert" / "model.ckpt", "--config", config,
+                          "--out", tmp_path / "pt", "--tf-python", python)
+    assert code == 6
+    assert "no variable fills bert.encoder.layer.2.attention.self.query.weight" in err
+    assert not (tmp_path / "pt").exists()
+
+
+@pytest.mark.slow
+def test_variable_of_another_shape_is_refused_naming_it(tf1_releases, tmp_path, cli):
+    root, _slots, python = tf1_releases
+    config = tmp_path / "albert_config.json"
+    config.write_text(json.dumps({**TINY_CONFIGS["albert"], "intermediate_size": 40}))
+    code, _out, err = cli("convert", "tf", "--checkpoint", root / "albert" / "model.ckpt", "--config", config,
+                          "--out", tmp_path / "pt", "--tf-python", python, "--json")
+    assert code == 6
+    assert ("variable bert/encoder/transformer/group_0/inner_group_0/ffn_1/intermediate/dense/bias does not fit "
+            "the AlbertForPreTraining") in err
+    assert not (tmp_path / "pt").exists()
+
+
+def test_unknown_model_type_is_refused_naming_the_supported_ones(tmp_path, cli):
+    (tmp_path / "model.ckpt.index").write_bytes(b"")
+    code, _out, err = cli("convert", "tf", "--checkpoint", tmp_path / "model.ckpt", "--model-type", "roberta",
+                          "--out", tmp_path / "pt", "--tf-python", "/nonexistent")
+    assert code == 2
+    assert "--model-type roberta: not a convertible type; supported: albert, bert, electra, funnel, gpt, gpt2, " \
+           "lxmert, rembert, t5, transfo_xl, xlm, xlnet" in err
+
+
+@pytest.mark.parametrize("kind", sorted(set(TINY_CONFIGS) - {"xlm"}))
+def test_the_type_comes_from_the_shape_of_the_original_config(kind):
+    assert resolve_type(None, TINY_CONFIGS[kind], config_path=None).name == kind
+
+
+def test_model_type_in_the_config_and_the_flag_decide_before_the_shape():
+    assert resolve_type(None, {**TINY_CONFIGS["bert"], "model_type": "electra"}, config_path=None).name == "electra"
+    assert resolve_type(None, {"model_type": "openai-gpt"}, config_path=None).name == "gpt"
+    assert resolve_type("albert", TINY_CONFIGS["bert"], config_path=None).name == "albert"
+    with pytest.raises(UsageError, match=r"c.json: model_type 'roberta' is not a convertible type"):
+        resolve_type(None, {"model_type": "roberta"}, config_path=Path("c.json"))
+    with pytest.raises(UsageError, match=r"c.json: the keys do not tell the model type; pass --model-type"):
+        resolve_type(None, {"hidden_size": 4}, config_path=Path("c.json"))
+
+
+def test_xlnet_fine_tuning_task_picks_the_head_and_label_count():
+    xlnet = TF1_TYPES["xlnet"]
+    assert model_class_for(xlnet, task="MNLI") == ("XLNetForSequenceClassification",
+                                                   {"finetuning_task": "mnli", "num_labels": 3})
+    assert model_class_for(xlnet, task="squad2") == ("XLNetForQuestionAnswering", {"finetuning_task": "squad2"})
+    assert model_class_for(xlnet, task=None) == ("XLNetLMHeadModel", {})
+    with pytest.raises(UsageError, match="only xlnet checkpoints take one, not bert"):
+        model_class_for(TF1_TYPES["bert"], task="mnli")
+
+
+def test_a_tf_only_release_is_one_manifest_step_with_its_type(tmp_path):
+    from pydantic import ValidationError
+
+    from modelrig.manifest import TfToPt
+
+    step = TfToPt(input="release", model_type="xlnet", config="xlnet_config.json", finetuning_task="sts-b")
+    assert (step.model_type, step.finetuning_task) == ("xlnet", "sts-b")
+    assert TfToPt(input="release").model_type is None
+    with pytest.raises(ValidationError, match="'roberta' is not a convertible type; supported: albert"):
+        TfToPt(input="release", model_type="roberta")
+    with pytest.raises(ValidationError, match="a path inside the input"):
+        TfToPt(input="release", checkpoint="../elsewhere/model.ckpt")
+
+
+def test_release_folder_config_is_the_one_there(tmp_path):
+    from modelrig.convert.tf import tf1_config
+    from modelrig.errors import ConversionError
+
+    assert tf1_config(tmp_path, None) is None
+    (tmp_path / "xlnet_config.json").write_text("{}")
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    assert tf1_config(tmp_path, None) == tmp_path / "xlnet_config.json"
+    shutil.copy(tmp_path / "xlnet_config.json", tmp_path / "hparams.json")
+    with pytest.raises(ConversionError, match="several configs"):
+        tf1_config(tmp_path, None)
