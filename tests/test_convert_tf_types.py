@@ -11,7 +11,7 @@ import pytest
 
 from modelrig.convert.tf1_types import TF1_TYPES, model_class_for, resolve_type
 from modelrig.errors import UsageError
-from tests.helpers.tf1_checkpoints import FIXTURES, TINY_CONFIGS, compare_all, write_all
+from tests.helpers.tf1_checkpoints import FIXTURES, H5_FIXTURES, TINY_CONFIGS, compare_all, write_all
 from tests.helpers.venvs import TF_CONVERT
 
 
@@ -37,7 +37,7 @@ def _config(root: Path, name: str) -> Path | None:
 def converted(tf1_releases: tuple[Path, dict[str, int], Path], tmp_path_factory: pytest.TempPathFactory
               ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Each release converted by modelrig (type from the config; XLM's named), and compared in one process."""
-    from modelrig.convert.tf import convert_tf1
+    from modelrig.convert.tf import convert_h5, convert_tf1
 
     root, _slots, python = tf1_releases
     out = tmp_path_factory.mktemp("converted")
@@ -47,7 +47,11 @@ def converted(tf1_releases: tuple[Path, dict[str, int], Path], tmp_path_factory:
                              model_type="xlm" if kind == "xlm" else None, finetuning_task=task, out=out / name,
                              python=python)
         details[name] = result.details
+    for name in H5_FIXTURES:
+        details[name] = convert_h5(h5=root / name / "release" / "tf_model.h5", out=out / name,
+                                   python=python).details
     pairs = {name: (FIXTURES[name][0], out / name, root / name / "ref") for name in FIXTURES}
+    pairs.update({name: (kind, out / name, root / name / "ref") for name, (kind, _arch) in H5_FIXTURES.items()})
     probe = (str(root / "bert" / "model.ckpt"), "bert/embeddings/word_embeddings/adam_m")
     return details, compare_all(pairs, python=python, slot_probe=probe)
 
@@ -63,6 +67,19 @@ def test_release_converts_to_transformers_own_weights_and_logits(name, converted
     assert compared[name]["different"] == []
     assert compared[name]["logits_max_diff"] == 0.0
     assert details[name]["model_type"] == kind
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(H5_FIXTURES))
+def test_tf_model_h5_converts_to_what_from_pretrained_from_tf_gives(name, converted):
+    """TF2 `tf_model.h5` files as transformers saves them: h5py where the toolkit's transformers maps every weight,
+    else (Transformer-XL: transformers 5 has no such class) `from_pretrained(..., from_tf=True)` in the conversion
+    env; the same tensors and logits either way."""
+    details, compared = converted
+    assert compared[name]["arch"] == H5_FIXTURES[name][1]
+    assert compared[name]["different"] == []
+    assert compared[name]["logits_max_diff"] == 0.0
+    assert details[name]["read_with"] == ("TF env" if name == "h5_transfo_xl" else "h5py")
 
 
 @pytest.mark.slow
@@ -100,6 +117,7 @@ def test_variable_of_another_shape_is_refused_naming_it(tf1_releases, tmp_path, 
     assert code == 6
     assert ("variable bert/encoder/transformer/group_0/inner_group_0/ffn_1/intermediate/dense/bias does not fit "
             "the AlbertForPreTraining") in err
+    assert err.strip().endswith("[checkpoint_mismatch]")
     assert not (tmp_path / "pt").exists()
 
 

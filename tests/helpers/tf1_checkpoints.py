@@ -5,8 +5,9 @@ seeded random weights, and saves them under the original release's variable name
 `adam_m`/`adam_v` slots and `global_step`; OpenAI GPT's `params_N.npy` folder; XLM's pickle). It then converts
 each with transformers' own `load_tf_weights_in_<type>` (XLM: `convert_xlm_checkpoint_to_pytorch`) +
 `save_pretrained` into `ref/`, checks that this reproduces the original weights exactly (so the names are the
-ones the loader reads), and records the reference outputs on a fixed input. Finally the optimizer slots' bytes
-in each `.data` file are overwritten, so reading one fails TensorFlow's checksum.
+ones the loader reads), and keeps that converted state (`ref_state.pt`, every name) for the comparison. Finally
+the optimizer slots' bytes in each `.data` file are overwritten, so reading one fails TensorFlow's checksum.
+`tf_model.h5` fixtures are Keras models saved by transformers, their reference `from_pretrained(from_tf=True)`.
 """
 
 from __future__ import annotations
@@ -52,6 +53,12 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
 }
 #: Fixtures: name -> (model type, fine-tuning task). xlnet_sst2 is XLNet fine-tuned on a GLUE task.
 FIXTURES: dict[str, tuple[str, str | None]] = {**{t: (t, None) for t in TINY_CONFIGS}, "xlnet_sst2": ("xlnet", "sst-2")}
+#: `tf_model.h5` fixtures (TF2 Keras models saved by transformers): name -> (model type of the tiny config, class).
+H5_FIXTURES: dict[str, tuple[str, str]] = {"h5_albert": ("albert", "AlbertForPreTraining"),
+                                           "h5_gpt2": ("gpt2", "GPT2LMHeadModel"),
+                                           "h5_t5": ("t5", "T5ForConditionalGeneration"),
+                                           "h5_xlnet": ("xlnet", "XLNetLMHeadModel"),
+                                           "h5_transfo_xl": ("transfo_xl", "TransfoXLLMHeadModel")}
 
 _WRITER = textwrap.dedent(
     r'''
@@ -74,6 +81,7 @@ _WRITER = textwrap.dedent(
 
     root = sys.argv[1]
     configs, fixtures, classes = json.loads(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
+    h5_fixtures = json.loads(sys.argv[5])
     ids = torch.tensor([[1, 5, 9, 23, 42, 7, 2], [1, 17, 3, 64, 98, 11, 2]])
 
     def inputs(kind, config):
@@ -363,9 +371,7 @@ _WRITER = textwrap.dedent(
             ref.save_pretrained(os.path.join(out, "ref"))
         for k, v in model.state_dict().items():  # the loader reproduces the original weights: the names are right
             assert torch.equal(v, ref.state_dict()[k]), f"{name}: {k} differs after transformers' own loading"
-        with torch.no_grad():
-            logits = ref(**inputs(kind, config))[0]
-        np.save(os.path.join(out, "ref_logits.npy"), logits.numpy())
+        torch.save(ref.state_dict(), os.path.join(out, "ref_state.pt"))  # every name, tied ones included
         if kind not in ("gpt", "xlm"):
             spans = slot_spans(path)
             with open(path + ".data-00000-of-00001", "r+b") as f:
@@ -373,6 +379,22 @@ _WRITER = textwrap.dedent(
                     f.seek(offset)
                     f.write(b"\xa5" * size)
             report[name] = len(spans)
+    for name, (kind, arch) in h5_fixtures.items():  # TF2: Keras models saved as tf_model.h5 by transformers
+        out = os.path.join(root, name)
+        pt_cls, tf_cls = getattr(transformers, arch), getattr(transformers, "TF" + arch)
+        config = pt_cls.config_class(**configs[kind])
+        tf.keras.utils.set_random_seed(len(name))
+        keras_model = tf_cls(config)
+        keras_model(keras_model.dummy_inputs)
+        rng = np.random.default_rng(len(name))
+        for v in keras_model.weights:
+            v.assign((rng.standard_normal(v.shape) * 0.1).astype(v.dtype.as_numpy_dtype))
+        keras_model.save_pretrained(os.path.join(out, "release"))
+        ref = pt_cls.from_pretrained(os.path.join(out, "release"), from_tf=True).eval()
+        for p in ref.parameters():
+            p.data = p.data.contiguous().clone()
+        ref.save_pretrained(os.path.join(out, "ref"))
+        torch.save(ref.state_dict(), os.path.join(out, "ref_state.pt"))
     print(json.dumps(report))
     '''
 )
@@ -399,8 +421,13 @@ _COMPARER = textwrap.dedent(
         config = json.load(open(ours + "/config.json"))
         arch = config["architectures"][0]
         cls = getattr(txl, arch, None) or getattr(transformers, arch)
-        mine, theirs = cls.from_pretrained(ours).eval(), cls.from_pretrained(ref).eval()
-        a, b = mine.state_dict(), theirs.state_dict()
+        # transformers' own conversion as it stood in memory (its save_pretrained + from_pretrained round trip
+        # loses XLNet's word embedding: it keeps the tied lm_loss.weight, then ties the other way on load)
+        b = torch.load(ref + "/../ref_state.pt", weights_only=True)
+        theirs = cls(cls.config_class.from_pretrained(ref)).eval()
+        theirs.load_state_dict(b)
+        mine = cls.from_pretrained(ours).eval()
+        a = mine.state_dict()
         diff = sorted(k for k in set(a) | set(b) if k not in a or k not in b or not torch.equal(a[k], b[k]))
         inputs = {"input_ids": ids}
         if kind in ("bert", "albert", "rembert", "funnel", "lxmert"):
@@ -413,7 +440,7 @@ _COMPARER = textwrap.dedent(
             inputs["visual_pos"] = torch.rand(2, 3, 4, generator=g)
         with torch.no_grad():
             logits = mine(**inputs)[0].numpy()
-        expected = np.load(ref + "/../ref_logits.npy")
+            expected = theirs(**inputs)[0].numpy()
         result[name] = {"arch": arch, "tensors": len(a), "different": diff,
                         "logits_shape": list(logits.shape), "logits_max_diff": float(np.abs(logits - expected).max())}
     probe = json.loads(sys.argv[2])
@@ -441,10 +468,12 @@ def classes() -> dict[str, tuple[str, str, str]]:
 
 
 def write_all(root: Path, *, python: Path | str) -> dict[str, int]:
-    """Write every fixture under `root/<name>/` (one TensorFlow process); returns the slots overwritten per fixture."""
+    """Write every fixture under `root/<name>/` (one TensorFlow process; an h5 fixture's files in `release/`);
+    returns the optimizer slots overwritten per TF1 fixture."""
     root.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run([str(python), "-c", _WRITER, str(root), json.dumps(TINY_CONFIGS), json.dumps(FIXTURES),
-                           json.dumps(classes())], capture_output=True, text=True, check=False)
+                           json.dumps(classes()), json.dumps(H5_FIXTURES)], capture_output=True, text=True,
+                          check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"writing the TF1 fixtures failed:\n{proc.stderr[-6000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -143,7 +143,7 @@ def _run_step(verb: str, args: argparse.Namespace, ctx: Context) -> StageResult:
         ckpt: Path = args.checkpoint
         h5 = ckpt if ckpt.suffix == ".h5" else ckpt / "tf_model.h5" if ckpt.is_dir() else None
         if h5 is not None and h5.is_file():
-            return convert_h5(h5=h5, config=args.config, out=args.out, cache=cache)
+            return convert_h5(h5=h5, config=args.config, out=args.out, cache=cache, python=args.tf_python, ctx=ctx)
         return convert_tf1(checkpoint=ckpt, config=args.config, model_type=args.model_type,
                            finetuning_task=args.finetuning_task, out=args.out, python=args.tf_python,
                            vocab=args.vocab, cache=cache, ctx=ctx)

@@ -98,7 +98,7 @@ def run_pipeline(manifest: Manifest, ctx: Context, *, inputs: Mapping[str, str] 
                 if (src / "tf_model.h5").is_file():
                     config = src / (step.config or "config.json")
                     result = convert_h5(h5=src / "tf_model.h5", config=config, out=out, cache=cache,
-                                        model=manifest.id)
+                                        model=manifest.id, python=tf_python, ctx=ctx)
                 else:
                     result = convert_tf1(checkpoint=src / step.checkpoint if step.checkpoint else src,
                                          config=tf1_config(src, step.config), model_type=step.model_type,

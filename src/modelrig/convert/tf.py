@@ -103,6 +103,8 @@ _TF1_SCRIPT = textwrap.dedent(
         print(json.dumps({"unloaded": missed[0], "count": len(missed)}))
         sys.exit(4)
     model.eval()
+    for p in model.parameters():  # loaders leave transposed views, which the duplicate finder cannot flatten
+        p.data = p.data.contiguous()
     from safetensors.torch import _remove_duplicate_names, save_file
     state = model.state_dict()
     tied = {}
@@ -269,9 +271,9 @@ def convert_tf1(*, checkpoint: Path, config: Path | None, out: Path, model_type:
             if "unloaded" in report:
                 raise ConversionError(f"{location}: no variable fills {report['unloaded']} ({report['count']} model "
                                       f"weights unfilled): the checkpoint does not match {against}",
-                                      code="checkpoint_mismatch")
+                                      code="checkpoint_mismatch", weight=report["unloaded"])
             raise ConversionError(f"{location}: variable {report['mismatch']} does not fit {against}: "
-                                  f"{report['detail']}", code="checkpoint_mismatch")
+                                  f"{report['detail']}", code="checkpoint_mismatch", variable=report["mismatch"])
         if proc.returncode != 0 or not report:
             tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
             raise ConversionError(f"{location}: {kind.name} conversion failed in {interpreter}: {tail[0]}")
@@ -418,9 +420,47 @@ def plan_h5(path: Path, config_file: Path) -> tuple[list[OutputTensor], list[str
     return sorted(tensors, key=lambda t: t.name), sorted(set(expected) & tied_names - mapped)
 
 
+_H5_SCRIPT = textwrap.dedent(
+    """
+    import json, os, shutil, sys, tempfile
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import transformers
+    h5, config_file, out = sys.argv[1:4]
+    config = json.load(open(config_file))
+    arch = ((config.get("architectures") or [""])[0]).removeprefix("TF")
+    cls = getattr(transformers, arch, None)
+    if cls is None or not hasattr(transformers, "TF" + arch):
+        print(json.dumps({"missing": arch, "transformers": transformers.__version__}))
+        sys.exit(3)
+    with tempfile.TemporaryDirectory(dir=out) as src:  # from_pretrained wants the two files side by side
+        os.symlink(os.path.abspath(h5), os.path.join(src, "tf_model.h5"))
+        shutil.copyfile(config_file, os.path.join(src, "config.json"))
+        model = cls.from_pretrained(src, from_tf=True)
+    from safetensors.torch import _remove_duplicate_names, save_file
+    state = model.state_dict()
+    tied = {}
+    for kept, dropped in _remove_duplicate_names(state).items():
+        for name in dropped:
+            tied[name] = kept
+            del state[name]
+    save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(out, "model.safetensors"),
+              metadata={"format": "pt"})
+    print(json.dumps({"arch": arch, "tensors": len(state), "tied": dict(sorted(tied.items()))}))
+    """
+)
+
+
 def convert_h5(*, h5: Path, out: Path, config: Path | None = None, max_shard_size: int | str = "5GB",
-               cache: Path | None = None, model: str | None = None) -> StageResult:
-    """Convert Hugging Face's `tf_model.h5` to safetensors with h5py and transformers' name rules, no TensorFlow."""
+               cache: Path | None = None, model: str | None = None, python: Path | str | None = None,
+               ctx: Context | None = None) -> StageResult:
+    """Convert Hugging Face's `tf_model.h5` to safetensors.
+
+    With h5py and transformers' name rules, no TensorFlow, where the toolkit's transformers has the PyTorch class
+    and every weight maps by those rules; otherwise, for any architecture whose TF class the conversion env's
+    transformers ships, as `from_pretrained(..., from_tf=True)` does there (TensorFlow's own reading and
+    transformers' own name mapping).
+    """
     h5 = Path(h5)
     if h5.is_dir():
         h5 = h5 / "tf_model.h5"
@@ -433,11 +473,20 @@ def convert_h5(*, h5: Path, out: Path, config: Path | None = None, max_shard_siz
     state: dict[str, Any] = {}
 
     def needed() -> int:
-        state["tensors"], state["tied"] = plan_h5(h5, config)
+        try:
+            state["tensors"], state["tied"] = plan_h5(h5, config)
+        except (ConversionError, ValueError, KeyError) as exc:  # AutoConfig: a type this transformers lacks
+            state["h5py_refused"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return h5.stat().st_size + (1 << 20)
         return sum(t.nbytes for t in state["tensors"])
 
     def body(tmp: Path) -> dict[str, Any]:
-        files = write_safetensors_shards(state["tensors"], tmp, max_shard_size=max_shard_size, desc="h5")
+        if "h5py_refused" in state:
+            files = _h5_in_tf_env(h5, config, tmp, python=python, ctx=ctx, why=state["h5py_refused"])
+            tensors, tied, how = files.pop("__tensors__"), files.pop("__tied__"), "TF env"
+        else:
+            files = write_safetensors_shards(state["tensors"], tmp, max_shard_size=max_shard_size, desc="h5")
+            tensors, tied, how = len(state["tensors"]), state["tied"], "h5py"
         cfg = json.loads(config.read_text(encoding="utf-8"))
         cfg["architectures"] = [a[2:] if a.startswith("TF") else a for a in cfg.get("architectures") or []]
         cfg.pop("transformers_version", None)
@@ -445,9 +494,32 @@ def convert_h5(*, h5: Path, out: Path, config: Path | None = None, max_shard_siz
         for extra in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
             if (h5.parent / extra).is_file():
                 shutil.copyfile(h5.parent / extra, tmp / extra)
-        return {"files": files, "tensors": len(state["tensors"]), "tied": state["tied"],
-                "summary": f"tf (h5): {len(state['tensors'])} tensors -> {out}"}
+        return {"files": files, "tensors": tensors, "tied": tied, "read_with": how,
+                "summary": f"tf (h5, {how}): {tensors} tensors -> {out}"}
 
     return run_step("tf", out=Path(out), params=params, sources={"h5": h5, "config": config}, needed_bytes=needed,
                     body=body, cache=cache, model=model)
 
+
+
+def _h5_in_tf_env(h5: Path, config: Path, tmp: Path, *, python: Path | str | None, ctx: Context | None,
+                  why: str) -> dict[str, Any]:
+    """`from_pretrained(tmp, from_tf=True)` in the TF conversion env, saved as one safetensors file; returns the
+    written files' digests plus `__tensors__` (count) and `__tied__` (dropped alias -> kept name)."""
+    try:
+        interpreter = tf_python(python, ctx=ctx)
+    except UsageError as exc:
+        raise ConversionError(f"{why}; reading it with TensorFlow instead needs the TF conversion env: {exc}") from None
+    proc = subprocess.run([str(interpreter), "-c", _H5_SCRIPT, str(h5), str(config), str(tmp)], capture_output=True,
+                          text=True, check=False, env=clean_environ())
+    report = _last_json(proc.stdout.strip().splitlines())
+    if proc.returncode == _MISSING_EXIT and report:
+        raise ConversionError(f"{h5}: {why}; and the conversion env's transformers {report['transformers']} has no "
+                              f"TF{report['missing']} either")
+    if proc.returncode != 0 or not report:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
+        raise ConversionError(f"{h5}: from_pretrained(from_tf=True) failed in {interpreter}: {tail[0]}")
+    from modelrig.stamp import sha256_file
+
+    return {"model.safetensors": sha256_file(tmp / "model.safetensors"), "__tensors__": report["tensors"],
+            "__tied__": report["tied"]}
