@@ -209,10 +209,38 @@ def _copy_by_kernel(span: FileSpan, out_fd: int) -> bool:
             os.close(fd)
 
 
+#: Bytes handed to one `digest.update` when a span is hashed straight from the input's page cache.
+HASH_PIECE_BYTES = 64 << 20
+
+
 def hash_span(span: FileSpan, digest: Any, *, scratch: bytearray) -> None:
-    """Feed `span`'s bytes to `digest` (a hashlib object), read through `scratch`."""
+    """Feed `span`'s bytes to `digest` (a hashlib object): from a read-only mapping of the input (no copy through
+    user memory), or read through `scratch` where the file cannot be mapped."""
+    if span.nbytes and _hash_mapped(span, digest):
+        return
     for piece in _span_pieces(span, scratch):
         digest.update(piece)
+
+
+def _hash_mapped(span: FileSpan, digest: Any) -> bool:
+    import mmap
+
+    try:
+        with open(span.path, "rb", buffering=0) as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            if span.offset + span.nbytes > len(mm):
+                raise ConversionError(f"{span.path}: truncated file (needs {span.offset + span.nbytes} bytes)")
+            view = memoryview(mm)
+            try:
+                end = span.offset + span.nbytes
+                for start in range(span.offset, end, HASH_PIECE_BYTES):
+                    piece = view[start:min(start + HASH_PIECE_BYTES, end)]
+                    digest.update(piece)
+                    piece.release()
+            finally:
+                view.release()
+    except (OSError, ValueError):  # nothing was hashed yet when mapping fails
+        return False
+    return True
 
 
 def _span_pieces(span: FileSpan, scratch: bytearray) -> Iterator[memoryview]:
