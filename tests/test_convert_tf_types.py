@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from modelrig.convert.tf1_types import TF1_TYPES, model_class_for, resolve_type
 from modelrig.errors import UsageError
@@ -180,3 +181,47 @@ def test_release_folder_config_is_the_one_there(tmp_path):
     shutil.copy(tmp_path / "xlnet_config.json", tmp_path / "hparams.json")
     with pytest.raises(ConversionError, match="several configs"):
         tf1_config(tmp_path, None)
+
+
+def _xlm_release(folder: Path) -> Path:
+    """A tiny release in XLM's original layout (weights under their XLM names, params, dictionary)."""
+    import torch
+
+    folder.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(3)
+    emb = torch.randn(12, 8, generator=gen)
+    model = {"embeddings.weight": emb, "position_embeddings.weight": torch.randn(16, 8, generator=gen),
+             "layer_norm_emb.weight": torch.ones(8), "pred_layer.proj.weight": emb,
+             "pred_layer.proj.bias": torch.zeros(12)}
+    words = {w: i for i, w in enumerate(["<s>", "</s>", "<pad>", "<unk>", *(f"w{i}@@" for i in range(8))])}
+    torch.save({"model": model, "params": {"emb_dim": 8, "n_words": 12, "n_layers": 0}, "dico_word2id": words},
+               folder / "mlm_tiny.pth")
+    return folder
+
+
+def test_a_tf_only_release_converts_from_one_manifest_file(tmp_path, data_root, cli):
+    """A release no hub converts for you (XLM's original pickle here; no TensorFlow needed for it) is one YAML
+    file: a local source and a tf_to_pt step naming its type and checkpoint."""
+    from safetensors.torch import load_file
+
+    release = _xlm_release(tmp_path / "release")
+    manifest = {
+        "id": "xlm-original-tiny", "title": "XLM in its original release format", "license": {"name": "cc-by-nc-4.0"},
+        "weights": {"release": {"local": {"var": "xlm_release_dir"}}},
+        "convert": [{"tf_to_pt": {"input": "release", "model_type": "xlm", "checkpoint": "mlm_tiny.pth",
+                                  "output": "final"}}],
+        "env": {"python": "3.11", "torch": "==2.13.0", "packages": ["transformers==4.47.1"]},
+        "resources": {"params_b": 0.0001, "memory_gb": {"fp32": 0.1}, "disk_gb": 0.1},
+    }
+    path = tmp_path / "xlm-original-tiny.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    code, out, err = cli("convert", path, "--local", f"xlm_release_dir={release}", "--json")
+    assert code == 0, err
+    final = data_root / "models" / "xlm-original-tiny" / "final"
+    got = load_file(str(final / "model.safetensors"))
+    assert sorted(got) == ["pred_layer.proj.bias", "pred_layer.proj.weight", "transformer.embeddings.weight",
+                           "transformer.layer_norm_emb.weight", "transformer.position_embeddings.weight"]
+    assert json.loads((final / "config.json").read_text())["architectures"] == ["XLMWithLMHeadModel"]
+    assert json.loads((final / "vocab.json").read_text())["w0"] == 4  # BPE continuation: the @@ dropped
+    code, out, err = cli("convert", path, "--local", f"xlm_release_dir={release}", "--json")
+    assert code == 0 and json.loads(out)["changed"] is False
