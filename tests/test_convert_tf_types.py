@@ -225,3 +225,16 @@ def test_a_tf_only_release_converts_from_one_manifest_file(tmp_path, data_root, 
     assert json.loads((final / "vocab.json").read_text())["w0"] == 4  # BPE continuation: the @@ dropped
     code, out, err = cli("convert", path, "--local", f"xlm_release_dir={release}", "--json")
     assert code == 0 and json.loads(out)["changed"] is False
+
+
+def test_without_config_or_type_the_release_folder_config_decides(tmp_path, cli):
+    """No --config, no --model-type: the config beside the checkpoint is found and its shape gives the type, so
+    the run gets as far as the checkpoint itself (here missing its data file)."""
+    (tmp_path / "albert_config.json").write_text(json.dumps(TINY_CONFIGS["albert"]))
+    (tmp_path / "model.ckpt.index").write_bytes(b"")
+    code, _out, err = cli("convert", "tf", "--checkpoint", tmp_path / "model.ckpt", "--out", tmp_path / "pt",
+                          "--tf-python", "/nonexistent")
+    assert code == 6 and "no .data-NNNNN-of-NNNNN file next to the index" in err
+    (tmp_path / "albert_config.json").unlink()
+    code, _out, err = cli("convert", "tf", "--checkpoint", tmp_path / "model.ckpt", "--out", tmp_path / "pt")
+    assert code == 2 and "no config to tell the model type; pass --model-type" in err
