@@ -103,20 +103,24 @@ _TF1_SCRIPT = textwrap.dedent(
         print(json.dumps({"unloaded": missed[0], "count": len(missed)}))
         sys.exit(4)
     model.eval()
-    for p in model.parameters():  # loaders leave transposed views, which the duplicate finder cannot flatten
+    for p in model.parameters():  # loaders leave transposed views, which save_pretrained cannot write
         p.data = p.data.contiguous()
-    from safetensors.torch import _remove_duplicate_names, save_file
+    # transformers' own save_pretrained: it knows which alias of a tied pair its from_pretrained re-ties (ALBERT
+    # re-ties predictions.bias from the decoder's, XLNet lm_loss.weight from the word embedding), so it drops the
+    # right one; the dropped aliases are reported.
     state = model.state_dict()
+    model.save_pretrained(spec["out"], safe_serialization=True)
+    index = os.path.join(spec["out"], "model.safetensors.index.json")
+    if os.path.exists(index):
+        kept = set(json.load(open(index))["weight_map"])
+    else:
+        from safetensors import safe_open
+        with safe_open(os.path.join(spec["out"], "model.safetensors"), "pt") as f:
+            kept = set(f.keys())
     tied = {}
-    for kept, dropped in _remove_duplicate_names(state).items():
-        for name in dropped:
-            tied[name] = kept
-            del state[name]
-    # One metadata entry only: safetensors stores metadata in a hash map, so several would come out in a
-    # different order each run; the tied aliases are reported instead (transformers re-ties them on load).
-    state = {k: v.contiguous() for k, v in state.items()}
-    save_file(state, os.path.join(spec["out"], "model.safetensors"), metadata={"format": "pt"})
-    config.save_pretrained(spec["out"])
+    for name in sorted(set(state) - kept):
+        ptr = state[name].data_ptr()
+        tied[name] = next((k for k in sorted(kept) if state[k].data_ptr() == ptr), None)
     print(json.dumps({"loaded": len(names) or len(params), "skipped": [n for n, _ in skipped],
                       "tied": dict(sorted(tied.items()))}))
     """
@@ -278,6 +282,8 @@ def convert_tf1(*, checkpoint: Path, config: Path | None, out: Path, model_type:
             tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
             raise ConversionError(f"{location}: {kind.name} conversion failed in {interpreter}: {tail[0]}")
         _normalise_config(tmp / "config.json")
+        if (tmp / "generation_config.json").is_file():
+            _normalise_config(tmp / "generation_config.json")
         for v in vocabs:
             shutil.copyfile(v, tmp / v.name)
         return {"model_type": kind.name, "model_class": model_class, "loaded": report["loaded"],
@@ -437,16 +443,16 @@ _H5_SCRIPT = textwrap.dedent(
         os.symlink(os.path.abspath(h5), os.path.join(src, "tf_model.h5"))
         shutil.copyfile(config_file, os.path.join(src, "config.json"))
         model = cls.from_pretrained(src, from_tf=True)
-    from safetensors.torch import _remove_duplicate_names, save_file
+    for p in model.parameters():
+        p.data = p.data.contiguous()
     state = model.state_dict()
-    tied = {}
-    for kept, dropped in _remove_duplicate_names(state).items():
-        for name in dropped:
-            tied[name] = kept
-            del state[name]
-    save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(out, "model.safetensors"),
-              metadata={"format": "pt"})
-    print(json.dumps({"arch": arch, "tensors": len(state), "tied": dict(sorted(tied.items()))}))
+    model.save_pretrained(out, safe_serialization=True, max_shard_size="1000GB")  # drops the aliases it re-ties
+    from safetensors import safe_open
+    with safe_open(os.path.join(out, "model.safetensors"), "pt") as f:
+        kept = set(f.keys())
+    tied = {n: next((k for k in sorted(kept) if state[k].data_ptr() == state[n].data_ptr()), None)
+            for n in sorted(set(state) - kept)}
+    print(json.dumps({"arch": arch, "tensors": len(kept), "tied": tied}))
     """
 )
 
@@ -491,6 +497,8 @@ def convert_h5(*, h5: Path, out: Path, config: Path | None = None, max_shard_siz
         cfg["architectures"] = [a[2:] if a.startswith("TF") else a for a in cfg.get("architectures") or []]
         cfg.pop("transformers_version", None)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if (tmp / "generation_config.json").is_file():
+            _normalise_config(tmp / "generation_config.json")
         for extra in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
             if (h5.parent / extra).is_file():
                 shutil.copyfile(h5.parent / extra, tmp / extra)
