@@ -105,22 +105,22 @@ _TF1_SCRIPT = textwrap.dedent(
     model.eval()
     for p in model.parameters():  # loaders leave transposed views, which save_pretrained cannot write
         p.data = p.data.contiguous()
-    # transformers' own save_pretrained: it knows which alias of a tied pair its from_pretrained re-ties (ALBERT
-    # re-ties predictions.bias from the decoder's, XLNet lm_loss.weight from the word embedding), so it drops the
-    # right one; the dropped aliases are reported.
+    # Every name is written, a tied alias as a copy: transformers 4.x re-initialises a module whose tied key is
+    # missing from the file after loading it (ALBERT's save_pretrained output reloads with a zero MLM bias), and
+    # which alias a version re-ties from differs. `tied` reports the aliases (alias -> the name it shares data with).
     state = model.state_dict()
-    model.save_pretrained(spec["out"], safe_serialization=True)
-    index = os.path.join(spec["out"], "model.safetensors.index.json")
-    if os.path.exists(index):
-        kept = set(json.load(open(index))["weight_map"])
-    else:
-        from safetensors import safe_open
-        with safe_open(os.path.join(spec["out"], "model.safetensors"), "pt") as f:
-            kept = set(f.keys())
+    declared = set(getattr(model, "_tied_weights_keys", None) or [])
+    groups = {}
+    for name in sorted(state):
+        groups.setdefault(state[name].data_ptr(), []).append(name)
     tied = {}
-    for name in sorted(set(state) - kept):
-        ptr = state[name].data_ptr()
-        tied[name] = next((k for k in sorted(kept) if state[k].data_ptr() == ptr), None)
+    for group in groups.values():
+        kept = next((n for n in group if n not in declared), group[0])
+        tied.update({n: kept for n in group if n != kept})
+    from safetensors.torch import save_file
+    save_file({k: v.detach().clone().contiguous() for k, v in state.items()},
+              os.path.join(spec["out"], "model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(spec["out"])
     print(json.dumps({"loaded": len(names) or len(params), "skipped": [n for n, _ in skipped],
                       "tied": dict(sorted(tied.items()))}))
     """
@@ -419,6 +419,15 @@ def plan_h5(path: Path, config_file: Path) -> tuple[list[OutputTensor], list[str
             return torch.from_numpy(_tf_to_pt_array(array, transpose, pt_shape))
 
         tensors.append(OutputTensor(name, pt_shape, dtype, whole(load)))
+    # Tied aliases are written too, as copies of their source (transformers 4.x re-initialises a module whose
+    # tied key is missing from the file); transformers 5 names each alias's source, older ones only the alias.
+    sources = tied if isinstance(tied, dict) else {}
+    by_name = {t.name: t for t in tensors}
+    for alias in sorted(set(expected) & tied_names - mapped):
+        source = by_name.get(sources.get(alias, ""))
+        if source is not None and source.shape == expected[alias]:
+            tensors.append(OutputTensor(alias, source.shape, source.dtype, source.produce))
+            mapped.add(alias)
     missing = sorted(set(expected) - mapped - tied_names)
     if missing:
         raise ConversionError(f"{path}: no weights for {', '.join(missing[:5])} ({len(missing)} missing): not a "
@@ -443,16 +452,11 @@ _H5_SCRIPT = textwrap.dedent(
         os.symlink(os.path.abspath(h5), os.path.join(src, "tf_model.h5"))
         shutil.copyfile(config_file, os.path.join(src, "config.json"))
         model = cls.from_pretrained(src, from_tf=True)
-    for p in model.parameters():
-        p.data = p.data.contiguous()
-    state = model.state_dict()
-    model.save_pretrained(out, safe_serialization=True, max_shard_size="1000GB")  # drops the aliases it re-ties
-    from safetensors import safe_open
-    with safe_open(os.path.join(out, "model.safetensors"), "pt") as f:
-        kept = set(f.keys())
-    tied = {n: next((k for k in sorted(kept) if state[k].data_ptr() == state[n].data_ptr()), None)
-            for n in sorted(set(state) - kept)}
-    print(json.dumps({"arch": arch, "tensors": len(kept), "tied": tied}))
+    state = model.state_dict()  # every name, tied aliases as copies (see the TF1 script)
+    from safetensors.torch import save_file
+    save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, os.path.join(out, "model.safetensors"),
+              metadata={"format": "pt"})
+    print(json.dumps({"arch": arch, "tensors": len(state), "tied": {}}))
     """
 )
 
