@@ -129,6 +129,10 @@ def measure_all(work: Path, *, rounds: int, only: set[str], tf_python: str | Non
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
+def _tasks(op: str) -> set[str]:
+    return {*LABELS[op][1], f"floor-{op}"}
+
+
 def _same_round(res: dict, task: str, other: str) -> float:
     return statistics.median(a / b for a, b in zip(res[task]["walls"], res[other]["walls"], strict=True))
 
@@ -141,7 +145,9 @@ def markdown(data: dict) -> str:
              f"load average {data['load'][0]} at the start, {data['load'][1]} at the end), transformers {tv}, "
              f"torch {torch_v}, safetensors {st_v}; {data['rounds']} interleaved rounds in rotating order, warm page "
              "cache, each measurement its own process, medians; the last column lists every round's wall. "
-             "Reproduce: `.venv/bin/python benchmarks/convert/resave.py --tf-python <TF conversion env python>`.",
+             "Reproduce: `.venv/bin/python benchmarks/convert/resave.py --tf-python <TF conversion env python>`."
+             + "".join(f" The {LABELS[op][0]} rows were measured {e['when']} (load average {e['load'][0]} at the "
+                       f"start, {e['load'][1]} at the end)." for op, e in data.get("earlier", {}).items()),
              "",
              "| operation | approach | wall (s), median | peak RSS (MiB) | read (GB) | wall / I/O floor, same round |"
              " walls (s) |",
@@ -195,7 +201,15 @@ def main() -> None:
             data = measure_all(work, rounds=args.rounds, only=set(args.only.split(",")), tf_python=args.tf_python)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        (args.workdir / "last.json").write_text(json.dumps(data, indent=2))
+        last = args.workdir / "last.json"
+        if last.is_file():  # a part not measured now keeps its rows from the previous run (and says when)
+            before = json.loads(last.read_text(encoding="utf-8"))
+            for op in LABELS:
+                if op not in data["sizes"] and op in before.get("sizes", {}):
+                    data["sizes"][op] = before["sizes"][op]
+                    data["results"].update({k: v for k, v in before["results"].items() if k in _tasks(op)})
+                    data.setdefault("earlier", {})[op] = {"when": before["when"], "load": before["load"]}
+        last.write_text(json.dumps(data, indent=2))
     sys.path.insert(0, str(run.REPO))
     from benchmarks.report import publish
 
