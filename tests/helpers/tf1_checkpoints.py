@@ -424,9 +424,10 @@ _COMPARER = textwrap.dedent(
         # transformers' own conversion as it stood in memory (its save_pretrained + from_pretrained round trip
         # loses XLNet's word embedding: it keeps the tied lm_loss.weight, then ties the other way on load)
         b = torch.load(ref + "/../ref_state.pt", weights_only=True)
-        theirs = cls(cls.config_class.from_pretrained(ref)).eval()
-        theirs.load_state_dict(b)
         mine = cls.from_pretrained(ours).eval()
+        # the same construction (config, attention implementation), only the weights from transformers' own
+        theirs = cls.from_pretrained(ours).eval()
+        theirs.load_state_dict(b)
         a = mine.state_dict()
         diff = sorted(k for k in set(a) | set(b) if k not in a or k not in b or not torch.equal(a[k], b[k]))
         inputs = {"input_ids": ids}

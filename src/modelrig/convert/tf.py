@@ -421,7 +421,14 @@ def plan_h5(path: Path, config_file: Path) -> tuple[list[OutputTensor], list[str
         tensors.append(OutputTensor(name, pt_shape, dtype, whole(load)))
     # Tied aliases are written too, as copies of their source (transformers 4.x re-initialises a module whose
     # tied key is missing from the file); transformers 5 names each alias's source, older ones only the alias.
-    sources = tied if isinstance(tied, dict) else {}
+    sources = dict(tied) if isinstance(tied, dict) else {}
+    shared: dict[int, list[str]] = {}  # names of one Parameter object (a tie made in the model's constructor)
+    for pname, param in pt_model.named_parameters(remove_duplicate=False):
+        shared.setdefault(id(param), []).append(pname)
+    for names in shared.values():
+        source = next((n for n in names if n in mapped), None)
+        sources.update({n: source for n in names if source and n not in mapped and n not in sources})
+    tied_names |= set(sources)
     by_name = {t.name: t for t in tensors}
     for alias in sorted(set(expected) & tied_names - mapped):
         source = by_name.get(sources.get(alias, ""))
