@@ -178,8 +178,9 @@ def markdown(data: dict) -> str:
                      f"({_same_round(res, 'tf-bert', 'tf-bert-transformers'):.2f}x its wall, same round). modelrig "
                      "runs the same `load_tf_weights_in_bert` in the same env (so both pay TensorFlow's import), and "
                      "adds what the bare call lacks: optimizer slots filtered before they are read, every model "
-                     "weight checked as filled, one safetensors file with tied weights once, fsync, and the step's "
-                     "digests and stamp.")
+                     "weight checked as filled, every tied alias written as its own copy (transformers 4.x "
+                     "re-initialises a module whose tied key a file lacks: hence the larger output and the extra "
+                     "peak, the copies), fsync, and the step's digests and stamp.")
     return "\n".join(lines) + "\n"
 
 
