@@ -389,6 +389,11 @@ _WRITER = textwrap.dedent(
         rng = np.random.default_rng(len(name))
         for v in keras_model.weights:
             v.assign((rng.standard_normal(v.shape) * 0.1).astype(v.dtype.as_numpy_dtype))
+        weights = {v.name: v for v in keras_model.weights}
+        for vname, v in weights.items():  # TF ALBERT keeps the MLM bias twice; PyTorch (and any real export) once
+            twin = weights.get(vname.replace("decoder/bias:0", "bias:0"))
+            if vname.endswith("decoder/bias:0") and twin is not None:
+                v.assign(twin)
         keras_model.save_pretrained(os.path.join(out, "release"))
         ref = pt_cls.from_pretrained(os.path.join(out, "release"), from_tf=True).eval()
         for p in ref.parameters():
