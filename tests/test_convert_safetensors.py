@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 from pathlib import Path
@@ -173,3 +174,43 @@ def test_not_enough_disk_is_refused_before_anything_is_written(tmp_path, cli, mo
     assert "needs" in err and "free for the output" in err
     assert not (tmp_path / "st").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".modelrig-tmp")]
+
+
+def test_shards_are_written_back_while_written_and_fsynced_beside_the_next_one(tmp_path, monkeypatch):
+    """Durability overlapped with the writing: the kernel is asked to start writeback of each stretch as soon as it
+    is written (so the fsync at the end waits for the tail only), and every shard is fsynced off the writing
+    thread, each before the step returns."""
+    import threading
+
+    from modelrig.convert import io, shards
+
+    base = tiny.write_llama_hf(tmp_path / "base")
+    tiny.write_ziya_delta(base, tmp_path / "delta")
+    kicks: list[tuple[str, int, int]] = []
+    real = io._SYNC_FILE_RANGE
+
+    def recording(fd: int, offset: int, nbytes: int, flags: int) -> int:
+        kicks.append((os.readlink(f"/proc/self/fd/{fd}"), offset, nbytes))
+        return real(fd, offset, nbytes, flags) if real else 0
+
+    synced: list[tuple[str, str]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), threading.current_thread().name))
+        real_fsync(fd)
+
+    monkeypatch.setattr(io, "_SYNC_FILE_RANGE", recording)
+    monkeypatch.setattr(io, "WRITEBACK_BYTES", 16 << 10)
+    monkeypatch.setattr(shards, "WRITEBACK_BYTES", 16 << 10)
+    monkeypatch.setattr(shards.os, "fsync", fsync)
+    convert_to_safetensors(source=tmp_path / "delta", out=tmp_path / "st", max_shard_size="100KB")
+    written = sorted(p.name for p in (tmp_path / "st").glob("model-*-of-*.safetensors"))
+    assert len(written) > 1
+    for name in written:
+        spans = sorted((o, n) for path, o, n in kicks if Path(path).name == name)
+        if (tmp_path / "st" / name).stat().st_size > 64 << 10:
+            assert len(spans) > 1, name  # more than one stretch started before the end
+        assert all(a[0] + a[1] == b[0] for a, b in itertools.pairwise(spans))  # contiguous, in order
+        syncs = [thread for path, thread in synced if Path(path).name == name]
+        assert len(syncs) == 1 and syncs[0] != threading.main_thread().name

@@ -191,8 +191,13 @@ def _sp_model(vocab: int) -> bytes:
 
 
 def _proc_stats() -> dict:
+    """Peak RSS (this process's VmHWM, or a waited-for child's if larger: a conversion run in another env) and
+    bytes written."""
+    import resource
+
     status = Path("/proc/self/status").read_text().splitlines()
     hwm = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+    hwm = max(hwm, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
     io = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
     return {"peak_rss_mib": hwm, "wchar": int(io["wchar"])}
 
@@ -283,6 +288,28 @@ def child(task: str, paths: dict[str, Path], out: Path, extra: dict) -> None:
         from modelrig.convert.safetensors_convert import convert_to_safetensors
 
         convert_to_safetensors(source=paths["bin"], out=out, cache=cache)
+    elif task in ("resave", "resave-sync"):
+        # What a user would otherwise run: transformers loads the `.bin` model and saves it again (safetensors is
+        # save_pretrained's only format in transformers 5); "-sync" adds the `sync` that makes it durable.
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(paths["bin"]), dtype=torch.float16)
+        model.save_pretrained(str(out))
+        if task == "resave-sync":
+            os.sync()
+    elif task == "tf-bert":
+        from modelrig.convert.tf import convert_tf1
+
+        convert_tf1(checkpoint=paths["tf-bert"] / "bert_model.ckpt", config=paths["tf-bert"] / "bert_config.json",
+                    out=out, python=extra["tf_python"], cache=cache)
+    elif task == "tf-bert-transformers":
+        # transformers' own conversion in the TF conversion env (this child runs under its interpreter).
+        import transformers
+
+        config = transformers.BertConfig.from_json_file(str(paths["tf-bert"] / "bert_config.json"))
+        model = transformers.BertForPreTraining(config)
+        transformers.load_tf_weights_in_bert(model, config, str(paths["tf-bert"] / "bert_model.ckpt"))
+        model.save_pretrained(str(out))
     elif task == "safetensors-naive":
         from huggingface_hub import save_torch_state_dict
 

@@ -9,7 +9,6 @@ from typing import Any
 
 from modelrig.cli import parse_pairs
 from modelrig.config import Context
-from modelrig.errors import UsageError
 from modelrig.result import StageResult
 
 #: The single-step verbs; any other first argument is a model id.
@@ -76,8 +75,11 @@ def _parser(verb: str) -> argparse.ArgumentParser:
     elif verb == "tf":
         p.add_argument("--checkpoint", required=True, type=Path,
                        help="TF1 checkpoint prefix/.index/folder, or a tf_model.h5 (or its folder)")
-        p.add_argument("--config", type=Path, help="model config (bert_config.json; config.json for h5)")
-        p.add_argument("--model-type", default="bert", help="bert, albert, electra, gpt2, t5 (TF1 checkpoints)")
+        p.add_argument("--config", type=Path, help="model config (default: the one config file beside the "
+                       "checkpoint: bert_config.json, hparams.json, config.json, ...)")
+        p.add_argument("--model-type", help="albert, bert, electra, funnel, gpt, gpt2, lxmert, rembert, t5, "
+                       "transfo_xl, xlm, xlnet (default: from the config's model_type or the shape of its keys)")
+        p.add_argument("--finetuning-task", help="XLNet only: the GLUE or SQuAD task the checkpoint was fine-tuned on")
         p.add_argument("--out", required=True, type=Path)
         p.add_argument("--tf-python", help="python of a conversion env with tensorflow-cpu and transformers<5 "
                        "(default: $MODELRIG_TF_PYTHON); not needed for tf_model.h5")
@@ -137,16 +139,18 @@ def _run_step(verb: str, args: argparse.Namespace, ctx: Context) -> StageResult:
                           max_shard_size=args.max_shard_size, allow_unsafe_pickle=args.allow_unsafe_pickle,
                           cache=cache)
     if verb == "tf":
-        from modelrig.convert.tf import convert_h5, convert_tf1
+        from modelrig.convert.tf import convert_h5, convert_tf1, tf1_config
 
         ckpt: Path = args.checkpoint
         h5 = ckpt if ckpt.suffix == ".h5" else ckpt / "tf_model.h5" if ckpt.is_dir() else None
         if h5 is not None and h5.is_file():
-            return convert_h5(h5=h5, config=args.config, out=args.out, cache=cache)
-        if args.config is None:
-            raise UsageError("convert tf: --config is required for a TF1 checkpoint (e.g. bert_config.json)")
-        return convert_tf1(checkpoint=ckpt, config=args.config, model_type=args.model_type, out=args.out,
-                           python=args.tf_python, vocab=args.vocab, cache=cache, ctx=ctx)
+            return convert_h5(h5=h5, config=args.config, out=args.out, cache=cache, python=args.tf_python, ctx=ctx)
+        config = args.config
+        if config is None and ckpt.suffix != ".pth":  # the release's own config, when its folder has exactly one
+            config = tf1_config(ckpt if ckpt.is_dir() else ckpt.parent, None)
+        return convert_tf1(checkpoint=ckpt, config=config, model_type=args.model_type,
+                           finetuning_task=args.finetuning_task, out=args.out, python=args.tf_python,
+                           vocab=args.vocab, cache=cache, ctx=ctx)
     from modelrig.convert.safetensors_convert import convert_to_safetensors
 
     return convert_to_safetensors(source=args.input, out=args.out, max_shard_size=args.max_shard_size,

@@ -80,7 +80,7 @@ def run_pipeline(manifest: Manifest, ctx: Context, *, inputs: Mapping[str, str] 
         from modelrig.convert.delta import apply_delta
         from modelrig.convert.llama_meta import convert_llama_meta
         from modelrig.convert.safetensors_convert import convert_to_safetensors
-        from modelrig.convert.tf import convert_h5, convert_tf1
+        from modelrig.convert.tf import convert_h5, convert_tf1, tf1_config
 
         for group in groups:
             step = group[-1]
@@ -98,11 +98,12 @@ def run_pipeline(manifest: Manifest, ctx: Context, *, inputs: Mapping[str, str] 
                 if (src / "tf_model.h5").is_file():
                     config = src / (step.config or "config.json")
                     result = convert_h5(h5=src / "tf_model.h5", config=config, out=out, cache=cache,
-                                        model=manifest.id)
+                                        model=manifest.id, python=tf_python, ctx=ctx)
                 else:
-                    config = src / (step.config or "bert_config.json")
-                    result = convert_tf1(checkpoint=src, config=config, model_type=step.model_type, out=out,
-                                         python=tf_python, cache=cache, model=manifest.id, ctx=ctx)
+                    result = convert_tf1(checkpoint=src / step.checkpoint if step.checkpoint else src,
+                                         config=tf1_config(src, step.config), model_type=step.model_type,
+                                         finetuning_task=step.finetuning_task, out=out, python=tf_python,
+                                         cache=cache, model=manifest.id, ctx=ctx)
             elif isinstance(step, ToSafetensors):
                 result = convert_to_safetensors(source=where(step.input, previous), out=out,
                                                 max_shard_size=step.max_shard_size,

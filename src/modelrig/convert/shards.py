@@ -20,8 +20,10 @@ from modelrig import humansize
 from modelrig.convert.io import (
     _ST_NAMES,
     CHUNK_ELEMENTS,
+    WRITEBACK_BYTES,
     FileSpan,
     RowSource,
+    Writeback,
     copy_span,
     hash_span,
     leading_rows,
@@ -89,11 +91,15 @@ def write_safetensors_shards(tensors: list[OutputTensor], out: Path, *, max_shar
     meta = {"format": "pt", **(metadata or {})}
     digests: dict[str, str] = {}
     total = sum(t.nbytes for t in tensors)
-    with bar(total, desc) as progress:
+    with bar(total, desc) as progress, ThreadPoolExecutor(max_workers=1) as syncer:
+        # A finished shard is fsynced (and checked) by another thread while the next one is written.
+        finishing = []
         for fname in sorted(shards):
             planned = [by_name[n] for n in shards[fname]]
-            digests[fname] = _write_one_shard(planned, out / fname, meta, progress)
-            check_written_shard(out / fname, planned)
+            digests[fname], fd = _write_one_shard(planned, out / fname, meta, progress)
+            finishing.append(syncer.submit(_finish_shard, fd, out / fname, planned))
+        for done in finishing:
+            done.result()
     if len(shards) > 1:
         index = {"metadata": {"total_size": total},
                  "weight_map": {n: f for f, names in shards.items() for n in names}}
@@ -103,7 +109,9 @@ def write_safetensors_shards(tensors: list[OutputTensor], out: Path, *, max_shar
     return digests
 
 
-def _write_one_shard(tensors: list[OutputTensor], path: Path, metadata: dict[str, str], progress: Any) -> str:
+def _write_one_shard(tensors: list[OutputTensor], path: Path, metadata: dict[str, str],
+                     progress: Any) -> tuple[str, int]:
+    """Write one shard; returns its sha256 and its still open descriptor (for `_finish_shard`)."""
     header: dict[str, Any] = {"__metadata__": metadata}
     offset = 0
     for t in tensors:
@@ -115,41 +123,73 @@ def _write_one_shard(tensors: list[OutputTensor], path: Path, metadata: dict[str
     blob = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
     blob += b" " * (-len(blob) % 8)
     digest = hashlib.sha256()
-    with open(path, "wb", buffering=0) as f, ThreadPoolExecutor(max_workers=1) as writer, \
-            ThreadPoolExecutor(max_workers=1) as hasher:
-        # Each piece is written by one thread and hashed by another (both release the GIL) while the next piece
-        # is produced; a piece's buffer is reused only after both are done with it. A span of an input file is
-        # copied by the kernel and hashed from the input.
-        fd = f.fileno()
-        scratch = (bytearray(SPAN_SCRATCH), bytearray(SPAN_SCRATCH))
-        pending: list[Any] = []
-        head = struct.pack("<Q", len(blob)) + blob
-        write_all(fd, head)
-        digest.update(head)
-        for t in tensors:
-            written = 0
-            for piece in t.produce():
-                for done in pending:
-                    done.result()
-                if isinstance(piece, FileSpan):
-                    pending = [writer.submit(copy_span, piece, fd, scratch=scratch[0]),
-                               hasher.submit(hash_span, piece, digest, scratch=scratch[1])]
-                    size = piece.nbytes
-                else:
-                    if piece.dtype != t.dtype:
-                        raise ConversionError(f"tensor {t.name}: produced {piece.dtype}, planned {t.dtype}")
-                    data = piece.contiguous().reshape(-1).view(torch.uint8).numpy()
-                    pending = [writer.submit(write_all, fd, data), hasher.submit(digest.update, data)]
-                    size = data.nbytes
-                written += size
-                progress.update(size)
-            if written != t.nbytes:
-                raise ConversionError(f"tensor {t.name}: produced {written} bytes, planned {t.nbytes} "
-                                      f"(shape {list(t.shape)})")
-        for done in pending:
-            done.result()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        with ThreadPoolExecutor(max_workers=1) as writer, ThreadPoolExecutor(max_workers=1) as hasher:
+            _write_pieces(tensors, fd, blob, digest, writer, hasher, progress)
+    except BaseException:
+        os.close(fd)
+        raise
+    return digest.hexdigest(), fd
+
+
+def _finish_shard(fd: int, path: Path, planned: list[OutputTensor]) -> None:
+    """fsync and close a written shard (its writeback started while it was written), then check its header."""
+    try:
         os.fsync(fd)
-    return digest.hexdigest()
+    finally:
+        os.close(fd)
+    check_written_shard(path, planned)
+
+
+def _write_pieces(tensors: list[OutputTensor], fd: int, blob: bytes, digest: Any, writer: ThreadPoolExecutor,
+                  hasher: ThreadPoolExecutor, progress: Any) -> None:
+    """Write the header and every tensor's pieces to `fd`, hashing the same bytes into `digest`."""
+    # Each piece is written by one thread and hashed by another (both release the GIL) while the next piece
+    # is produced; a piece's buffer is reused only after both are done with it. A span of an input file is
+    # copied by the kernel and hashed from the input; the writer asks the kernel to start writing each
+    # stretch back to disk as soon as it is written.
+    scratch = (bytearray(SPAN_SCRATCH), bytearray(SPAN_SCRATCH))
+    pending: list[Any] = []
+    head = struct.pack("<Q", len(blob)) + blob
+    write_all(fd, head)
+    digest.update(head)
+    writeback = Writeback(fd, len(head))
+    for t in tensors:
+        written = 0
+        for piece in t.produce():
+            for done in pending:
+                done.result()
+            if isinstance(piece, FileSpan):
+                pending = [writer.submit(_copy_and_kick, piece, fd, scratch[0], writeback),
+                           hasher.submit(hash_span, piece, digest, scratch=scratch[1])]
+                size = piece.nbytes
+            else:
+                if piece.dtype != t.dtype:
+                    raise ConversionError(f"tensor {t.name}: produced {piece.dtype}, planned {t.dtype}")
+                data = piece.contiguous().reshape(-1).view(torch.uint8).numpy()
+                pending = [writer.submit(_write_and_kick, data, fd, writeback),
+                           hasher.submit(digest.update, data)]
+                size = data.nbytes
+            written += size
+            progress.update(size)
+        if written != t.nbytes:
+            raise ConversionError(f"tensor {t.name}: produced {written} bytes, planned {t.nbytes} "
+                                  f"(shape {list(t.shape)})")
+    for done in pending:
+        done.result()
+
+
+def _copy_and_kick(span: FileSpan, fd: int, scratch: bytearray, writeback: Writeback) -> None:
+    for start in range(0, span.nbytes, WRITEBACK_BYTES):
+        part = FileSpan(span.path, span.offset + start, min(WRITEBACK_BYTES, span.nbytes - start))
+        copy_span(part, fd, scratch=scratch)
+        writeback.advance(part.nbytes)
+
+
+def _write_and_kick(data: Any, fd: int, writeback: Writeback) -> None:
+    write_all(fd, data)
+    writeback.advance(data.nbytes)
 
 
 def whole(load: Callable[[], torch.Tensor]) -> Callable[[], Iterator[torch.Tensor]]:

@@ -18,64 +18,110 @@ import torch
 from modelrig.config import Context, HostConfig
 from modelrig.convert.shards import OutputTensor, whole, write_safetensors_shards
 from modelrig.convert.step import run_step
+from modelrig.convert.tf1_types import model_class_for, read_config, resolve_type
 from modelrig.envs.tools import clean_environ
 from modelrig.errors import ConversionError, UsageError
 from modelrig.plan import EnvPlan, TorchBuild
 from modelrig.result import StageResult
 
-#: Model types TF1 checkpoints can be converted for: (transformers 4.x model class, loader function).
-TF1_MODEL_TYPES: dict[str, tuple[str, str]] = {
-    "bert": ("BertForPreTraining", "load_tf_weights_in_bert"),
-    "albert": ("AlbertForPreTraining", "load_tf_weights_in_albert"),
-    "electra": ("ElectraForPreTraining", "load_tf_weights_in_electra"),
-    "gpt2": ("GPT2LMHeadModel", "load_tf_weights_in_gpt2"),
-    "t5": ("T5ForConditionalGeneration", "load_tf_weights_in_t5"),
-}
 #: Checkpoint variables that are optimizer state, never model weights (skipped before they are read).
-OPTIMIZER_PARTS = ("adam_v", "adam_m", "AdamWeightDecayOptimizer", "AdamWeightDecayOptimizer_1", "global_step")
+OPTIMIZER_PARTS = ("adam_v", "adam_m", "AdamWeightDecayOptimizer", "AdamWeightDecayOptimizer_1", "global_step",
+                   "Adam", "Adam_1")
 #: Environment variable naming the python of a conversion env with tensorflow-cpu and transformers<5.
 TF_PYTHON_ENV = "MODELRIG_TF_PYTHON"
+#: The last transformers release with the `load_tf_weights_in_<type>` loaders (transfo_xl's under models/deprecated);
+#: 5.0 dropped them all.
+LAST_LOADER_RELEASE = "4.57.6"
+#: Exit status of the conversion script when the checkpoint does not fit the model its config describes.
+_MISMATCH_EXIT = 4
+#: Exit status of the conversion script when its transformers no longer has the type's loader.
+_MISSING_EXIT = 3
 
 _TF1_SCRIPT = textwrap.dedent(
     """
-    import json, os, sys
+    import importlib, json, os, sys
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    import tensorflow as tf
+    spec = json.loads(sys.argv[1])
+    skip = set(spec["skip"])
+    skipped, names = [], []
+    if spec["input"] == "tf_checkpoint":
+        import tensorflow as tf
+        listed = tf.train.list_variables
+
+        def weights_only(path):
+            keep = []
+            for name, shape in listed(path):
+                (skipped if set(name.split("/")) & skip else keep).append((name, shape))
+            names[:] = [n for n, _ in keep]
+            return keep
+
+        tf.train.list_variables = weights_only  # optimizer slots are never read
+    import torch
     import transformers
-
-    ckpt, config_file, model_type, out = sys.argv[1:5]
-    model_cls, loader = json.loads(sys.argv[5])
-    skip = set(json.loads(sys.argv[6]))
-    listed = tf.train.list_variables
-    skipped = []
-
-    def weights_only(path):
-        keep = []
-        for name, shape in listed(path):
-            (skipped if set(name.split("/")) & skip else keep).append((name, shape))
-        return keep
-
-    tf.train.list_variables = weights_only  # optimizer slots are never read
-    cls = getattr(transformers, model_cls)
-    config = cls.config_class.from_json_file(config_file)
-    config.architectures = [model_cls]
+    try:
+        module = importlib.import_module(spec["loader_module"])
+        loader = getattr(module, spec["loader"])
+        cls = getattr(module, spec["model_class"], None) or getattr(transformers, spec["model_class"])
+    except (ImportError, AttributeError) as exc:
+        print(json.dumps({"missing": str(exc), "transformers": transformers.__version__}))
+        sys.exit(3)
+    config = cls.config_class.from_json_file(spec["config"]) if spec["config"] else cls.config_class()
+    for key, value in spec["config_set"].items():
+        setattr(config, key, value)
+    config.architectures = [spec["model_class"]]
+    torch.manual_seed(0)
     model = cls(config)
-    getattr(transformers, loader)(model, config, ckpt)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    before = {n: p.data_ptr() for n, p in params.items()}
+
+    def variable_of(tb):
+        # The innermost loader frame's variable name: loaders keep it in one of these locals.
+        found = None
+        while tb is not None:
+            local = tb.tb_frame.f_locals
+            for key in ("original_name", "txt_name", "name"):
+                value = local.get(key)
+                if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                    value = "/".join(value)
+                if isinstance(value, str):
+                    found = value
+                    break
+            tb = tb.tb_next
+        if found and names and found not in names:
+            found = next((n for n in names if n.endswith("/" + found) or n == found + ":0"), found)
+        return found
+
+    try:
+        result = loader(model, config, spec["checkpoint"])
+    except Exception as exc:
+        detail = str(exc).strip() or type(exc).__name__
+        print(json.dumps({"mismatch": variable_of(exc.__traceback__), "detail": detail.splitlines()[0]}))
+        sys.exit(4)
+    missed = [n for n, p in params.items() if p.data_ptr() == before[n]]
+    if missed:
+        print(json.dumps({"unloaded": missed[0], "count": len(missed)}))
+        sys.exit(4)
     model.eval()
-    from safetensors.torch import _remove_duplicate_names, save_file
+    for p in model.parameters():  # loaders leave transposed views, which save_pretrained cannot write
+        p.data = p.data.contiguous()
+    # Every name is written, a tied alias as a copy: transformers 4.x re-initialises a module whose tied key is
+    # missing from the file after loading it (ALBERT's save_pretrained output reloads with a zero MLM bias), and
+    # which alias a version re-ties from differs. `tied` reports the aliases (alias -> the name it shares data with).
     state = model.state_dict()
+    declared = set(getattr(model, "_tied_weights_keys", None) or [])
+    groups = {}
+    for name in sorted(state):
+        groups.setdefault(state[name].data_ptr(), []).append(name)
     tied = {}
-    for kept, dropped in _remove_duplicate_names(state).items():
-        for name in dropped:
-            tied[name] = kept
-            del state[name]
-    # One metadata entry only: safetensors stores metadata in a hash map, so several would come out in a
-    # different order each run; the tied aliases are reported instead (transformers re-ties them on load).
-    state = {k: v.contiguous() for k, v in state.items()}
-    save_file(state, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
-    config.save_pretrained(out)
-    print(json.dumps({"loaded": len(weights_only(ckpt)), "skipped": [n for n, _ in skipped],
+    for group in groups.values():
+        kept = next((n for n in group if n not in declared), group[0])
+        tied.update({n: kept for n in group if n != kept})
+    from safetensors.torch import save_file
+    save_file({k: v.detach().clone().contiguous() for k, v in state.items()},
+              os.path.join(spec["out"], "model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(spec["out"])
+    print(json.dumps({"loaded": len(names) or len(params), "skipped": [n for n, _ in skipped],
                       "tied": dict(sorted(tied.items()))}))
     """
 )
@@ -135,51 +181,127 @@ def tf1_prefix(checkpoint: Path) -> Path:
     return checkpoint
 
 
-def convert_tf1(*, checkpoint: Path, config: Path, model_type: str, out: Path,
-                python: Path | str | None = None, vocab: Path | None = None, cache: Path | None = None,
-                model: str | None = None, ctx: Context | None = None) -> StageResult:
-    """Convert a TF1-style checkpoint with transformers' `load_tf_weights_in_<model>`, run in the TF env.
+#: Tokenizer files of the original releases, copied next to the converted weights when they sit beside the input.
+VOCAB_FILES = ("vocab.txt", "spiece.model", "30k-clean.model", "sentencepiece.model", "encoder.json", "vocab.bpe",
+               "vocab.json", "merges.txt", "encoder_bpe_40000.json", "vocab_40000.bpe")
 
+
+def npy_folder(checkpoint: Path) -> Path:
+    """OpenAI GPT's release folder (`params_shapes.json`, `parameters_names.json`, `params_0..9.npy`)."""
+    folder = Path(checkpoint)
+    folder = folder.parent if folder.is_file() or ".ckpt" in folder.name else folder
+    for name in ("params_shapes.json", "parameters_names.json", *(f"params_{n}.npy" for n in range(10))):
+        if not (folder / name).is_file():
+            raise ConversionError(f"{folder / name}: not found (OpenAI GPT's release folder has params_shapes.json, "
+                                  "parameters_names.json and params_0.npy .. params_9.npy)")
+    return folder
+
+
+#: Config files of a release folder that do not describe the model.
+NOT_MODEL_CONFIGS = ("tokenizer_config.json", "generation_config.json", "preprocessor_config.json",
+                     "processor_config.json", "adapter_config.json", "special_tokens_map.json")
+
+
+def tf1_config(folder: Path, name: str | None) -> Path | None:
+    """A release folder's config: `name` when given, else its one `config.json`, `*_config.json` or `hparams.json`
+    (None when it has none: OpenAI GPT and XLM need none)."""
+    if name:
+        return Path(folder) / name
+    found = sorted(p for p in {*Path(folder).glob("*config.json"), *Path(folder).glob("hparams.json")}
+                   if p.name not in NOT_MODEL_CONFIGS)
+    if len(found) > 1:
+        raise ConversionError(f"{folder}: several configs ({', '.join(p.name for p in found)}); name one with config:")
+    return found[0] if found else None
+
+
+def convert_tf1(*, checkpoint: Path, config: Path | None, out: Path, model_type: str | None = None,
+                finetuning_task: str | None = None, python: Path | str | None = None, vocab: Path | None = None,
+                cache: Path | None = None, model: str | None = None, ctx: Context | None = None) -> StageResult:
+    """Convert an original TensorFlow release with transformers' `load_tf_weights_in_<type>`, run in the TF env.
+
+    The inputs are those `transformers-cli convert` took: the checkpoint (a TF1 prefix; OpenAI GPT's folder;
+    XLM's pickle), the config, and XLNet's fine-tuning task. The type comes from `model_type`, else the config.
     Optimizer slots (`adam_m`, `adam_v`, `global_step`) are filtered out of the variable list, so they are
-    never read. Output: `model.safetensors` (tied weights saved once), `config.json` and the vocabulary.
+    never read. A variable that does not fit the model, or a model weight no variable fills, is refused naming
+    the first one. Output: `model.safetensors` (tied weights saved once), `config.json` and the vocabulary.
     """
-    if model_type not in TF1_MODEL_TYPES:
-        raise UsageError(f"--model-type {model_type}: TF1 conversion supports {', '.join(TF1_MODEL_TYPES)}")
-    prefix = tf1_prefix(checkpoint)
-    config = Path(config)
-    if not config.is_file():
+    config = Path(config) if config else None
+    if config is not None and not config.is_file():
         raise ConversionError(f"{config}: config file not found")
-    vocab = vocab or next((p for p in (prefix.parent / "vocab.txt",) if p.is_file()), None)
-    params = {"model_type": model_type, "format": "tf1"}
-    files = [prefix.with_name(prefix.name + ".index"), *sorted(prefix.parent.glob(prefix.name + ".data-*"))]
+    kind = resolve_type(model_type, read_config(config) if config else None, config_path=config)
+    if kind.input == "torch_pickle":
+        from modelrig.convert.xlm import convert_xlm
+
+        return convert_xlm(checkpoint=Path(checkpoint), out=out, cache=cache, model=model)
+    model_class, config_set = model_class_for(kind, task=finetuning_task)
+    if config is None and kind.name not in ("gpt", "gpt2"):
+        raise UsageError(f"convert tf: --config is required for a {kind.name} checkpoint")
+    if kind.input == "npy_folder":
+        location = npy_folder(checkpoint)
+        files = sorted(p for p in location.iterdir() if p.name.startswith("param") and p.is_file())
+        folder = location
+    else:
+        location = tf1_prefix(checkpoint)
+        files = [location.with_name(location.name + ".index"),
+                 *sorted(location.parent.glob(location.name + ".data-*"))]
+        folder = location.parent
+    vocabs = [Path(vocab)] if vocab else [folder / name for name in VOCAB_FILES if (folder / name).is_file()]
+    params = {"model_type": kind.name, "format": "tf1", "model_class": model_class}
     sources: dict[str, Path] = {f"ckpt:{f.name}": f for f in files}
-    sources["config"] = config
-    if vocab:
-        sources["vocab"] = vocab
+    if config:
+        sources["config"] = config
+    sources.update({f"vocab:{v.name}": v for v in vocabs})
 
     def needed() -> int:
         return sum(f.stat().st_size for f in files) // 3 + (1 << 20)
 
     def body(tmp: Path) -> dict[str, Any]:
         interpreter = tf_python(python, ctx=ctx)
-        cmd = [str(interpreter), "-c", _TF1_SCRIPT, str(prefix), str(config), model_type, str(tmp),
-               json.dumps(TF1_MODEL_TYPES[model_type]), json.dumps(OPTIMIZER_PARTS)]
+        spec = {"checkpoint": str(location), "config": str(config or ""), "out": str(tmp), "input": kind.input,
+                "model_class": model_class, "loader": kind.loader, "loader_module": kind.loader_module,
+                "config_set": config_set, "skip": list(OPTIMIZER_PARTS)}
         # A clean environment: no toolkit packages leak into the conversion env.
-        env = clean_environ()
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-        if proc.returncode != 0:
+        proc = subprocess.run([str(interpreter), "-c", _TF1_SCRIPT, json.dumps(spec)], capture_output=True,
+                              text=True, check=False, env=clean_environ())
+        lines = proc.stdout.strip().splitlines()
+        report = _last_json(lines)
+        if proc.returncode == _MISSING_EXIT and report:
+            raise ConversionError(f"{location}: {kind.name}: the conversion env's transformers "
+                                  f"{report['transformers']} no longer has {kind.loader} ({report['missing']}); "
+                                  f"the last release that converts {kind.name} is transformers "
+                                  f"{LAST_LOADER_RELEASE}")
+        if proc.returncode == _MISMATCH_EXIT and report:
+            against = f"the {model_class} that {config} describes" if config else f"a default {model_class}"
+            if "unloaded" in report:
+                raise ConversionError(f"{location}: no variable fills {report['unloaded']} ({report['count']} model "
+                                      f"weights unfilled): the checkpoint does not match {against}",
+                                      code="checkpoint_mismatch", weight=report["unloaded"])
+            raise ConversionError(f"{location}: variable {report['mismatch']} does not fit {against}: "
+                                  f"{report['detail']}", code="checkpoint_mismatch", variable=report["mismatch"])
+        if proc.returncode != 0 or not report:
             tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
-            raise ConversionError(f"{prefix}: TF1 conversion failed in {interpreter}: {tail[0]}")
-        report = json.loads(proc.stdout.strip().splitlines()[-1])
+            raise ConversionError(f"{location}: {kind.name} conversion failed in {interpreter}: {tail[0]}")
         _normalise_config(tmp / "config.json")
-        if vocab:
-            shutil.copyfile(vocab, tmp / vocab.name)
-        return {"loaded": report["loaded"], "skipped": len(report["skipped"]), "tied": report["tied"],
-                "summary": f"tf ({model_type}, TF1): {report['loaded']} variables, {len(report['skipped'])} "
-                           f"optimizer slots skipped -> {out}"}
+        if (tmp / "generation_config.json").is_file():
+            _normalise_config(tmp / "generation_config.json")
+        for v in vocabs:
+            shutil.copyfile(v, tmp / v.name)
+        return {"model_type": kind.name, "model_class": model_class, "loaded": report["loaded"],
+                "skipped": len(report["skipped"]), "tied": report["tied"],
+                "summary": f"tf ({kind.name}, {model_class}): {report['loaded']} variables, "
+                           f"{len(report['skipped'])} optimizer slots skipped -> {out}"}
 
     return run_step("tf", out=Path(out), params=params, sources=sources, needed_bytes=needed, body=body,
                     cache=cache, model=model)
+
+
+def _last_json(lines: list[str]) -> dict[str, Any] | None:
+    """The conversion script's report: its last stdout line, when that is a JSON object."""
+    try:
+        value = json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _normalise_config(path: Path) -> None:
@@ -297,6 +419,22 @@ def plan_h5(path: Path, config_file: Path) -> tuple[list[OutputTensor], list[str
             return torch.from_numpy(_tf_to_pt_array(array, transpose, pt_shape))
 
         tensors.append(OutputTensor(name, pt_shape, dtype, whole(load)))
+    # Tied aliases are written too, as copies of their source (transformers 4.x re-initialises a module whose
+    # tied key is missing from the file); transformers 5 names each alias's source, older ones only the alias.
+    sources = dict(tied) if isinstance(tied, dict) else {}
+    shared: dict[int, list[str]] = {}  # names of one Parameter object (a tie made in the model's constructor)
+    for pname, param in pt_model.named_parameters(remove_duplicate=False):
+        shared.setdefault(id(param), []).append(pname)
+    for names in shared.values():
+        source = next((n for n in names if n in mapped), None)
+        sources.update({n: source for n in names if source and n not in mapped and n not in sources})
+    tied_names |= set(sources)
+    by_name = {t.name: t for t in tensors}
+    for alias in sorted(set(expected) & tied_names - mapped):
+        source = by_name.get(sources.get(alias, ""))
+        if source is not None and source.shape == expected[alias]:
+            tensors.append(OutputTensor(alias, source.shape, source.dtype, source.produce))
+            mapped.add(alias)
     missing = sorted(set(expected) - mapped - tied_names)
     if missing:
         raise ConversionError(f"{path}: no weights for {', '.join(missing[:5])} ({len(missing)} missing): not a "
@@ -304,9 +442,42 @@ def plan_h5(path: Path, config_file: Path) -> tuple[list[OutputTensor], list[str
     return sorted(tensors, key=lambda t: t.name), sorted(set(expected) & tied_names - mapped)
 
 
+_H5_SCRIPT = textwrap.dedent(
+    """
+    import json, os, shutil, sys, tempfile
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import transformers
+    h5, config_file, out = sys.argv[1:4]
+    config = json.load(open(config_file))
+    arch = ((config.get("architectures") or [""])[0]).removeprefix("TF")
+    cls = getattr(transformers, arch, None)
+    if cls is None or not hasattr(transformers, "TF" + arch):
+        print(json.dumps({"missing": arch, "transformers": transformers.__version__}))
+        sys.exit(3)
+    with tempfile.TemporaryDirectory(dir=out) as src:  # from_pretrained wants the two files side by side
+        os.symlink(os.path.abspath(h5), os.path.join(src, "tf_model.h5"))
+        shutil.copyfile(config_file, os.path.join(src, "config.json"))
+        model = cls.from_pretrained(src, from_tf=True)
+    state = model.state_dict()  # every name, tied aliases as copies (see the TF1 script)
+    from safetensors.torch import save_file
+    save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, os.path.join(out, "model.safetensors"),
+              metadata={"format": "pt"})
+    print(json.dumps({"arch": arch, "tensors": len(state), "tied": {}}))
+    """
+)
+
+
 def convert_h5(*, h5: Path, out: Path, config: Path | None = None, max_shard_size: int | str = "5GB",
-               cache: Path | None = None, model: str | None = None) -> StageResult:
-    """Convert Hugging Face's `tf_model.h5` to safetensors with h5py and transformers' name rules, no TensorFlow."""
+               cache: Path | None = None, model: str | None = None, python: Path | str | None = None,
+               ctx: Context | None = None) -> StageResult:
+    """Convert Hugging Face's `tf_model.h5` to safetensors.
+
+    With h5py and transformers' name rules, no TensorFlow, where the toolkit's transformers has the PyTorch class
+    and every weight maps by those rules; otherwise, for any architecture whose TF class the conversion env's
+    transformers ships, as `from_pretrained(..., from_tf=True)` does there (TensorFlow's own reading and
+    transformers' own name mapping).
+    """
     h5 = Path(h5)
     if h5.is_dir():
         h5 = h5 / "tf_model.h5"
@@ -319,21 +490,55 @@ def convert_h5(*, h5: Path, out: Path, config: Path | None = None, max_shard_siz
     state: dict[str, Any] = {}
 
     def needed() -> int:
-        state["tensors"], state["tied"] = plan_h5(h5, config)
+        try:
+            state["tensors"], state["tied"] = plan_h5(h5, config)
+        except (ConversionError, ValueError, KeyError) as exc:  # AutoConfig: a type this transformers lacks
+            state["h5py_refused"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return h5.stat().st_size + (1 << 20)
         return sum(t.nbytes for t in state["tensors"])
 
     def body(tmp: Path) -> dict[str, Any]:
-        files = write_safetensors_shards(state["tensors"], tmp, max_shard_size=max_shard_size, desc="h5")
+        if "h5py_refused" in state:
+            files = _h5_in_tf_env(h5, config, tmp, python=python, ctx=ctx, why=state["h5py_refused"])
+            tensors, tied, how = files.pop("__tensors__"), files.pop("__tied__"), "TF env"
+        else:
+            files = write_safetensors_shards(state["tensors"], tmp, max_shard_size=max_shard_size, desc="h5")
+            tensors, tied, how = len(state["tensors"]), state["tied"], "h5py"
         cfg = json.loads(config.read_text(encoding="utf-8"))
         cfg["architectures"] = [a[2:] if a.startswith("TF") else a for a in cfg.get("architectures") or []]
         cfg.pop("transformers_version", None)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if (tmp / "generation_config.json").is_file():
+            _normalise_config(tmp / "generation_config.json")
         for extra in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
             if (h5.parent / extra).is_file():
                 shutil.copyfile(h5.parent / extra, tmp / extra)
-        return {"files": files, "tensors": len(state["tensors"]), "tied": state["tied"],
-                "summary": f"tf (h5): {len(state['tensors'])} tensors -> {out}"}
+        return {"files": files, "tensors": tensors, "tied": tied, "read_with": how,
+                "summary": f"tf (h5, {how}): {tensors} tensors -> {out}"}
 
     return run_step("tf", out=Path(out), params=params, sources={"h5": h5, "config": config}, needed_bytes=needed,
                     body=body, cache=cache, model=model)
 
+
+
+def _h5_in_tf_env(h5: Path, config: Path, tmp: Path, *, python: Path | str | None, ctx: Context | None,
+                  why: str) -> dict[str, Any]:
+    """`from_pretrained(tmp, from_tf=True)` in the TF conversion env, saved as one safetensors file; returns the
+    written files' digests plus `__tensors__` (count) and `__tied__` (dropped alias -> kept name)."""
+    try:
+        interpreter = tf_python(python, ctx=ctx)
+    except UsageError as exc:
+        raise ConversionError(f"{why}; reading it with TensorFlow instead needs the TF conversion env: {exc}") from None
+    proc = subprocess.run([str(interpreter), "-c", _H5_SCRIPT, str(h5), str(config), str(tmp)], capture_output=True,
+                          text=True, check=False, env=clean_environ())
+    report = _last_json(proc.stdout.strip().splitlines())
+    if proc.returncode == _MISSING_EXIT and report:
+        raise ConversionError(f"{h5}: {why}; and the conversion env's transformers {report['transformers']} has no "
+                              f"TF{report['missing']} either")
+    if proc.returncode != 0 or not report:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
+        raise ConversionError(f"{h5}: from_pretrained(from_tf=True) failed in {interpreter}: {tail[0]}")
+    from modelrig.stamp import sha256_file
+
+    return {"model.safetensors": sha256_file(tmp / "model.safetensors"), "__tensors__": report["tensors"],
+            "__tied__": report["tied"]}

@@ -143,13 +143,34 @@ class ApplyDelta(_Step):
 
 
 class TfToPt(_Step):
-    """TensorFlow weights (a TF1 checkpoint or an HF `tf_model.h5`) to PyTorch."""
+    """TensorFlow weights (an original TF release, or an HF `tf_model.h5`) to PyTorch."""
 
     kind: Literal["tf_to_pt"] = "tf_to_pt"
     input: str
-    model_type: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+    #: One of the types `transformers-cli convert` took; omitted, it comes from the config.
+    model_type: str | None = None
     #: A config file inside the input, e.g. bert_config.json.
     config: str | None = None
+    #: The checkpoint inside the input when it holds more than one: a TF1 prefix (model.ckpt-1000000) or XLM's .pth.
+    checkpoint: str | None = None
+    #: XLNet only: the GLUE or SQuAD task the checkpoint was fine-tuned on.
+    finetuning_task: Annotated[str, Field(pattern=r"^[a-z0-9_.-]+$")] | None = None
+
+    @field_validator("model_type")
+    @classmethod
+    def _model_type(cls, value: str | None) -> str | None:
+        from modelrig.convert.tf1_types import TF1_TYPES, supported
+
+        if value is not None and value not in TF1_TYPES:
+            raise ValueError(f"{value!r} is not a convertible type; supported: {supported()}")
+        return value
+
+    @field_validator("config", "checkpoint")
+    @classmethod
+    def _inside(cls, value: str | None) -> str | None:
+        if value is not None and (value.startswith("/") or ".." in value.split("/")):
+            raise ValueError("a path inside the input (relative, no '..')")
+        return value
 
 
 class ToSafetensors(_Step):
