@@ -40,7 +40,7 @@ class Bare:
     first: subprocess.CompletedProcess[str]
 
     def run(self, book: str = "site.yml", *args: str) -> subprocess.CompletedProcess[str]:
-        wheel = next((self.tmp / "wheel").glob("modelrig-*.whl"))
+        wheel = next((self.tmp / "wheel").glob("*/modelrig-*.whl"))
         return playbook(self.tmp, self.inventory, book, "-e", f"modelrig_wheel={wheel}", *args)
 
     @property

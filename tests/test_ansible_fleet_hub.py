@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from modelrig.hub.layout import open_repo, resolve_revision
-from tests.helpers.ansible_site import demo_knobs, free_port
+from tests.helpers.ansible_site import built_wheel, demo_knobs, free_port
 from tests.helpers.hub import logged_requests, served
 from tests.helpers.sshhosts import SshHosts, available, playbook, recap
 
@@ -39,7 +39,7 @@ class FleetRun:
     first: subprocess.CompletedProcess[str]
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        wheel = next((self.tmp / "wheel").glob("modelrig-*.whl"))
+        wheel = built_wheel()
         return playbook(self.tmp, self.inventory, "site.yml", "--tags", TAGS, *NO_RESTART, "-e",
                         f"modelrig_wheel={wheel}", *args)
 
