@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from pathlib import Path
 
 import pytest
 import yaml
@@ -97,3 +98,13 @@ def test_freeze_lines_and_compiled_hashes_are_parsed_exactly():
                 "torch==2.13.0+cpu\n")
     assert parse_compiled(compiled) == {"accelerate": [H1, H2], "torch": []}
     assert hashed_requirements([("tqdm==4.70.1", [H1])]) == f"tqdm==4.70.1 \\\n    --hash=sha256:{H1}\n"
+
+
+def test_a_plists_login_user_is_normalised_like_the_data_root():
+    """A lock taken by one login user verifies on another host's user: launchd's UserName is a placeholder."""
+    from modelrig.launch.render import launchd_plist
+    from modelrig.lock.collect import normalised_text
+
+    texts = {normalised_text(launchd_plist("ai.m", f"/home/{u}/r/launch/m", f"/home/{u}/r/m.log", user=u).encode(),
+                             data_root=Path(f"/home/{u}/r"), env_path=Path("/env")) for u in ("alice", "bob")}
+    assert len(texts) == 1 and b"<string>${MODELRIG_USER}</string>" in texts.pop()

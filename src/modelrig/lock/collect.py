@@ -4,6 +4,7 @@ code, each read from what the stages stamped (and hashed where a stamp holds no 
 from __future__ import annotations
 
 import platform
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ from modelrig.stamp import STAMP_NAME, read_stamp, sha256_file
 UNLOCKED_LAUNCH_FILES = ("secrets.env", STAMP_NAME)
 DATA_PLACEHOLDER = "${MODELRIG_DATA_ROOT}"
 ENV_PLACEHOLDER = "${MODELRIG_ENV}"
+USER_PLACEHOLDER = b"${MODELRIG_USER}"
+#: The login user a launchd plist runs as (its UserName): another host's login user renders the same setup.
+_PLIST_USER = re.compile(rb"(<key>UserName</key>\s*<string>)[^<]*(</string>)")
 
 
 @dataclass(frozen=True)
@@ -146,10 +150,11 @@ def conversions(manifest: Manifest, ctx: Context) -> list[Conversion]:
 
 
 def normalised_text(data: bytes, *, data_root: Path, env_path: Path) -> bytes:
-    """A rendered file with the env path and the data root replaced by placeholders, so that the same setup
-    under another data root hashes the same."""
-    return data.replace(str(env_path).encode(), ENV_PLACEHOLDER.encode()) \
+    """A rendered file with the env path, the data root and a plist's login user replaced by placeholders, so
+    that the same setup under another data root or login user hashes the same."""
+    data = data.replace(str(env_path).encode(), ENV_PLACEHOLDER.encode()) \
         .replace(str(data_root).encode(), DATA_PLACEHOLDER.encode())
+    return _PLIST_USER.sub(rb"\g<1>" + USER_PLACEHOLDER + rb"\g<2>", data)
 
 
 def launch_files(manifest: Manifest, ctx: Context, *, env_path: Path) -> list[LaunchFile]:
