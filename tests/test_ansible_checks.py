@@ -79,5 +79,5 @@ def test_example_inventories_pass_the_inventory_checks(inventory, tmp_path):
     checks = len(next(play for play in plays if play["hosts"] == "all")["tasks"])
     assert checks >= 7
     counts = recap(run.stdout)
-    assert counts.pop("localhost")["failed"] == 0  # the controller's check that the inventory names hosts
+    assert "localhost" not in counts  # the no-inventory check runs only when the inventory names no host
     assert counts and all(c["failed"] == 0 and c["ok"] + c["skipped"] == checks for c in counts.values())
