@@ -38,7 +38,8 @@ def _config(root: Path, name: str) -> Path | None:
 def converted(tf1_releases: tuple[Path, dict[str, int], Path], tmp_path_factory: pytest.TempPathFactory
               ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Each release converted by modelrig (type from the config; XLM's named), and compared in one process."""
-    from modelrig.convert.tf import convert_h5, convert_tf1
+    from modelrig.convert.tf import convert_tf1
+    from modelrig.convert.tf_h5 import convert_h5
 
     root, _slots, python = tf1_releases
     out = tmp_path_factory.mktemp("converted")
@@ -168,6 +169,12 @@ def test_a_tf_only_release_is_one_manifest_step_with_its_type(tmp_path):
         TfToPt(input="release", model_type="roberta")
     with pytest.raises(ValidationError, match="a path inside the input"):
         TfToPt(input="release", checkpoint="../elsewhere/model.ckpt")
+
+
+def test_the_manifest_schema_takes_exactly_the_types_the_converter_knows():
+    from modelrig.manifest.schema import TF1_MODEL_TYPES
+
+    assert TF1_MODEL_TYPES == tuple(sorted(TF1_TYPES))
 
 
 def test_release_folder_config_is_the_one_there(tmp_path):

@@ -139,7 +139,8 @@ def _run_step(verb: str, args: argparse.Namespace, ctx: Context) -> StageResult:
                           max_shard_size=args.max_shard_size, allow_unsafe_pickle=args.allow_unsafe_pickle,
                           cache=cache)
     if verb == "tf":
-        from modelrig.convert.tf import convert_h5, convert_tf1, tf1_config
+        from modelrig.convert.tf import convert_tf1, tf1_config
+        from modelrig.convert.tf_h5 import convert_h5
 
         ckpt: Path = args.checkpoint
         h5 = ckpt if ckpt.suffix == ".h5" else ckpt / "tf_model.h5" if ckpt.is_dir() else None

@@ -80,7 +80,8 @@ def run_pipeline(manifest: Manifest, ctx: Context, *, inputs: Mapping[str, str] 
         from modelrig.convert.delta import apply_delta
         from modelrig.convert.llama_meta import convert_llama_meta
         from modelrig.convert.safetensors_convert import convert_to_safetensors
-        from modelrig.convert.tf import convert_h5, convert_tf1, tf1_config
+        from modelrig.convert.tf import convert_tf1, tf1_config
+        from modelrig.convert.tf_h5 import convert_h5
 
         for group in groups:
             step = group[-1]

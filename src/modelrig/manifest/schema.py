@@ -142,6 +142,11 @@ class ApplyDelta(_Step):
     convention: DeltaConvention
 
 
+#: The model types a `tf_to_pt` step converts (convert.tf1_types describes each; a test keeps the two equal).
+TF1_MODEL_TYPES = ("albert", "bert", "electra", "funnel", "gpt", "gpt2", "lxmert", "rembert", "t5", "transfo_xl",
+                   "xlm", "xlnet")
+
+
 class TfToPt(_Step):
     """TensorFlow weights (an original TF release, or an HF `tf_model.h5`) to PyTorch."""
 
@@ -159,10 +164,8 @@ class TfToPt(_Step):
     @field_validator("model_type")
     @classmethod
     def _model_type(cls, value: str | None) -> str | None:
-        from modelrig.convert.tf1_types import TF1_TYPES, supported
-
-        if value is not None and value not in TF1_TYPES:
-            raise ValueError(f"{value!r} is not a convertible type; supported: {supported()}")
+        if value is not None and value not in TF1_MODEL_TYPES:
+            raise ValueError(f"{value!r} is not a convertible type; supported: {', '.join(TF1_MODEL_TYPES)}")
         return value
 
     @field_validator("config", "checkpoint")
