@@ -193,3 +193,15 @@ def test_a_rerun_with_nothing_changed_is_answered_without_the_converters(weights
     unchanged, loaded = convert()
     assert not unchanged["changed"] and loaded
     assert not convert()[1]
+
+
+def test_convert_takes_its_options_before_the_model_as_the_ansible_modules_pass_them(cli, tmp_path):
+    """`convert --check --no-prune-sources -- MODEL` (options first, the model after `--`, as modelrig_convert
+    calls it) is the same as `convert MODEL --check --no-prune-sources`; an unknown option is still refused."""
+    root = str(tmp_path / "root")
+    first = cli("--data-root", root, "convert", "--check", "--no-prune-sources", "--", "demo-tiny-ziya")
+    second = cli("--data-root", root, "convert", "demo-tiny-ziya", "--check", "--no-prune-sources")
+    assert first[0] == 0 and first == second and "would change 3 step(s)" in first[1]
+    with pytest.raises(SystemExit) as refused:
+        cli("--data-root", root, "convert", "--no-such-option", "--", "demo-tiny-ziya")
+    assert refused.value.code == 2

@@ -73,7 +73,11 @@ def parse_pairs(items: Sequence[str], flag: str) -> dict[str, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code (0 success, 2 bad input, others per error class)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not hasattr(args, "rest"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # a verb that parses its own arguments (convert): options it was given before its first positional
+        args.rest = [*extra, *args.rest]
     as_json = getattr(args, "json", False)
     try:
         try:

@@ -24,17 +24,18 @@ def register(sub: Any) -> None:
         description="`modelrig convert MODEL [--input NAME=DIR] [--local NAME=PATH]` runs a manifest's steps; "
                     f"`modelrig convert {{{','.join(STEP_VERBS)}}} ...` runs one step on weights on disk "
                     "(see `modelrig convert VERB --help`).")
-    p.add_argument("target", metavar="MODEL|VERB", help="model id / manifest path, or one of: " + ", ".join(STEP_VERBS))
-    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.add_argument("rest", nargs=argparse.REMAINDER, metavar="MODEL|VERB ...",
+                   help="model id / manifest path and its options, or one of: " + ", ".join(STEP_VERBS))
     add_json_flag(p)
     p.set_defaults(func=_convert)
 
 
 def _parser(verb: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"modelrig convert {verb}")
+    p = argparse.ArgumentParser(prog="modelrig convert" if verb == "model" else f"modelrig convert {verb}")
     p.add_argument("--json", action="store_true", help="print a machine-readable JSON result")
     shard = {"default": "5GB", "metavar": "SIZE", "help": "largest output shard (default 5GB)"}
     if verb == "model":
+        p.add_argument("model", help="model id or path to a manifest YAML file")
         p.add_argument("--input", action="append", default=[], metavar="NAME=DIR",
                        help="read a weight source or step output from DIR instead of the store (repeatable)")
         p.add_argument("--local", action="append", default=[], metavar="NAME=PATH",
@@ -159,9 +160,10 @@ def _run_step(verb: str, args: argparse.Namespace, ctx: Context) -> StageResult:
 
 
 def _convert(args: argparse.Namespace, ctx: Context) -> int:
-    verb = args.target if args.target in STEP_VERBS else "model"
-    sub_args = _parser(verb).parse_args(args.rest)
-    runner: Callable[[], StageResult] = (lambda: _run_model(sub_args, ctx, args.target)) if verb == "model" \
+    # `convert VERB ...` runs one step; anything else is `convert [options] [--] MODEL [options]`.
+    verb = args.rest[0] if args.rest and args.rest[0] in STEP_VERBS else "model"
+    sub_args = _parser(verb).parse_args(args.rest if verb == "model" else args.rest[1:])
+    runner: Callable[[], StageResult] = (lambda: _run_model(sub_args, ctx, sub_args.model)) if verb == "model" \
         else (lambda: _run_step(verb, sub_args, ctx))
     result = runner()
     if ctx.as_json or sub_args.json:
