@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 from openai import OpenAI
 
-from tests.helpers.ansible_site import free_port
+from tests.helpers.ansible_site import user_manifest
 from tests.helpers.barehost import LOGIN, BareHost, BareHosts, available
-from tests.helpers.sshhosts import REPO_ROOT, playbook, recap
+from tests.helpers.sshhosts import playbook, recap
 from tests.helpers.wheelmirror import served_wheels
 
 pytestmark = pytest.mark.slow
@@ -56,16 +55,6 @@ class Bare:
         return self.hosts.ssh("bare", "systemctl --user --no-pager " + " ".join(args), check=check)
 
 
-def _manifest(folder: Path, address: str) -> Path:
-    data = yaml.safe_load((REPO_ROOT / "model_manifests" / "demo-tiny-ziya.yaml").read_text())
-    data["id"] = MODEL
-    for entry in data["launch"]:
-        entry["port"] = free_port(address)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{MODEL}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def bare(tmp_path_factory: pytest.TempPathFactory, tiny_hub: tuple[str, str]) -> Iterator[Bare]:
     reason = available()
@@ -83,7 +72,7 @@ def bare(tmp_path_factory: pytest.TempPathFactory, tiny_hub: tuple[str, str]) ->
             "modelrig_data_root": f"/home/{LOGIN}/modelrig",
             "modelrig_hf_endpoint": url,
             "modelrig_hf_token": token,
-            "modelrig_manifests_dir": str(_manifest(tmp / "manifests", host.address)),
+            "modelrig_manifests_dir": str(user_manifest(tmp / "manifests", host.address, MODEL)),
             "modelrig_bind": host.address,
             "modelrig_backend": "venv",
             # A mirror-only network for torch: the wheel folder served over HTTP; PyPI for the rest.

@@ -37,14 +37,14 @@ def free_port(address: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def user_manifest(folder: Path, address: str) -> Path:
-    """The demo manifest as a user manifest with its own id and free ports on the host's address."""
+def user_manifest(folder: Path, address: str, model: str = MODEL) -> Path:
+    """The demo manifest as a user manifest with its own id (`model`) and free ports on the host's address."""
     data = yaml.safe_load((REPO_ROOT / "model_manifests" / "demo-tiny-ziya.yaml").read_text())
-    data["id"] = MODEL
+    data["id"] = model
     for entry in data["launch"]:
         entry["port"] = free_port(address)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{MODEL}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    (folder / f"{model}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return folder
 
 
