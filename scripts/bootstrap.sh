@@ -65,8 +65,9 @@ fi
 torch_args=()
 while IFS= read -r arg; do torch_args+=("$arg"); done < <("$VENV/bin/python" scripts/toolkit_torch.py "$TORCH")
 "$VENV/bin/python" -m pip install -q "${torch_args[@]}"
-"$VENV/bin/python" scripts/toolkit_torch.py --installed
 VIRTUAL_ENV="$VENV" "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" -e ".[test]"
+# After the whole install: torch imported before numpy is there warns "Failed to initialize NumPy".
+"$VENV/bin/python" scripts/toolkit_torch.py --installed
 echo "$want" > "$stamp"
 echo "toolkit env $VENV: ready ($("$VENV/bin/modelrig" --version))"
 link_command
