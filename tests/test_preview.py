@@ -12,19 +12,9 @@ import pytest
 import yaml
 
 from modelrig.facts.collect import COMMANDS
+from tests.helpers.previews import H100, MAC, rust_manifest
 
 REPO = Path(__file__).resolve().parent.parent
-OUTPUTS = Path(__file__).parent / "fixtures" / "host_outputs"
-#: seed 002's Mac Studio as `sysctl` and `sw_vers` answer (tests/test_ansible_mac.py gives the same answers).
-MAC = {"host": {"os": "darwin", "arch": "arm64", "disk_free_bytes": 500 * 10**9, "data_root": "/Users/demo/m"},
-       "outputs": {"sysctl": "hw.memsize: 206158430208\nhw.ncpu: 24\nmachdep.cpu.brand_string: Apple M2 Ultra\n",
-                   "sw_vers": "ProductName:\t\tmacOS\nProductVersion:\t\t14.3.1\nBuildVersion:\t\t23D60\n"}}
-#: A Linux server with one H100 (a recorded nvidia-smi table, driver 535: CUDA 12.2 at most) and 256 GB.
-H100 = {"host": {"os": "linux", "arch": "x86_64", "disk_free_bytes": 500 * 10**9, "data_root": "/srv/m"},
-        "outputs": {"nvidia-smi": (OUTPUTS / "nvidia-smi_1x_h100-80gb-hbm3_535.104.12.txt").read_text(),
-                    "meminfo": "MemTotal:       263856228 kB\n"}}
-
-
 def preview(request: dict) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "modelrig.orchestrate.preview"], input=json.dumps(request),
                           capture_output=True, text=True, check=False, cwd=REPO)
@@ -126,3 +116,13 @@ def test_unknown_free_disk_is_no_refusal_but_too_little_memory_is():
     (line,) = lines(small)
     assert line.startswith("would build env bluelm-7b-chat (python 3.10 via venv, torch 2.14.1 cpu); the model "
                            "itself would be refused: ")
+
+
+def test_a_model_that_builds_tokenizers_from_source_is_named_for_the_rust_toolchain(tmp_path, monkeypatch):
+    monkeypatch.setenv("MODELRIG_MANIFESTS", str(rust_manifest(tmp_path / "manifests")))
+    done = preview({**MAC, "stage": "env", "models": ["rust-tiny-ziya", "qwen-vl-chat"], "backend": "conda"})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"ok": True, "stage": "env", "tokenizers_from_source": ["rust-tiny-ziya"],
+                                       "lines": [
+        "would build env rust-tiny-ziya (python 3.11 via conda, torch 2.13.0 mps, tokenizers from source with Rust)",
+        "would build env qwen-vl-chat (python 3.10 via conda, torch 2.14.1 mps)"]}

@@ -10,7 +10,8 @@ host config the modelrig role would write, and says per model what each stage wo
     would start demo chat on port 7860 (launchd job ai.modelrig.qwen-vl-chat.chat)
 
 `preview_lines` is pure; `python -m modelrig.orchestrate.preview` reads one JSON request on stdin (the roles pass
-it) and prints `{"ok": true, "stage": ..., "lines": [...]}`, or one line on stderr and exit status 2.
+it) and prints `{"ok": true, "stage": ..., "lines": [...], "tokenizers_from_source": [...]}`, or one line on
+stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -128,7 +129,8 @@ def facts_of(request: PreviewRequest) -> HostFacts:
 
 
 def answer(request: PreviewRequest) -> dict[str, Any]:
-    """The lines of `request.stage` for every model of the request."""
+    """The lines of `request.stage` for every model of the request, and the models whose plan builds tokenizers
+    from source (the rust_toolchain role installs Rust for them)."""
     try:
         config = HostConfig.model_validate(request.config)
     except ValidationError as exc:
@@ -136,6 +138,7 @@ def answer(request: PreviewRequest) -> dict[str, Any]:
         raise ConfigError(f"config: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
     facts = facts_of(request)
     lines: list[str] = []
+    rust: list[str] = []
     for model in request.models:
         manifest = load_model(model)
         deps = dependency_manifests(manifest)
@@ -144,7 +147,9 @@ def answer(request: PreviewRequest) -> dict[str, Any]:
         lines += preview_lines(request.stage, manifest, plan, config, deps=deps, backend=request.backend,
                                supervisor=request.supervisor, hub=request.hub, hf_endpoint=request.hf_endpoint,
                                modelscope_endpoint=request.modelscope_endpoint)
-    return {"ok": True, "stage": request.stage, "lines": lines}
+        if (plan.env.tokenizers or {}).get("source") == "git":
+            rust.append(manifest.id)
+    return {"ok": True, "stage": request.stage, "lines": lines, "tokenizers_from_source": rust}
 
 
 def main() -> int:
