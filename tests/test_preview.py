@@ -1,8 +1,10 @@
 """What check mode says a fresh host would get, planned on the controller (`python -m modelrig.orchestrate.preview`,
-as the roles call it) from a host's hardware answers and the host config the modelrig role would write."""
+as the roles call it) from a host's hardware answers and the host config the modelrig role would write. The plans
+run in this process; the command itself runs once, as the roles run it."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -12,20 +14,22 @@ import pytest
 import yaml
 
 from modelrig.facts.collect import COMMANDS
+from modelrig.orchestrate.preview import PreviewRequest, answer, main
 from tests.helpers.previews import H100, MAC, rust_manifest
 
 REPO = Path(__file__).resolve().parent.parent
+
+
 def preview(request: dict) -> subprocess.CompletedProcess[str]:
+    """The command as the roles run it: `python -m modelrig.orchestrate.preview`, the request on stdin."""
     return subprocess.run([sys.executable, "-m", "modelrig.orchestrate.preview"], input=json.dumps(request),
                           capture_output=True, text=True, check=False, cwd=REPO)
 
 
 def lines(request: dict) -> list[str]:
-    done = preview(request)
-    assert done.returncode == 0, done.stderr
-    answer = json.loads(done.stdout)
-    assert answer["ok"] is True and answer["stage"] == request["stage"]
-    return answer["lines"]
+    found = answer(PreviewRequest.model_validate(request))
+    assert found["ok"] is True and found["stage"] == request["stage"]
+    return found["lines"]
 
 
 def test_a_fresh_mac_studio_would_get_qwen_vl_chat_from_conda_with_mps_torch_and_two_launchd_jobs():
@@ -92,11 +96,11 @@ def test_a_host_with_no_gpu_answer_plans_for_its_cpu():
                  "config": {"serve": {"ports": {"qwen-vl-chat/chat": 0}}}}),
      "modelrig preview: config: serve.ports.qwen-vl-chat/chat: "),
 ])
-def test_bad_requests_are_one_line_and_status_2(request_text, line):
-    done = subprocess.run([sys.executable, "-m", "modelrig.orchestrate.preview"], input=request_text,
-                          capture_output=True, text=True, check=False)
-    assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.startswith(line) and done.stderr.count("\n") == 1
+def test_bad_requests_are_one_line_and_status_2(request_text, line, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(request_text))
+    assert main() == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(line) and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("system", ["Darwin", "Linux"])
