@@ -1,8 +1,10 @@
 """The Mac route as one inventory: site.yml --check with inventory/group_vars/mac_studio on an SSH test host that
 reports seed 002's Mac Studio facts (Darwin, arm64: tests/fixtures/ansible_library), so the Darwin task files run
 for real: it reports the Miniforge (MacOSX-arm64, the pinned release's published checksum), the toolkit env made
-from Miniforge's Python, the Xcode tools check and the LaunchDaemon sudo check, and writes nothing. The host's
-`xcode-select` and `sudo` answer as a Mac's do (recorded answers); macOS itself, MPS and launchd never run here."""
+from Miniforge's Python, the Xcode tools check and the LaunchDaemon sudo check, then, planned on the controller
+from the host's `sysctl`/`sw_vers` answers, Qwen-VL-Chat's env, download and demos; and it writes nothing. The
+host's `xcode-select`, `sudo`, `sysctl` and `sw_vers` answer as a Mac's do (recorded or composed answers); macOS
+itself, MPS and launchd never run here."""
 
 from __future__ import annotations
 
