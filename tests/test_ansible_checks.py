@@ -10,8 +10,16 @@ import subprocess
 import pytest
 import yaml
 
-from tests.helpers.ansible_site import write_inventory
-from tests.helpers.sshhosts import BIN, REPO_ROOT, ansible_env, playbook, recap, ssh_hosts_fixture  # noqa: F401
+from tests.helpers.ansible_site import MODEL, write_inventory
+from tests.helpers.sshhosts import (  # noqa: F401
+    BIN,
+    REPO_ROOT,
+    ansible_env,
+    debug_messages,
+    playbook,
+    recap,
+    ssh_hosts_fixture,
+)
 
 pytestmark = pytest.mark.slow
 #: yamllint settings that agree with ansible-lint's own YAML rules.
@@ -36,6 +44,20 @@ def test_check_diff_on_a_fresh_host_changes_nothing(ssh_hosts, tmp_path, tiny_hu
     assert after == before  # ... and writes nothing
     assert not (host.home / "modelrig").exists()
     assert token not in run.stdout
+    # ... and, with no toolkit env on the host yet, what each stage would do, planned on the controller
+    manifest = yaml.safe_load((tmp_path / "manifests" / f"{MODEL}.yaml").read_text())
+    ports = [entry["port"] for entry in manifest["launch"]]
+    messages = debug_messages(run.stdout, "fresh")
+    assert messages["model_env : Say which env each model would get."] == [
+        f"would build env {MODEL} (python 3.11 via venv, torch 2.13.0 cpu)"]
+    assert messages["model_weights : Say what each model's weights would be fetched from and converted into."] == [
+        f"would fetch modelrig-tiny/llama-meta@main (1 MB) from {url}",
+        f"would fetch modelrig-tiny/ziya-delta@main (1 MB) from {url}",
+        "would convert base_hf (llama_meta_to_hf)", "would convert merged (apply_delta)",
+        "would convert final (to_safetensors)"]
+    assert messages["model_launch : Say which demos would start, on which port, under which supervisor."] == [
+        f"would start demo chat on port {ports[0]} (a supervised process)",
+        f"would start demo api on port {ports[1]} (a supervised process)"]
 
 
 @pytest.mark.parametrize(("override", "named"), [

@@ -1,8 +1,10 @@
 """The Mac route as one inventory: site.yml --check with inventory/group_vars/mac_studio on an SSH test host that
 reports seed 002's Mac Studio facts (Darwin, arm64: tests/fixtures/ansible_library), so the Darwin task files run
 for real: it reports the Miniforge (MacOSX-arm64, the pinned release's published checksum), the toolkit env made
-from Miniforge's Python, the Xcode tools check and the LaunchDaemon sudo check, and writes nothing. The host's
-`xcode-select` and `sudo` answer as a Mac's do (recorded answers); macOS itself, MPS and launchd never run here."""
+from Miniforge's Python, the Xcode tools check and the LaunchDaemon sudo check, then, planned on the controller
+from the host's `sysctl`/`sw_vers` answers, Qwen-VL-Chat's env, download and demos; and it writes nothing. The
+host's `xcode-select`, `sudo`, `sysctl` and `sw_vers` answer as a Mac's do (recorded or composed answers); macOS
+itself, MPS and launchd never run here."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.sshhosts import REPO_ROOT, playbook, recap, ssh_hosts_fixture  # noqa: F401
+from tests.helpers.sshhosts import REPO_ROOT, debug_messages, playbook, recap, ssh_hosts_fixture  # noqa: F401
 from tests.helpers.standins import served, write_miniforge_release
 
 pytestmark = pytest.mark.slow
@@ -22,13 +24,28 @@ XCODE_SELECT = "#!/bin/sh\necho /Library/Developer/CommandLineTools\n"
 SUDO = ("#!/bin/sh\necho \"$*\" >> \"$HOME/sudo-calls.log\"\n"
         "[ \"$*\" = \"-n -l launchctl\" ] && { echo /bin/launchctl; exit 0; }\n"
         "echo 'sudo: a password is required' >&2; exit 1\n")
+#: What seed 002's Mac Studio answers to the commands `modelrig facts` runs there (composed in the format of macOS's
+#: `sysctl` and `sw_vers`: no recording of an M2 Ultra's is among the shared fixtures): 192 GiB, 24 cores, 14.3.1.
+SYSCTL = ("#!/bin/sh\nprintf 'hw.memsize: 206158430208\\nhw.ncpu: 24\\n"
+          "machdep.cpu.brand_string: Apple M2 Ultra\\n'\n")
+SW_VERS = "#!/bin/sh\nprintf 'ProductName:\\t\\tmacOS\\nProductVersion:\\t\\t14.3.1\\nBuildVersion:\\t\\t23D60\\n'\n"
+#: What check mode on the fresh Mac says it would do for Qwen-VL-Chat (its two demos that run on MPS).
+QWEN_VL_PREVIEW = {
+    "model_env : Say which env each model would get.":
+        ["would build env qwen-vl-chat (python 3.10 via conda, torch 2.14.1 mps)"],
+    "model_weights : Say what each model's weights would be fetched from and converted into.":
+        ["would fetch Qwen/Qwen-VL-Chat@main (19.4 GB) from https://huggingface.co"],
+    "model_launch : Say which demos would start, on which port, under which supervisor.":
+        ["would start demo chat on port 7860 (launchd job ai.modelrig.qwen-vl-chat.chat)",
+         "would start demo api on port 7861 (launchd job ai.modelrig.qwen-vl-chat.api)"],
+}
 
 
 def _mac_host(ssh_hosts, tmp_path: Path, *, sudo: str = SUDO):
     """A test host whose sessions find a Mac's xcode-select and sudo first on PATH."""
     bin_dir = tmp_path / "mac-bin"
     bin_dir.mkdir()
-    for name, text in (("xcode-select", XCODE_SELECT), ("sudo", sudo)):
+    for name, text in (("xcode-select", XCODE_SELECT), ("sudo", sudo), ("sysctl", SYSCTL), ("sw_vers", SW_VERS)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     host = ssh_hosts.add("mac", env={"PATH": f"/opt/mac-bin-{os.getpid()}:/usr/local/bin:/usr/bin:/bin"})
@@ -87,6 +104,8 @@ def test_check_on_the_mac_inventory_reports_what_would_be_installed_and_writes_n
                    if not p.name.startswith(".ansible") and p.name != "sudo-calls.log")
     assert after == before
     assert "hf_seed002testtoken" not in out
+    messages = debug_messages(out, "mac")
+    assert {task: messages.get(task) for task in QWEN_VL_PREVIEW} == QWEN_VL_PREVIEW
 
 
 def test_without_passwordless_sudo_the_mac_route_names_the_sudoers_line(ssh_hosts, tmp_path):

@@ -7,11 +7,13 @@ The real Miniforge and rustup downloads are unreachable here."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.helpers.previews import H100, rust_manifest
 from tests.helpers.sshhosts import playbook, recap, ssh_hosts_fixture  # noqa: F401
 from tests.helpers.standins import served, sha256_of, write_miniforge_release, write_rustup_archive
 
@@ -231,6 +233,29 @@ def test_check_mode_reports_the_installs_and_writes_nothing(ssh_hosts, tmp_path)
     assert "+channels:\n+- conda-forge" in run.stdout  # the .condarc it would write
     assert not (host.home / "miniforge3").exists() and not (host.home / ".cargo").exists()
     assert not list(host.home.glob("Miniforge3-*")) and not list(host.home.glob("rustup-init*"))
+
+
+@pytest.mark.parametrize(("model", "installs"), [("rust-tiny-ziya", True), ("qwen-vl-chat", False)])
+def test_check_mode_on_a_fresh_host_asks_the_controllers_planner_whether_rust_is_needed(ssh_hosts, tmp_path, model,
+                                                                                         installs):
+    """No toolkit env yet (check mode on a fresh host): `auto` asks the planner on the controller, which the
+    modelrig role describes in modelrig_engine.preview; a model building tokenizers from source gets rustup."""
+    host = ssh_hosts.add("tools")
+    write_rustup_archive(tmp_path / "origin" / "rustup", "0.0.1", LINUX_TARGETS)
+    engine = {**NO_ENGINE, "preview": {
+        "command": [sys.executable, "-m", "modelrig.orchestrate.preview"],
+        "environment": {"PYTHONPATH": str(REPO / "src"), "MODELRIG_MANIFESTS": str(rust_manifest(tmp_path / "m"))},
+        "input": {**H100, "config": {}}}}
+    inventory = ssh_hosts.inventory(tmp_path / "hosts.yml")
+    with served(tmp_path / "origin") as origin:
+        run = playbook(tmp_path, inventory, str(_book(tmp_path, {
+            **_rust(host, f"{origin.url}/rustup", rust_toolchain_rustup_version="0.0.1",
+                    rust_toolchain_checksum_root=f"{origin.url}/rustup"),
+            "rust_toolchain_engine": engine, "rust_toolchain_models": [model]})), "--check")
+    assert run.returncode == 0, _failure(run)
+    assert ("TASK [rust_toolchain : Install the pinned toolchain with rustup.]" in run.stdout) is installs
+    assert recap(run.stdout)["tools"]["changed"] == (2 if installs else 0), _failure(run)
+    assert not (host.home / ".cargo").exists()
 
 
 def test_the_miniforge_download_goes_through_modelrig_proxy(ssh_hosts, tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import itertools
+import json
 import os
 import pwd
 import random
@@ -402,3 +403,18 @@ def recap(out: str) -> dict[str, dict[str, int]]:
         if match:
             hosts[match.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(2))}
     return hosts
+
+
+def debug_messages(out: str, host: str) -> dict[str, object]:
+    """The `msg` of every debug task that printed one for `host` in a playbook's output, by task name (the default
+    callback prints `TASK [role : name] ***` and then `ok|changed: [host] => {...}` as indented JSON)."""
+    found: dict[str, object] = {}
+    task = None
+    lines = out.splitlines()
+    for i, line in enumerate(lines):
+        if match := re.match(r"^TASK \[(.+)\] \*+$", line):
+            task = match.group(1)
+        elif task and re.match(rf"^(ok|changed): \[{re.escape(host)}\] => \{{$", line):
+            end = lines.index("}", i)
+            found[task] = json.loads("{" + "\n".join(lines[i + 1:end]) + "}").get("msg")
+    return found
