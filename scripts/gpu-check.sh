@@ -82,6 +82,10 @@ make_env "$work/toolkit" "$wheels"/modelrig-*.whl -c "$wheels/toolkit-$pyver.txt
 make_env "$work/demo-env" -r "$wheels/demo-$pyver.txt" >"$out/install-demo-env.log" 2>&1 \
   || die 5 "installing the demo's packages from $wheels failed: see $out/install-demo-env.log"
 modelrig=("$work/toolkit/bin/modelrig" --data-root "$work/data")
+# the check's own host config: its demo supervised by modelrig itself, on a port nothing else holds
+mkdir -p "$work/data"
+api_port="$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+printf 'serve:\n  supervisor: process\n  ports:\n    demo-tiny-ziya/api: %s\n' "$api_port" >"$work/data/config.yaml"
 demo_python="$work/demo-env/bin/python"
 "$demo_python" -c 'import torch; assert torch.cuda.is_available()' \
   || die 5 "the demo env does not see the GPU through $py's torch"
