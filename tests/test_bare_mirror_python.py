@@ -1,13 +1,17 @@
 """Bare Debian 12 servers (systemd-nspawn, Python 3.11.2 only, a sudo login, nothing else) on mirror-only networks:
 the manifest's Python installed from a Python mirror the test serves on loopback, torch and every package from
 wheel folders served over HTTP (no PyPI, no PyTorch index, for the toolkit and the model env alike), a lock whose
-torch hash is read from the served folder; then a second bare host rebuilt from a bundle where every index is
-dead: the toolkit from the bundle's wheels, the lock's Python (a patch release the host lacks) from a mirror folder
-on the host, the bundle never staged in the login user's ~/.ansible/tmp (a 8 MiB tmpfs there)."""
+torch hash is read from the served folder; then a second bare host, booted into a network namespace of its own
+(loopback only: no route out, reached through an SSH ProxyCommand into that namespace), rebuilt from a bundle with
+every index and endpoint at its public default: the toolkit from the bundle's wheels, the lock's Python (a patch
+release the host lacks) from a mirror folder on the host, the bundle never staged in the login user's
+~/.ansible/tmp (a 8 MiB tmpfs there), the demo answering inside the namespace."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +33,6 @@ MODEL = "bare-tiny-ziya"
 WANTED = "3.11.7"
 MODEL_REQUIREMENTS = ["torch==2.13.0", "transformers==4.37.0", "tokenizers", "sentencepiece", "accelerate", "protobuf",
                       "numpy<2", "gradio>=6,<7"]
-DEAD = "http://127.0.0.1:9"
 TORCH_WHEEL = "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"
 
 
@@ -131,7 +134,40 @@ def test_the_manifests_python_comes_from_the_mirror_and_torch_from_a_served_whee
     assert config["python"]["mirror"] == f"{fleet.mirror.url}/pbs"
 
 
-def test_a_bundle_rebuilds_a_second_bare_host_with_every_index_dead(fleet):
+#: Inside a namespace with loopback only, a TCP connect to anything but loopback fails at once with this errno.
+ENETUNREACH = 101
+_CONNECT = """
+import socket, sys
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+        print(target, "connected")
+    except OSError as exc:
+        print(target, exc.errno)
+"""
+_ASK = """
+import json, sys, urllib.request
+body = json.dumps({"model": sys.argv[2], "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8})
+request = urllib.request.Request(sys.argv[1] + "/chat/completions", data=body.encode(),
+                                 headers={"Content-Type": "application/json"})
+print(json.dumps(json.load(urllib.request.urlopen(request, timeout=120))))
+"""
+
+
+def _outside_targets() -> list[str]:
+    """Addresses a host with a route out would reach: a public address, PyPI's (resolved here, where PyPI is
+    reachable), and this machine's default gateway (where an intercepting proxy sits)."""
+    targets = ["1.1.1.1:443", f"{socket.getaddrinfo('pypi.org', 443, socket.AF_INET)[0][4][0]}:443"]
+    for line in Path("/proc/net/route").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == "00000000" and fields[2] != "00000000":
+            gateway = socket.inet_ntoa(int(fields[2], 16).to_bytes(4, "little"))
+            targets.append(f"{gateway}:3128")
+    return targets
+
+
+def test_a_bundle_rebuilds_a_second_bare_host_with_no_route_out(fleet):
     assert fleet.first.returncode == 0, fleet.first.stdout[-4000:]
     hosts = fleet.hosts
     made = hosts.ssh("bare", f"MODELRIG_MANIFESTS=~/modelrig/manifests ~/modelrig/toolkit/bin/modelrig --data-root "
@@ -149,16 +185,24 @@ def test_a_bundle_rebuilds_a_second_bare_host_with_every_index_dead(fleet):
     local = cold.rootfs / "srv" / "python-mirror"
     mirror_folder(local, archive)
     downloads_json(local / "downloads.json", WANTED, sha=sha256(archive))
+    # the server as it will be rebuilt: booted again in a network namespace with loopback only
+    hosts.reboot("cold", private_network=True)
+    assert cold.netns(["ip", "-o", "link"]).stdout.split(":")[1].strip() == "lo"
+    assert len(cold.netns(["ip", "-o", "link"]).stdout.splitlines()) == 1
+    assert cold.netns(["ip", "-4", "route", "show", "table", "main"]).stdout == ""
+    assert cold.netns(["ip", "-6", "route", "show", "default"]).stdout == ""
+    targets = _outside_targets()
+    probe = cold.netns(["/usr/bin/python3", "-c", _CONNECT, *targets]).stdout
+    assert probe.splitlines() == [f"{t} {ENETUNREACH}" for t in targets]
     uid = cold.root("id -u operator1").stdout.strip()
     cold.root(f"install -d -o operator1 -g operator1 /home/operator1/.ansible && mount -t tmpfs -o "
               f"size=8m,uid={uid},gid={uid},mode=0700 tmpfs /home/operator1/.ansible")
+    # every index and endpoint left at its public default (PyPI, the PyTorch index, the Hugging Face hub): a reach
+    # for any of them would fail here, so the rebuild succeeding proves the bundle carries everything
     knobs = {
         "modelrig_models": [MODEL],
         "modelrig_data_root": "/home/operator1/modelrig",
-        "modelrig_hf_endpoint": DEAD,
         "modelrig_manifests_dir": str(fleet.tmp / "manifests"),
-        "modelrig_pip": {"index_url": f"{DEAD}/simple/", "extra_index_urls": [f"{DEAD}/extra/"],
-                         "find_links": [f"{DEAD}/wheels/"], "use_torch_index": True, "torch_index_base": f"{DEAD}/whl"},
         "modelrig_python_mirror": "file:///srv/python-mirror",
         "modelrig_python_downloads_json_url": "/srv/python-mirror/downloads.json",
     }
@@ -175,3 +219,16 @@ def test_a_bundle_rebuilds_a_second_bare_host_with_every_index_dead(fleet):
     assert base.stdout.split() == [WANTED, "2.13.0+cpu"], base.stderr
     again = fleet.run(inventory, "rebuild.yml", "-e", f"modelrig_lock={lock}", "-e", f"modelrig_bundle={bundle}")
     assert again.returncode == 0 and recap(again.stdout)["cold"]["changed"] == 0, again.stdout[-6000:]
+    # the rebuilt env and weights serve the demo's API (the lock has no launch entries: its host ran none), asked
+    # from inside the host's namespace: nothing outside it can reach the host
+    modelrig = "MODELRIG_MANIFESTS=~/modelrig/manifests ~/modelrig/toolkit/bin/modelrig --data-root ~/modelrig"
+    python = f"~/modelrig/envs/{env.name}/bin/python"
+    served = hosts.ssh("cold", f"{modelrig} render {MODEL} --entry api --python {python} && {modelrig} launch {MODEL} "
+                               "api --supervisor process --json", check=False, timeout=600)
+    assert served.returncode == 0, served.stdout[-3000:] + served.stderr[-3000:]
+    status = hosts.ssh("cold", f"{modelrig} status {MODEL} --supervisor process --json").stdout
+    entries = {e["entry"]: e for e in json.loads(status)["entries"]}
+    assert {e: (s["running"], s["healthy"]) for e, s in entries.items()} == {"api": (True, True)}
+    asked = cold.netns(["/usr/bin/python3", "-c", _ASK, str(entries["api"]["url"]), MODEL], timeout=180)
+    assert asked.returncode == 0, asked.stderr
+    assert json.loads(asked.stdout)["choices"][0]["message"]["content"].strip()

@@ -1,12 +1,16 @@
 """Bare Debian 12 test servers with systemd as init, booted in systemd-nspawn on this machine.
 
 A loopback-user host (tests/helpers/sshhosts.py) shares this machine's Pythons, wheel folder, certificate settings
-and environment. A bare host shares nothing but the network: a minimal Debian 12 root made by debootstrap from the
-Debian mirror in this machine's apt sources, booted with `systemd-nspawn --boot`, with
+and environment. A bare host shares nothing but the network (with `private_network`, not even that): a minimal
+Debian 12 root made by debootstrap from the Debian mirror in this machine's apt sources, booted with
+`systemd-nspawn --boot`, with
 
 * systemd as init (`systemctl is-system-running` answers `running`) with logind sessions (libpam-systemd: the login
   user's own manager), Debian's own python3 (3.11), sshd listening on
   a loopback address of its own (127.0.0.N, a free port) with key auth only;
+* with `private_network`, a network namespace of its own with loopback only (`systemd-nspawn --private-network`):
+  no route out at all; the controller then reaches its sshd through an SSH ProxyCommand that runs
+  tests/helpers/tcpforward.py with this machine's /usr/bin/python3 inside that namespace (`nsenter -t <init> -n`);
 * one login user with sudo (NOPASSWD), nothing else: no pyenv, no wheel folder, no pip configuration, no
   certificate or pip variables in its SSH sessions;
 * this machine's extra CAs (those in /etc/ssl/certs/ca-certificates.crt that Debian's bundle lacks) in its system
@@ -57,6 +61,9 @@ BASE_VERSION = 1
 #: The login user of every bare host.
 LOGIN = "operator1"
 MACHINE_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+#: The stdio<->TCP forwarder the ProxyCommand of a host with a private network runs inside its namespace.
+FORWARDER = Path(__file__).with_name("tcpforward.py")
+SYSTEM_PYTHON = "/usr/bin/python3"
 _HOST_NUMBERS = itertools.count()
 _LIVE: list[BareHost] = []
 
@@ -165,6 +172,8 @@ class BareHost:
     user: str = LOGIN
     #: More systemd-nspawn options for every boot (`--bind=...`, `--private-network`, ...).
     nspawn_args: tuple[str, ...] = ()
+    #: Boot in a network namespace of its own (loopback only): no route out; sshd reached through `proxy_command`.
+    private_network: bool = False
     nspawn: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     boots: int = 0
 
@@ -177,15 +186,27 @@ class BareHost:
         """The login user's home, as this machine sees it (inside the container root)."""
         return self.rootfs / "home" / self.user
 
+    def proxy_command(self) -> str | None:
+        """The SSH ProxyCommand that reaches sshd inside the host's own network namespace (None when it shares
+        this machine's network): the forwarder run under `nsenter -n` into the running container's namespace."""
+        if not self.private_network:
+            return None
+        pid = self.init_pid()
+        if pid is None:
+            raise RuntimeError(f"{self.name} is not running")
+        return f"nsenter -t {pid} -n {SYSTEM_PYTHON} {FORWARDER} %h %p"
+
     def hostvars(self, keyfile: Path, known_hosts: Path) -> dict[str, Any]:
         """Ansible connection variables for this host (no become: roles ask for it where they need root)."""
+        proxy = self.proxy_command()
+        via = f" -o 'ProxyCommand={proxy}'" if proxy else ""
         return {
             "ansible_host": self.address,
             "ansible_port": self.port,
             "ansible_user": self.user,
             "ansible_ssh_private_key_file": str(keyfile),
             "ansible_ssh_common_args": f"-F /dev/null -o UserKnownHostsFile={known_hosts} -o IdentitiesOnly=yes "
-                                       "-o StrictHostKeyChecking=yes",
+                                       f"-o StrictHostKeyChecking=yes{via}",
             "ansible_python_interpreter": "/usr/bin/python3",
         }
 
@@ -194,7 +215,7 @@ class BareHost:
         log = open(self.folder / f"boot-{self.boots}.log", "wb")
         self.nspawn = subprocess.Popen(
             ["systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--console=passive", "-D", str(self.rootfs),
-             f"--machine={self.name}", *self.nspawn_args],
+             f"--machine={self.name}", *(["--private-network"] if self.private_network else []), *self.nspawn_args],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         self.boots += 1
@@ -215,6 +236,12 @@ class BareHost:
             raise RuntimeError(f"{self.name}: systemd did not finish booting (state {state!r})")
         while time.monotonic() < deadline:
             self._check_alive()
+            if self.private_network:
+                probe = f"import socket; socket.create_connection(({self.address!r}, {self.port}), timeout=1)"
+                if self.netns([SYSTEM_PYTHON, "-c", probe]).returncode == 0:
+                    return
+                time.sleep(0.2)
+                continue
             try:
                 with socket.create_connection((self.address, self.port), timeout=1):
                     return
@@ -250,6 +277,14 @@ class BareHost:
         if check and result.returncode != 0:
             raise RuntimeError(f"{self.name}: {command} exited {result.returncode}:\n{result.stdout}{result.stderr}")
         return result
+
+    def netns(self, argv: list[str], *, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run a command of this machine (its files, its user) inside the container's network namespace only."""
+        pid = self.init_pid()
+        if pid is None:
+            raise RuntimeError(f"{self.name} is not running")
+        return subprocess.run(["nsenter", "-t", str(pid), "-n", "--", *argv], capture_output=True, text=True,
+                              timeout=timeout, check=False)
 
     def shutdown(self, timeout: float = 60) -> None:
         """Stop the container cleanly (SIGTERM to nspawn halts systemd); SIGKILL after `timeout`."""
@@ -291,8 +326,8 @@ class BareHosts:
 
     def add(self, name: str, *, nspawn_args: tuple[str, ...] = ()) -> BareHost:
         """Copy the cached base root, prepare the login user, sshd and trust store, boot; returns once ssh works.
-        `nspawn_args` go to systemd-nspawn on every boot (`--bind=SRC:DST`, ...); the controller must still reach sshd
-        on its loopback address (the host shares this machine's network)."""
+        `nspawn_args` go to systemd-nspawn on every boot (`--bind=SRC:DST`, ...). The host boots on this machine's
+        network (apt works); `reboot(name, private_network=True)` moves it into a network namespace of its own."""
         base = base_root()
         folder = BARE_ROOT / "hosts" / f"{os.getpid()}-{next(_HOST_NUMBERS)}"
         _remove_root(folder)
@@ -355,14 +390,19 @@ class BareHosts:
             timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run a shell command on a host over SSH as its login user, as Ansible reaches it."""
         host = self.hosts[name]
+        proxy = host.proxy_command()
         cmd = ["ssh", "-F", "/dev/null", "-i", str(self.client_key), "-o", f"UserKnownHostsFile={self.known_hosts}",
                "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
-               "-o", "ConnectTimeout=10", "-p", str(host.port), f"{host.user}@{host.address}", command]
+               "-o", "ConnectTimeout=10", *(["-o", f"ProxyCommand={proxy}"] if proxy else []),
+               "-p", str(host.port), f"{host.user}@{host.address}", command]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=check)
 
-    def reboot(self, name: str) -> None:
-        """Reboot a host and wait until its login user can log in again."""
+    def reboot(self, name: str, *, private_network: bool | None = None) -> None:
+        """Reboot a host and wait until its login user can log in again; `private_network` True boots it into a
+        network namespace of its own (loopback only: no route out), False back onto this machine's network."""
         host = self.hosts[name]
+        if private_network is not None:
+            host.private_network = private_network
         host.reboot()
         _wait_ssh(self, host)
 
