@@ -44,9 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.helpers.sshhosts import _alive, _descendants, _free_address, _free_port, _keygen
+from tests.helpers.sshhosts import HostSet, _alive, _descendants, _free_address, _free_port
 
 #: Cached base roots and per-run host roots live here (root-owned, persistent across runs).
 BARE_ROOT = Path(os.environ.get("MODELRIG_BARE_CACHE", "/var/cache/modelrig-bare"))
@@ -305,24 +304,17 @@ class BareHost:
         self.boot()
 
 
-class BareHosts:
+class BareHosts(HostSet):
     """Bare hosts living in `workdir` (client key, known_hosts, logs); use as a context manager."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.hosts: dict[str, BareHost] = {}
-        self.client_key = workdir / "client_ed25519"
-        self.known_hosts = workdir / "known_hosts"
+    hosts: dict[str, BareHost]
+
+    def _remove_stale(self) -> None:
         remove_stale_hosts()
-        _keygen(self.client_key)
-        self.known_hosts.write_text("")
 
-    def __enter__(self) -> BareHosts:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _ssh_options(self, host: BareHost) -> list[str]:
+        proxy = host.proxy_command()
+        return ["-o", f"ProxyCommand={proxy}"] if proxy else []
 
     def add(self, name: str, *, nspawn_args: tuple[str, ...] = ()) -> BareHost:
         """Copy the cached base root, prepare the login user, sshd and trust store, boot; returns once ssh works.
@@ -373,29 +365,6 @@ class BareHosts:
         public = (root / "etc" / "ssh" / "ssh_host_ed25519_key.pub").read_text().split()
         with self.known_hosts.open("a") as out:
             out.write(f"[{host.address}]:{host.port} {public[0]} {public[1]}\n")
-
-    def inventory(self, path: Path, *, hostvars: dict[str, dict[str, Any]] | None = None,
-                  groups: dict[str, list[str]] | None = None, group_vars: dict[str, Any] | None = None) -> Path:
-        """Write an Ansible YAML inventory of every host (plus per-host variables, groups and `all` vars)."""
-        hostvars = hostvars or {}
-        hosts = {name: {**h.hostvars(self.client_key, self.known_hosts), **hostvars.get(name, {})}
-                 for name, h in self.hosts.items()}
-        data: dict[str, Any] = {"all": {"hosts": hosts, "vars": group_vars or {}}}
-        if groups:
-            data["all"]["children"] = {g: {"hosts": {m: None for m in members}} for g, members in groups.items()}
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
-        return path
-
-    def ssh(self, name: str, command: str, *, check: bool = True,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """Run a shell command on a host over SSH as its login user, as Ansible reaches it."""
-        host = self.hosts[name]
-        proxy = host.proxy_command()
-        cmd = ["ssh", "-F", "/dev/null", "-i", str(self.client_key), "-o", f"UserKnownHostsFile={self.known_hosts}",
-               "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
-               "-o", "ConnectTimeout=10", *(["-o", f"ProxyCommand={proxy}"] if proxy else []),
-               "-p", str(host.port), f"{host.user}@{host.address}", command]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=check)
 
     def reboot(self, name: str, *, private_network: bool | None = None) -> None:
         """Reboot a host and wait until its login user can log in again; `private_network` True boots it into a

@@ -94,24 +94,67 @@ class SshHost:
         }
 
 
-class SshHosts:
-    """A set of SSH test hosts living in `workdir` (keys, configs, logs, known_hosts); use as a context manager."""
+class HostSet:
+    """What every set of test hosts shares: a `workdir` with the client key and known_hosts, the inventory writer
+    and `ssh`; use as a context manager (`close()` on exit). Subclasses clean up what an interrupted run left
+    (`_remove_stale`), make hosts (`add`) and undo them (`close`)."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.hosts: dict[str, SshHost] = {}
+        self.hosts: dict[str, Any] = {}
         self.client_key = workdir / "client_ed25519"
         self.known_hosts = workdir / "known_hosts"
-        remove_stale_users()
+        self._remove_stale()
         _keygen(self.client_key)
         self.known_hosts.write_text("")
 
-    def __enter__(self) -> SshHosts:
+    def __enter__(self) -> Any:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _remove_stale(self) -> None:
+        """Remove what an interrupted earlier run left behind."""
+
+    def close(self) -> None:
+        """Undo every host."""
+
+    def inventory(self, path: Path, *, hostvars: dict[str, dict[str, Any]] | None = None,
+                  groups: dict[str, list[str]] | None = None, group_vars: dict[str, Any] | None = None) -> Path:
+        """Write an Ansible YAML inventory of every host (plus per-host variables, groups and `all` vars)."""
+        hostvars = hostvars or {}
+        hosts = {name: {**h.hostvars(self.client_key, self.known_hosts), **hostvars.get(name, {})}
+                 for name, h in self.hosts.items()}
+        data: dict[str, Any] = {"all": {"hosts": hosts, "vars": group_vars or {}}}
+        if groups:
+            data["all"]["children"] = {g: {"hosts": {m: None for m in members}} for g, members in groups.items()}
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    def _ssh_options(self, host: Any) -> list[str]:
+        """Extra `ssh -o` options a host needs (a ProxyCommand, say)."""
+        return []
+
+    def ssh(self, name: str, command: str, *, check: bool = True,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run a shell command on a host over SSH as its login user, as Ansible reaches it."""
+        host = self.hosts[name]
+        cmd = ["ssh", "-F", "/dev/null", "-i", str(self.client_key), "-o", f"UserKnownHostsFile={self.known_hosts}",
+               "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+               "-o", "ConnectTimeout=10", *self._ssh_options(host),
+               "-p", str(host.port), f"{host.user}@{host.address}", command]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=check)
+
+
+class SshHosts(HostSet):
+    """A set of SSH test hosts living in `workdir` (keys, configs, logs, known_hosts); use as a context manager."""
+
+    hosts: dict[str, SshHost]
+
+    def _remove_stale(self) -> None:
+        remove_stale_users()
 
     def add(self, name: str, *, root: bool = False, env: dict[str, str] | None = None) -> SshHost:
         """Create a host: a fresh user (or root), a host key, an sshd on 127.0.0.N; returns once it accepts logins.
@@ -178,26 +221,6 @@ class SshHosts:
         with self.known_hosts.open("a") as out:
             out.write(f"[{address}]:{port} {public[0]} {public[1]}\n")
         return host
-
-    def inventory(self, path: Path, *, hostvars: dict[str, dict[str, Any]] | None = None,
-                  groups: dict[str, list[str]] | None = None, group_vars: dict[str, Any] | None = None) -> Path:
-        """Write an Ansible YAML inventory of every host (plus per-host variables, groups and `all` vars)."""
-        hostvars = hostvars or {}
-        hosts = {name: {**h.hostvars(self.client_key, self.known_hosts), **hostvars.get(name, {})}
-                 for name, h in self.hosts.items()}
-        data: dict[str, Any] = {"all": {"hosts": hosts, "vars": group_vars or {}}}
-        if groups:
-            data["all"]["children"] = {g: {"hosts": {m: None for m in members}} for g, members in groups.items()}
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
-        return path
-
-    def ssh(self, name: str, command: str, *, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run a shell command on a host over SSH, as Ansible would reach it."""
-        host = self.hosts[name]
-        cmd = ["ssh", "-F", "/dev/null", "-i", str(self.client_key), "-o", f"UserKnownHostsFile={self.known_hosts}",
-               "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
-               "-p", str(host.port), f"{host.user}@{host.address}", command]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=check)
 
     def close(self) -> None:
         """Stop every sshd, end the test users' processes and remove the users with their homes."""
