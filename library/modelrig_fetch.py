@@ -49,6 +49,13 @@ options:
   headroom:
     description: Free space to keep beyond the download (C(1GiB), C(500MB)).
     type: str
+  take_over:
+    description:
+      - Stop a fetch still downloading into the same store folder (one a play interrupted with Ctrl-C left running
+        on the host) and go on from the files it finished and the partial ones it left, instead of failing C(busy).
+        The result's C(details.notes) names it (pid, how long it ran).
+    type: bool
+    default: false
 """
 
 EXAMPLES = r"""
@@ -106,7 +113,7 @@ from ansible.module_utils.modelrig_runner import (
 
 FORMATS = dict(hub=as_opt("--hub"), store=as_opt("--store"), hf_endpoint=as_opt("--hf-endpoint"),
                modelscope_endpoint=as_opt("--modelscope-endpoint"), local=as_pairs("--local"),
-               verify=as_bool("--verify"), headroom=as_opt("--headroom"))
+               verify=as_bool("--verify"), headroom=as_opt("--headroom"), take_over=as_bool("--take-over"))
 
 
 def main():
@@ -120,6 +127,7 @@ def main():
             local=dict(type="dict", default={}),
             verify=dict(type="bool", default=False),
             headroom=dict(type="str"),
+            take_over=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )

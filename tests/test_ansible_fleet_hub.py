@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from modelrig.hub.layout import open_repo, resolve_revision
 from tests.helpers.ansible_site import built_wheel, demo_knobs, free_port
@@ -26,6 +30,8 @@ TAGS = "toolkit,weights"
 #: Only the toolkit and the weights run (no model env, no demos), so no model service is restarted when weights
 #: change: model_launch's handler would try to restart demos never rendered.
 NO_RESTART = ("-e", '{"model_launch_to_restart": []}')
+#: The fleet's ModelScope token: a secret of its own, never in the play's output.
+MS_TOKEN = "ms-fleet-7d1e0b"
 
 
 @dataclass
@@ -46,8 +52,13 @@ class FleetRun:
 
 def file_gets(log: Path) -> Counter[str]:
     """How often each file's bytes were asked for (LFS objects and small files; redirects carry none)."""
+    return file_gets_of(logged_requests(log))
+
+
+def file_gets_of(requests: list[tuple[str, str, int, str]]) -> Counter[str]:
+    """`file_gets` of some logged requests."""
     counts: Counter[str] = Counter()
-    for method, path, status, _ in logged_requests(log):
+    for method, path, status, _ in requests:
         if method == "GET" and status != 302 and (path.startswith("/_lfs/") or "/resolve/" in path or "/repo?" in path):
             counts[path.split("?", 1)[0] if "/repo?" not in path else path] += 1
     return counts
@@ -73,15 +84,33 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetRun]:
             name: {**demo_knobs(tmp, hosts.hosts[name], url, f"manifests-{name}"), "modelrig_hf_token": token}
             for name in HOSTS}, group_vars={
             "modelrig_fleet_hub": "localhost", "modelrig_fleet_hub_port": free_port("127.0.0.1"),
-            "modelrig_fleet_hub_dir": str(hub_dir), "modelrig_fleet_hub_access_log": True})
+            "modelrig_fleet_hub_dir": str(hub_dir), "modelrig_fleet_hub_access_log": True,
+            "modelrig_modelscope_token": MS_TOKEN})
         first = playbook(tmp, inventory, "site.yml", "--tags", TAGS, *NO_RESTART)
         (tmp / "first.log").write_text(first.stdout + first.stderr)
         try:
             yield FleetRun(hosts, inventory, tmp, upstream_dir, log, hub_dir, first)
         finally:
-            pid = hub_dir / "fleet-hub.pid"
-            if pid.is_file():
-                subprocess.run(["kill", pid.read_text().strip()], check=False)
+            subprocess.run([sys.executable, "-m", "modelrig", "hub", "stop", str(hub_dir)], check=False,
+                           capture_output=True)
+
+
+def hub_status(hub_dir: Path) -> dict[str, object]:
+    """`modelrig hub status DIR --json`: the hub as its supervisor reports it."""
+    done = subprocess.run([sys.executable, "-m", "modelrig", "hub", "status", str(hub_dir), "--json"],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def gone(pid: int, wait: float = 10.0) -> bool:
+    ends = time.monotonic() + wait
+    while time.monotonic() < ends:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def test_every_weight_file_is_asked_of_the_upstream_once_and_every_host_verifies(fleet: FleetRun) -> None:
@@ -126,6 +155,42 @@ def test_a_second_run_fetches_nothing_from_anyone(fleet: FleetRun) -> None:
     assert [r for r in hub_asked if "/resolve/" in r[1] or r[1].startswith("/_lfs/")] == []
 
 
+def test_the_fleet_hub_is_a_supervised_service_started_again_once_it_died(fleet: FleetRun) -> None:
+    assert fleet.first.returncode == 0, fleet.first.stdout[-6000:]
+    status = hub_status(fleet.hub_dir)
+    systemd = Path("/run/systemd/system").is_dir()  # the controller runs it as root: a system unit there
+    assert (status["running"], status["listening"], status["supervisor"]) == \
+        (True, True, "systemd" if systemd else "process")
+    pid = int(status["pid"])  # type: ignore[arg-type]
+    assert os.getsid(pid) != os.getsid(0)  # not in the session of the play that started it
+    # the tokens are two 0600 files beside it, never in the play's output
+    tokens = (fleet.hub_dir / "tokens").read_text().split()
+    assert tokens[1] == MS_TOKEN and (fleet.hub_dir / "upstream-modelscope-token").read_text() == MS_TOKEN + "\n"
+    assert {oct((fleet.hub_dir / f).stat().st_mode & 0o777) for f in
+            ("tokens", "upstream-token", "upstream-modelscope-token")} == {"0o600"}
+    assert MS_TOKEN not in fleet.first.stdout + fleet.first.stderr
+    assert tokens[0] not in fleet.first.stdout + fleet.first.stderr
+
+    os.kill(pid, signal.SIGKILL)
+    assert gone(pid)
+    if systemd:  # Restart=on-failure brings it back by itself
+        time.sleep(8)
+        assert hub_status(fleet.hub_dir)["running"]
+    else:  # a background process is started again by the next run
+        assert hub_status(fleet.hub_dir)["running"] is False
+    again = fleet.run("-v")
+    assert again.returncode == 0, again.stdout[-6000:]
+    counts = recap(again.stdout)
+    # the hub's task runs once, for the play's first host
+    assert {h: counts[h]["changed"] for h in HOSTS} == {"h1": 0 if systemd else 1, "h2": 0, "h3": 0, "h4": 0}
+    assert MS_TOKEN not in again.stdout + again.stderr
+    restarted = hub_status(fleet.hub_dir)
+    assert restarted["running"] and restarted["listening"] and restarted["pid"] != pid
+    third = fleet.run()
+    assert {h: recap(third.stdout)[h]["changed"] for h in HOSTS} == dict.fromkeys(HOSTS, 0), third.stdout[-6000:]
+    assert hub_status(fleet.hub_dir)["pid"] == restarted["pid"]
+
+
 def test_one_host_failing_its_fetch_leaves_the_others_and_a_rerun_fixes_it(fleet: FleetRun) -> None:
     h4 = fleet.hosts.hosts["h4"]
     store = h4.home / "modelrig" / "store"
@@ -151,6 +216,69 @@ def test_one_host_failing_its_fetch_leaves_the_others_and_a_rerun_fixes_it(fleet
     # h4's files came again from the fleet hub, which kept them: the upstream sent none
     assert [r for r in logged_requests(fleet.upstream_log)[before_up:]
             if "/resolve/" in r[1] or r[1].startswith("/_lfs/")] == []
+
+
+def test_a_host_that_cannot_reach_the_fleet_hub_warns_and_downloads_upstream_or_fails_by_the_variable(
+        fleet: FleetRun) -> None:
+    """h2 is given a hub address where nothing listens: with the fallback (the default) it warns naming itself and
+    the hub, and downloads from its own endpoint (the reference hub); with modelrig_fleet_hub_fallback: false it
+    fails in one line and the others finish."""
+    data = yaml.safe_load(fleet.inventory.read_text())
+    closed = free_port("127.0.0.1")
+    data["all"]["hosts"]["h2"]["modelrig_fleet_hub_port"] = closed
+    cut = fleet.tmp / "hosts-h2-cut.yml"
+    cut.write_text(yaml.safe_dump(data, sort_keys=False))
+    hub = f"http://127.0.0.1:{closed}"
+    store = fleet.hosts.hosts["h2"].home / "modelrig" / "store"
+    wheel = built_wheel()
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        shutil.rmtree(store / "huggingface", ignore_errors=True)
+        return playbook(fleet.tmp, cut, "site.yml", "--tags", TAGS, *NO_RESTART, "-e", f"modelrig_wheel={wheel}",
+                        *args)
+
+    before = len(logged_requests(fleet.upstream_log))
+    warned = run()
+    assert warned.returncode == 0, warned.stdout[-6000:]
+    warnings = [line for line in warned.stdout.splitlines() if "warning: the fleet hub" in line]
+    assert len(warnings) == 1 and f"warning: the fleet hub {hub} does not answer from h2" in warnings[0], warnings
+    counts = recap(warned.stdout)
+    assert counts["h2"]["changed"] > 0 and {h: counts[h]["changed"] for h in ("h1", "h3", "h4")} == \
+        dict.fromkeys(("h1", "h3", "h4"), 0)
+    # h2's files came from the reference hub itself, each once, every weight file among them
+    direct = file_gets_of(logged_requests(fleet.upstream_log)[before:])
+    weights = {path for path in file_gets(fleet.upstream_log) - direct if path.startswith("/_lfs/")}
+    assert direct and set(direct.values()) == {1} and weights and weights <= set(direct), direct
+    assert sorted(json.loads(p.read_text())["repo"] for p in store.rglob(".modelrig-stamp.json")) == \
+        ["modelrig-tiny/llama-meta", "modelrig-tiny/ziya-delta"]
+
+    before = len(logged_requests(fleet.upstream_log))
+    refused = run("-e", "modelrig_fleet_hub_fallback=false")
+    assert refused.returncode != 0
+    counts = recap(refused.stdout)
+    assert counts["h2"]["failed"] == 1, refused.stdout[-6000:]
+    assert {h: (counts[h]["failed"], counts[h]["changed"]) for h in ("h1", "h3", "h4")} == \
+        dict.fromkeys(("h1", "h3", "h4"), (0, 0))
+    fatal = [line for line in refused.stdout.splitlines() if line.startswith("fatal: [h2]")]
+    assert len(fatal) == 1 and f"the fleet hub {hub} does not answer from h2" in fatal[0], fatal
+    assert "modelrig_fleet_hub_fallback: true" in fatal[0]
+    assert file_gets_of(logged_requests(fleet.upstream_log)[before:]) == Counter()  # h2 downloaded nothing
+    assert list(store.rglob(".modelrig-stamp.json")) == []
+
+
+def test_down_stops_the_fleet_hub_and_leaves_nothing_of_its_service(fleet: FleetRun) -> None:
+    pid = int(hub_status(fleet.hub_dir)["pid"])  # type: ignore[arg-type]
+    blobs = sorted(p.name for p in (fleet.hub_dir / ".modelrig-pull" / "blobs").rglob("*") if p.is_file())
+    down = playbook(fleet.tmp, fleet.inventory, "down.yml")
+    assert down.returncode == 0, down.stdout[-6000:]
+    assert gone(pid)
+    assert hub_status(fleet.hub_dir) == {"running": False, "pid": None, "supervisor": None, "url": None}
+    assert not (fleet.hub_dir / ".modelrig-service").exists() and not (fleet.hub_dir / "fleet-hub.pid").exists()
+    assert not Path("/etc/systemd/system/modelrig-fleet-hub.service").exists()
+    # what it fetched stays for the next site.yml
+    assert sorted(p.name for p in (fleet.hub_dir / ".modelrig-pull" / "blobs").rglob("*") if p.is_file()) == blobs
+    again = playbook(fleet.tmp, fleet.inventory, "down.yml")
+    assert {h: c["changed"] for h, c in recap(again.stdout).items()} == dict.fromkeys(HOSTS, 0), again.stdout[-4000:]
 
 
 def test_a_fleet_hub_on_an_inventory_host_serves_the_fleet_and_itself(tmp_path: Path) -> None:

@@ -16,26 +16,11 @@ from openai import OpenAI
 from tests.helpers.ansible_site import MODEL, built_wheel, demo_knobs
 from tests.helpers.hub import demo_repos, served
 from tests.helpers.sshhosts import BIN, REPO_ROOT, ansible_env, playbook, recap, ssh_hosts_fixture  # noqa: F401
+from tests.helpers.store_files import WEIGHTS, gets, partial_files, weight_files
 
 pytestmark = pytest.mark.slow
 #: Bytes per second per connection: the demo's ~660 KB of weights take about a minute with two workers.
 THROTTLE = 5_000
-WEIGHTS = (".bin", ".pth")
-
-
-def weight_files(store: Path) -> dict[str, tuple[int, int, int]]:
-    """Complete weight files in the store (renamed into place): {repo/file: (inode, mtime_ns, size)}."""
-    found = {}
-    for path in store.rglob("*"):
-        if path.suffix in WEIGHTS and ".cache" not in path.parts and path.is_file():
-            stat = path.stat()
-            found[f"{path.parent.name}/{path.name}"] = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-    return found
-
-
-def partial_files(store: Path) -> list[Path]:
-    """Downloads in progress: huggingface_hub's temporary `.incomplete` files."""
-    return [p for p in store.rglob("*.incomplete") if p.is_file()] if store.is_dir() else []
 
 
 def fetching(uid: int) -> bool:
@@ -49,11 +34,6 @@ def fetching(uid: int) -> bool:
         except OSError:
             continue
     return False
-
-
-def gets(log: str, name: str) -> int:
-    """How many GET requests of a file named `name` the hub's access log holds."""
-    return sum(1 for line in log.splitlines() if '"GET ' in line and f"/{name} " in line)
 
 
 def test_interrupted_download_resumes_without_fetching_complete_files_again(ssh_hosts, tmp_path, tmp_path_factory):

@@ -342,3 +342,51 @@ def test_an_upstream_listing_with_paths_leaving_the_repo_is_refused(tmp_path: Pa
         evil.shutdown()
     assert not (tmp_path / "outside.bin").exists()
     assert not list((tmp_path / "pull").rglob("*.json"))  # no snapshot kept
+
+
+MS_TOKEN = "modelscope-secret"
+
+
+def test_a_gated_modelscope_repo_upstream_needs_the_modelscope_token_and_never_gets_the_hub_token(
+        upstream_dir: Path, tmp_path: Path) -> None:
+    """The Hub token and the ModelScope token are different secrets: each goes only to its own upstream. The
+    ModelScope upstream here would also accept the Hub token, so a hub that leaked it there would get the repo."""
+    ms_dir = tmp_path / "ms-upstream"
+    write_repo(ms_dir, "org/gated", {"main": {"config.json": b"{}\n", "weights.bin": random_bytes(2000, 2)}},
+               settings={"gated": True})
+    (ms_dir / "tokens").write_text(f"{MS_TOKEN}\n{UPSTREAM_TOKEN}\n")
+    (tmp_path / "ms-token").write_text(MS_TOKEN + "\n")
+    fleet = {"Authorization": f"Bearer {FLEET_TOKEN}"}
+    files = "/api/v1/models/org/gated/repo?FilePath=weights.bin"
+    with served(upstream_dir, "--token-file", str(upstream_dir / "tokens")) as hf_url, \
+            served(ms_dir, "--token-file", str(ms_dir / "tokens")) as ms_url:
+        both = ["--upstream", f"hf={hf_url}", "--upstream", f"ms={ms_url}", "--upstream-token-file",
+                str(tmp_path / "upstream-token"), "--token-file", str(tmp_path / "fleet-tokens")]
+        with served(tmp_path / "without", *both) as pull:
+            status, _, body = _get(pull, files, fleet)
+            assert status == 401, body  # the ModelScope upstream refused: no token of its own, the Hub's not sent
+            status, _, _ = _get(pull, "/api/models/org/gated/revision/main", fleet)
+            assert status == 200  # the Hub token still opens the Hugging Face side
+        with served(tmp_path / "with", *both, "--upstream-modelscope-token-file", str(tmp_path / "ms-token")) as pull:
+            status, _, body = _get(pull, files)
+            assert status == 401  # and the hosts still need the fleet's token
+            status, _, body = _get(pull, files, fleet)
+            assert (status, body) == (200, random_bytes(2000, 2))
+
+
+def test_each_token_goes_only_to_its_own_upstream() -> None:
+    apart = Upstream(hf="https://huggingface.co", ms="https://www.modelscope.cn", token="hf-7f3a", ms_token="ms-91c2")
+    assert (apart.token_for("hf"), apart.token_for("ms")) == ("hf-7f3a", "ms-91c2")
+    assert Upstream(hf="http://a", ms="http://b", token="hf").token_for("ms") is None
+    # one server speaking both protocols (`--upstream URL`) gets the Hub token for both when no other is given
+    assert Upstream(hf="http://a", ms="http://a", token="hf").token_for("ms") == "hf"
+    assert "7f3a" not in repr(apart) and "91c2" not in repr(apart)
+
+
+def test_an_unreadable_modelscope_token_file_is_one_line_naming_the_flag(tmp_path: Path) -> None:
+    proc = subprocess.run(modelrig_cmd("hub", "serve", str(tmp_path / "pull"), "--port", "0", "--upstream",
+                                       "modelscope", "--upstream-modelscope-token-file", str(tmp_path / "absent")),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"modelrig: error: --upstream-modelscope-token-file {tmp_path / 'absent'}: "
+                                   "cannot read it: No such file or directory [usage]")

@@ -31,6 +31,9 @@ def register(sub: Any) -> None:
                    help="path of user-supplied weights named by a manifest's local: var (repeatable)")
     p.add_argument("--headroom", default=None, metavar="SIZE",
                    help=f"free disk to keep beyond the download (default {human(DEFAULT_HEADROOM)})")
+    p.add_argument("--take-over", action="store_true",
+                   help="stop a fetch of this user still downloading into the same folder (one an interrupted run "
+                   "left) and go on from what it left, instead of failing busy")
     p.add_argument("--restore-pruned", action="store_true",
                    help="download sources pruned after conversion again (done by itself when the conversion that "
                    "read them is no longer current)")
@@ -48,7 +51,7 @@ def _fetch(args: argparse.Namespace, ctx: Context) -> int:
     options = FetchOptions(hub=args.hub, store=args.store, dry_run=args.dry_run, verify=args.verify,
                            hf_endpoint=args.hf_endpoint, modelscope_endpoint=args.modelscope_endpoint, local=local,
                            headroom=parse_size(args.headroom) if args.headroom else DEFAULT_HEADROOM,
-                           check=args.check, restore_pruned=args.restore_pruned
+                           check=args.check, take_over=args.take_over, restore_pruned=args.restore_pruned
                            or restore_needed(manifest, ctx, store=args.store, local=local))
     if quiet_log is not None:
         options.log = quiet_log

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from modelrig.errors import FetchError, HashMismatchError
+from modelrig.fetch import holder
 from modelrig.fetch.compat import hf_download_tmp_dir, hf_incomplete_glob
 from modelrig.fetch.remote import Endpoints, hf_errors, ms_api, ms_errors, token_for
 from modelrig.fetch.sources import HASH_CHUNK, MAX_WORKERS, RemoteFile, SourcePlan
@@ -280,7 +281,7 @@ def claim_store_folder(target: Path) -> None:
     """Make `target` fetch's before anything in it is deleted or overwritten: a folder with fetch's stamp or owner
     marker is, an empty one (but for fetch's lock file) becomes so; any other folder is refused in one line
     naming it, and nothing in it is touched."""
-    entries = {entry.name for entry in target.iterdir()} - {LOCK_NAME}
+    entries = {entry.name for entry in target.iterdir()} - {LOCK_NAME, holder.HOLDER_NAME}
     if OWNER_NAME in entries:
         return
     if entries and STAMP_NAME not in entries:
@@ -305,25 +306,46 @@ def _clean_target(plan: SourcePlan) -> None:
             dirnames[:] = [d for d in dirnames if d != ".cache"]
         for name in filenames:
             rel = (rel_dir / name).as_posix()
-            if rel in wanted or rel in resumable or rel in (STAMP_NAME, LOCK_NAME, OWNER_NAME):
+            if rel in wanted or rel in resumable or rel in (STAMP_NAME, LOCK_NAME, OWNER_NAME, holder.HOLDER_NAME):
                 continue
             (Path(dirpath) / name).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
-def locked(target: Path) -> Iterator[None]:
+def locked(target: Path, *, take_over: bool = False,
+           log: Callable[[str], None] | None = None) -> Iterator[dict[str, Any] | None]:
+    """Hold `target`'s fetch lock while downloading into it; yields the fetch it took over, if any.
+
+    A folder another fetch is downloading into is a `busy` FetchError naming that fetch; with `take_over`, that
+    fetch (confirmed by pid and creation time: one an interrupted play left running) is stopped first and this one
+    goes on from the files it finished and the partial ones it left."""
     from filelock import FileLock, Timeout
 
     target.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(target / LOCK_NAME))
+    taken = None
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise FetchError(f"{target}: another modelrig fetch is downloading into this folder", code="busy",
-                         path=str(target)) from None
+        held = holder.current(target)
+        who = f" ({holder.describe(held)})" if held else ""
+        if not (take_over and held):
+            raise FetchError(f"{target}: another modelrig fetch{who} is downloading into this folder", code="busy",
+                             path=str(target), pid=held and held["pid"]) from None
+        (log or (lambda line: None))(f"modelrig: warning: {target}: stopping the fetch still downloading here{who}, "
+                                     "left by an interrupted run; its finished files are kept, the rest resumed")
+        holder.stop(held)
+        try:
+            lock.acquire(timeout=30)
+        except Timeout:
+            raise FetchError(f"{target}: another modelrig fetch{who} is still downloading into this folder",
+                             code="busy", path=str(target), pid=held["pid"]) from None
+        taken = held
     try:
-        yield
+        holder.record(target)
+        yield taken
     finally:
+        holder.clear(target)
         lock.release()
 
 

@@ -48,6 +48,9 @@ class FetchOptions:
     #: Download sources pruned after their conversion again (else they stay pruned, reported as such; a source
     #: the model's launch reads directly is always restored).
     restore_pruned: bool = False
+    #: Stop a fetch still downloading into the same folder (one an interrupted play left on the host) and resume
+    #: from what it left, instead of failing `busy`.
+    take_over: bool = False
     log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
 
 
@@ -126,14 +129,15 @@ def fetch_model(manifest: Manifest, ctx: Context, *, options: FetchOptions) -> S
         for name, stamp in current:
             if options.verify:
                 plan = _plan_from_stamp(name, stamp, store)
-                stamp = _locked_download(plan, endpoints, verify=True)
+                stamp = _locked_download(plan, endpoints, verify=True, options=options, notes=notes)
                 downloaded_files += len(stamp["downloaded"])
                 downloaded_bytes += stamp["downloaded_bytes"]
             sources.append(_source_record(name, stamp, store))
         for plan in plans:
             stamp = plan_matches_stamp(plan)
             if stamp is None or options.verify:
-                stamp = _locked_download(plan, endpoints, verify=options.verify)
+                stamp = _locked_download(plan, endpoints, verify=options.verify, options=options,
+                                         notes=notes)
                 downloaded_files += len(stamp["downloaded"])
                 downloaded_bytes += stamp["downloaded_bytes"]
             sources.append(_source_record(plan.name, stamp, store))
@@ -282,8 +286,12 @@ def _plan_with_fallback(name: str, source: WeightSource, store: Path, endpoints:
                               source=name, hubs=[hub for hub, _ in order])
 
 
-def _locked_download(plan: SourcePlan, endpoints: Endpoints, *, verify: bool) -> dict[str, Any]:
-    with locked(plan.target):
+def _locked_download(plan: SourcePlan, endpoints: Endpoints, *, verify: bool, options: FetchOptions,
+                     notes: list[str]) -> dict[str, Any]:
+    with locked(plan.target, take_over=options.take_over, log=options.log) as taken:
+        if taken is not None:
+            notes.append(f"{plan.name}: stopped the fetch still downloading into {plan.target} (pid {taken['pid']}, "
+                         f"running for {taken['running_s']} s, left by an interrupted run) and resumed its download")
         try:
             return download(plan, endpoints=endpoints, verify=verify)
         except HubUnreachable as exc:

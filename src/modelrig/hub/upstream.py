@@ -1,8 +1,11 @@
 """The upstream of a pull-through hub: which hubs it asks, and asking them (commits, file lists, file bytes).
 
 Everything an upstream answers is checked before use: a commit is 40 hex digits, a path is a relative name
-with no `..`, sizes are integers and digests are hex of the right length. The fleet's token (from
-`--upstream-token-file`) is the only one sent upstream; a client's own token never leaves the pull-through hub.
+with no `..`, sizes are integers and digests are hex of the right length. The fleet's tokens are the only ones
+sent upstream, each only to its own hub: the Hub token (`--upstream-token-file`) to the Hugging Face upstream, the
+ModelScope token (`--upstream-modelscope-token-file`) to the ModelScope upstream (as a Bearer header and the
+`m_session_id` cookie ModelScope's clients send). The Hub token reaches the ModelScope upstream only when both are
+one server (`--upstream URL`) and no ModelScope token is given. A client's own token never leaves the hub.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import json
 import re
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode
@@ -49,11 +52,19 @@ class UpstreamError(Exception):
 @dataclass(frozen=True)
 class Upstream:
     """Where a pull-through hub sends Hub-protocol (`hf`) and ModelScope-protocol (`ms`) requests it cannot
-    answer itself, and the fleet's token for gated repos."""
+    answer itself, and the fleet's tokens for gated repos there (never printed)."""
 
     hf: str | None
     ms: str | None
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
+    ms_token: str | None = field(default=None, repr=False)
+
+    def token_for(self, protocol: str) -> str | None:
+        """The token sent to the `protocol` upstream: its own; the Hub token goes to ModelScope only when both
+        protocols are one server and no ModelScope token was given."""
+        if protocol == "hf":
+            return self.token
+        return self.ms_token or (self.token if self.ms is not None and self.ms == self.hf else None)
 
 
 @dataclass(frozen=True)
@@ -93,9 +104,11 @@ class Snapshot:
                    gated=bool(data["gated"]), files=tuple(FileEntry(**f) for f in data["files"]))
 
 
-def parse_upstreams(values: list[str], token_file: Path | None = None) -> Upstream:
+def parse_upstreams(values: list[str], token_file: Path | None = None,
+                    ms_token_file: Path | None = None) -> Upstream:
     """`--upstream` values: `huggingface`, `modelscope`, a URL (serving both protocols, like `modelrig hub
-    serve`), or `hf=URL` / `ms=URL` for a mirror of one; repeatable. Bad values are a UsageError naming the flag."""
+    serve`), or `hf=URL` / `ms=URL` for a mirror of one; repeatable; and the token files of each hub. Bad values
+    are a UsageError naming the flag."""
     hf: str | None = None
     ms: str | None = None
     for value in values:
@@ -114,17 +127,22 @@ def parse_upstreams(values: list[str], token_file: Path | None = None) -> Upstre
             hf = url
         if kind in ("ms", "both"):
             ms = url
-    token = None
-    if token_file is not None:
-        try:
-            token = token_file.read_text(encoding="utf-8").strip() or None
-        except OSError as exc:
-            raise UsageError(f"--upstream-token-file {token_file}: cannot read it: {exc.strerror}",
-                             flag="--upstream-token-file", value=str(token_file)) from None
-        if token is None or any(c.isspace() for c in token):
-            raise UsageError(f"--upstream-token-file {token_file}: expected one token on one line",
-                             flag="--upstream-token-file", value=str(token_file))
-    return Upstream(hf=hf, ms=ms, token=token)
+    return Upstream(hf=hf, ms=ms, token=read_token(token_file, "--upstream-token-file"),
+                    ms_token=read_token(ms_token_file, "--upstream-modelscope-token-file"))
+
+
+def read_token(path: Path | None, flag: str) -> str | None:
+    """The one token of a token file (None without a file); a UsageError naming `flag` when it cannot be read or
+    holds anything but one token on one line."""
+    if path is None:
+        return None
+    try:
+        token = path.read_text(encoding="utf-8").strip() or None
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: cannot read it: {exc.strerror}", flag=flag, value=str(path)) from None
+    if token is None or any(c.isspace() for c in token):
+        raise UsageError(f"{flag} {path}: expected one token on one line", flag=flag, value=str(path))
+    return token
 
 
 def valid_repo(repo: str) -> bool:
@@ -141,19 +159,19 @@ def snapshot(upstream: Upstream, protocol: str, repo: str, revision: str) -> Sna
     """Ask the upstream which commit `revision` of `repo` is and what files it holds (one request for the Hub,
     two for ModelScope: the file list and the repo's gate)."""
     if protocol == "hf":
-        data = _json(upstream, f"{_base(upstream, 'hf')}/api/models/{repo}/revision/{quote(revision, safe='')}"
-                     "?blobs=true")
+        data = _json(upstream, "hf", f"{_base(upstream, 'hf')}/api/models/{repo}/revision/"
+                     f"{quote(revision, safe='')}?blobs=true")
         return _hf_snapshot(repo, data)
     base = f"{_base(upstream, 'ms')}/api/v1/models/{repo}"
-    listing = _json(upstream, f"{base}/repo/files?" + urlencode({"Revision": revision, "Recursive": "True"}))
-    info = _json(upstream, base)
+    listing = _json(upstream, "ms", f"{base}/repo/files?" + urlencode({"Revision": revision, "Recursive": "True"}))
+    info = _json(upstream, "ms", base)
     return _ms_snapshot(repo, listing, info)
 
 
 def passthrough(upstream: Upstream, protocol: str, path: str) -> bytes:
     """The raw JSON answer of an upstream route that is only forwarded (ModelScope repo info and revisions, the
     Hub's refs)."""
-    body = _get(upstream, f"{_base(upstream, protocol)}{path}").read(MAX_METADATA + 1)
+    body = _get(upstream, protocol, f"{_base(upstream, protocol)}{path}").read(MAX_METADATA + 1)
     if len(body) > MAX_METADATA:
         raise UpstreamError(f"{path}: the upstream's answer is larger than {MAX_METADATA} bytes")
     return body
@@ -167,7 +185,7 @@ def open_file(upstream: Upstream, snap: Snapshot, entry: FileEntry, offset: int)
     else:
         url = (f"{_base(upstream, 'ms')}/api/v1/models/{snap.repo}/repo?"
                + urlencode({"Revision": snap.commit, "FilePath": entry.path}))
-    resp = _get(upstream, url, {"Range": f"bytes={offset}-"} if offset else {})
+    resp = _get(upstream, snap.protocol, url, {"Range": f"bytes={offset}-"} if offset else {})
     return resp, offset if resp.status == 206 else 0
 
 
@@ -179,10 +197,13 @@ def _base(upstream: Upstream, protocol: str) -> str:
     return base
 
 
-def _get(upstream: Upstream, url: str, headers: dict[str, str] | None = None) -> Any:
+def _get(upstream: Upstream, protocol: str, url: str, headers: dict[str, str] | None = None) -> Any:
     request = urllib.request.Request(url, headers={"User-Agent": "modelrig-hub-pull", **(headers or {})})
-    if upstream.token:
-        request.add_header("Authorization", f"Bearer {upstream.token}")
+    token = upstream.token_for(protocol)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+        if protocol == "ms":
+            request.add_header("Cookie", f"m_session_id={token}")
     try:
         return urllib.request.urlopen(request, timeout=TIMEOUT)
     except urllib.error.HTTPError as exc:
@@ -196,8 +217,8 @@ def _get(upstream: Upstream, url: str, headers: dict[str, str] | None = None) ->
         raise UpstreamError(f"{url}: upstream unreachable: {getattr(exc, 'reason', exc)}") from None
 
 
-def _json(upstream: Upstream, url: str) -> Any:
-    with _get(upstream, url) as resp:
+def _json(upstream: Upstream, protocol: str, url: str) -> Any:
+    with _get(upstream, protocol, url) as resp:
         body = resp.read(MAX_METADATA + 1)
     try:
         if len(body) > MAX_METADATA:

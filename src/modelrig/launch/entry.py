@@ -31,7 +31,8 @@ def entry_url(info: dict[str, Any]) -> str | None:
     host = "127.0.0.1" if info["bind"] in ("0.0.0.0", "::", "") else info["bind"]
     host = f"[{host}]" if ":" in host else host
     base = f"http://{host}:{info['port']}"
-    return base + launch_kind(info["kind"]).url_path
+    # a service that is not a demo kind (the fleet hub) names its own path
+    return base + (info["url_path"] if "url_path" in info else launch_kind(info["kind"]).url_path)
 
 
 def rendered_key(entry_dir: Path) -> str | None:
