@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The offline demo driven by Ansible: playbooks/site.yml provisions this machine ($INVENTORY) with the demo model
 # (model_manifests/demo-tiny-ziya.yaml): the toolkit env from a wheel built here, the model env, the weights from
-# a local hub on loopback (tiny repos, one gated: its token goes through Vault-style variables into a 0600 token
-# file), the conversions, and a Gradio chat plus an OpenAI-compatible API. Then one chat request, and the URLs. A
-# second run changes nothing (the recap says changed=0), and needs no network (the wheel is rebuilt only when the
-# source changed).
+# a local hub on loopback (tiny repos, one gated), the conversions, and a Gradio chat plus an OpenAI-compatible
+# API. Then one chat request, and the URLs. A second run changes nothing (the recap says changed=0), and needs no
+# network (the wheel is rebuilt only when the source changed).
+# The local hub's URL and token are this run's only (model_weights_hf_endpoint / _hf_token: handed to the fetch as
+# --hf-endpoint and HF_TOKEN), never written into the data root's config.yaml, so a later `modelrig fetch` there
+# asks the public Hub (or a mirror set there), not the demo's stopped hub.
 # The demo lives on modelrig's own default data root ($MODELRIG_HOME, else ~/.local/share/modelrig), so `modelrig
 # status`, `down`, `up`, `lock` and `doctor` see it with no flag. Its own files (the local hub's repos, the wheel,
 # the locks copied back) go under <data root>/demo-hub and <data root>/demo-ansible, never into this checkout.
@@ -18,7 +20,7 @@ CHECKOUT=$(pwd -P)
 INVENTORY="$CHECKOUT/local/localhost.yml"
 VENV=${MODELRIG_VENV:-.venv}
 case "$VENV" in /*) ;; *) VENV="$CHECKOUT/$VENV" ;; esac
-# One port for the demo's local hub, so the host config written from it is the same on every run.
+# The demo's local hub's port (only this run's fetch uses it).
 HUB_PORT=${DEMO_HUB_PORT:-17890}
 CHAT_PORT=${DEMO_CHAT_PORT:-17860}
 API_PORT=${DEMO_API_PORT:-18000}
@@ -50,13 +52,13 @@ links=${links:-${PIP_FIND_LINKS:-}}
 torch_local=false
 for dir in $links; do ls "$dir"/torch-*.whl >/dev/null 2>&1 && torch_local=true; done
 
-# The token and the settings go in a 0600 vars file, never on a command line.
+# The token and the settings go in a 0600 vars file, never on a command line; the hub's only for this run's fetch.
 umask 077
 {
   echo "modelrig_models: [demo-tiny-ziya]"
   echo "modelrig_data_root: $DATA"
-  echo "modelrig_hf_endpoint: $hub_url"
-  echo "modelrig_hf_token: $(head -1 "$HUB/.modelrig-hub-tokens")"
+  echo "model_weights_hf_endpoint: $hub_url"
+  echo "model_weights_hf_token: $(head -1 "$HUB/.modelrig-hub-tokens")"
   echo "modelrig_wheel_build_dir: $ROOT/wheel"
   echo "modelrig_uv_cache_dir: ${UV_CACHE_DIR:-$DATA/cache/uv}"
   echo "modelrig_locks_dir: $ROOT/locks"

@@ -4,6 +4,7 @@ repos on a local hub."""
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -41,6 +42,27 @@ def fixture_files(folder: Path, pattern: str) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"no fixture files match {pattern} in {folder}")
     return files
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_temp_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The system temp folder of this session: TMPDIR (for every subprocess) and Python's tempfile point at a folder
+    of pytest's basetemp, so nothing the tests or the code make there lands in /tmp beside other sessions' files.
+
+    At the end that folder must be empty: a test or a piece of the code that leaves a folder behind in the system
+    temp folder fails the session, with what it left."""
+    folder = tmp_path_factory.getbasetemp() / "system-tmp"
+    folder.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TMPDIR", str(folder))
+        mp.setattr(tempfile, "tempdir", str(folder))
+        # torch keeps its compile cache in <temp folder>/torchinductor_<user> (made when torch._dynamo is imported,
+        # e.g. by safetensors.torch): the session's goes beside the temp folder, not into it.
+        mp.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "torchinductor"))
+        yield folder
+    left = sorted(p.name for p in folder.iterdir())
+    if left:
+        pytest.fail(f"left behind in the system temp folder ({folder}): {', '.join(left)}", pytrace=False)
 
 
 @pytest.fixture(autouse=True)

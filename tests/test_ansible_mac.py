@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.ansible_site import WHEEL_DIR
 from tests.helpers.sshhosts import REPO_ROOT, debug_messages, playbook, recap, ssh_hosts_fixture  # noqa: F401
 from tests.helpers.standins import served, write_miniforge_release
 
@@ -70,7 +71,7 @@ def _inventory(ssh_hosts, tmp_path: Path, release_url: str) -> Path:
     inventory = ssh_hosts.inventory(folder / "hosts.yml", hostvars={"mac": {
         "ansible_facts_modules": ["ansible.legacy.setup", "modelrig_recorded_mac_facts"],
         "vault_modelrig_hf_token": "hf_seed002testtoken", "miniforge_release_url": release_url,
-        "modelrig_data_root": f"{home}/.local/share/modelrig"}},
+        "modelrig_data_root": f"{home}/.local/share/modelrig", "modelrig_wheel_build_dir": str(WHEEL_DIR)}},
         groups={"mac_studio": ["mac"]})
     return inventory
 

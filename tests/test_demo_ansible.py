@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from modelrig.fetch.remote import DEFAULT_HF_ENDPOINT
 from modelrig.orchestrate.demo import ANSWER
 from tests.helpers.launching import free_port
 from tests.helpers.offline import offline
@@ -70,6 +72,21 @@ def test_the_ansible_demo_runs_on_the_cli_data_root_again_offline_and_stops_as_p
         assert not [line for line in new if "inventory/" in line or "locks" in line], new
         assert not (REPO / "inventory" / "locks").exists()
         assert (data / "demo-ansible" / "locks" / "localhost" / f"{MODEL}.lock.yaml").is_file()
+        # The local hub was this run's only: the data root's default hub is the public one (its config names no
+        # endpoint or token file), so a later `modelrig fetch` there never asks the demo's stopped hub ...
+        config = yaml.safe_load((data / "config.yaml").read_text())
+        assert (config["hub"]["hf_endpoint"], config["hub"]["token_file"]) == (None, None)
+        # (doctor in a namespace with loopback only: it names the endpoint it would ask, and asks nothing outside)
+        env_without_hub = {k: v for k, v in env.items() if k not in ("HF_ENDPOINT", "HF_TOKEN")}
+        doctor = subprocess.run(offline([str(VENV / "bin" / "modelrig"), "doctor", "--json", "--timeout", "2"]),
+                                capture_output=True, text=True, timeout=300, env=env_without_hub, cwd="/")
+        hub_check = next(c for c in json.loads(doctor.stdout)["checks"] if c["name"] == "hf hub")
+        assert hub_check["data"]["url"] == DEFAULT_HF_ENDPOINT, hub_check
+        # ... while lock and verify of the demo still work without any network.
+        for verb in ("lock", "verify"):
+            done = subprocess.run(offline([str(VENV / "bin" / "modelrig"), verb, MODEL]), capture_output=True,
+                                  text=True, timeout=300, env=env, cwd="/")
+            assert done.returncode == 0, f"{verb}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
         second = run_demo(env)
         assert second.returncode == 0, second.stdout[-4000:]
         assert recap(second.stdout)["localhost"]["changed"] == 0, second.stdout[-6000:]

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from modelrig.hub.server import serve_in_thread
 from modelrig.hub.tiny_repos import TOKEN_FILE
 from modelrig.orchestrate.demo import ANSWER, chat, pip_find_links
 from tests.helpers.hub import demo_repos
-from tests.helpers.launching import free_port
+from tests.helpers.launching import DEMO_PORTS, free_port, ports_held
 from tests.helpers.venvs import CACHE
 
 pytestmark = pytest.mark.slow
@@ -52,13 +53,14 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     hub = tmp_path_factory.mktemp("up-hub")
     demo_repos(tmp_path_factory, hub)
     url, stop_hub = serve_in_thread(hub, token_file=hub / TOKEN_FILE)
-    # A free port over the manifest's 18000 (the host config's serve.ports), so a running demo does not collide.
+    # A free port over the manifest's 18000 (the host config's serve.ports), so a running demo does not collide:
+    # the demo's default ports are held for the whole module, as by a running `make demo`.
     (root / "config.yaml").write_text(yaml.safe_dump({
         "hub": {"hf_endpoint": url, "token_file": str(hub / TOKEN_FILE)},
         "pip": {"find_links": pip_find_links(), "use_torch_index": False},
         "serve": {"ports": {f"{MODEL}/api": API_PORT}},
     }))
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, ports_held(DEMO_PORTS):
         mp.setenv("UV_CACHE_DIR", str(CACHE / "uv"))
         first = run(root, "up", MODEL, "--entry", "api")
         try:
@@ -70,6 +72,15 @@ def served(tmp_path_factory: pytest.TempPathFactory):
 
 def stage_lines(out: str) -> list[list[str]]:
     return [line.split(None, 2) for line in out.splitlines() if line.split(None, 1)[0] in STAGES]
+
+
+def test_up_serves_on_its_own_port_while_the_demos_default_ports_are_taken(served):
+    _, (code, out, err) = served
+    assert code == 0, err
+    for port in DEMO_PORTS:  # held by the module's fixture (or by a demo running on this machine)
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    assert f"api      {API}" in out and "18000" not in out, out
+    assert chat(API) == ANSWER
 
 
 def test_up_runs_every_stage_in_order_with_one_line_each_and_a_summary_with_urls(served):

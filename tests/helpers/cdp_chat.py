@@ -5,8 +5,11 @@ Usage: python cdp_chat.py URL MESSAGE BUTTON_TEXT SCREENSHOT.png [IMAGE]. Runs i
 """
 
 import base64
+import contextlib
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -36,12 +39,15 @@ def free_port():
 
 
 port = free_port()
-profile = tempfile.mkdtemp(prefix="cdp-profile-")
+# The browser's profile, and its own temp files (org.chromium.Chromium.*, else left in the system temp folder when
+# it is stopped) inside it, all removed at the end; a short path, for the socket Chromium makes there.
+profile = tempfile.mkdtemp(prefix="cdp-")
 browser = subprocess.Popen(
     ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
      "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
      f"--user-data-dir={profile}", f"--remote-debugging-port={port}", "--window-size=1280,1000", "about:blank"],
-    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "TMPDIR": profile},
+    start_new_session=True)
 try:
     deadline = time.time() + 60
     while True:
@@ -112,9 +118,17 @@ try:
     print(json.dumps({"user": user, "bot": bot, "title": js("document.title")}))
     ws.close()
 finally:
-    browser.terminate()
+    # The browser and its helper processes (its own process group), then their folder once none writes there.
+    os.killpg(browser.pid, signal.SIGTERM)
     try:
         browser.wait(timeout=10)
     except subprocess.TimeoutExpired:
-        browser.kill()
-    shutil.rmtree(profile, ignore_errors=True)
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(browser.pid, signal.SIGKILL)
+    browser.wait()
+    for _ in range(40):
+        shutil.rmtree(profile, ignore_errors=True)
+        if not os.path.exists(profile):
+            break
+        time.sleep(0.25)

@@ -6,11 +6,20 @@ a local image path, passed as a file the way this client version expects. The ap
 printed too.
 """
 
+import atexit
 import json
+import os
+import shutil
 import sys
+import tempfile
 
-import gradio_client
-from gradio_client import Client
+# The client's downloads (gradio_client 0.x hands a Chatbot value over as a JSON file) go to a folder of its own,
+# removed at the end, not into <temp folder>/gradio.
+os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="gradio-client-")
+atexit.register(shutil.rmtree, os.environ["GRADIO_TEMP_DIR"], True)
+
+import gradio_client  # noqa: E402
+from gradio_client import Client  # noqa: E402
 
 url, api_name, calls = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 index = int(sys.argv[4]) if len(sys.argv) > 4 else -1

@@ -95,6 +95,33 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: The ports `make demo` and `make demo-engine` serve on by default (the demo manifest's chat and API entries).
+DEMO_PORTS = (17860, 18000)
+
+
+@contextmanager
+def ports_held(ports: tuple[int, ...] = DEMO_PORTS) -> Iterator[tuple[int, ...]]:
+    """Something listening on each of `ports` on 127.0.0.1 for the duration, as a running demo would be: a socket of
+    this process, or whatever holds the port already (the demo itself). Yields the ports."""
+    held: list[socket.socket] = []
+    try:
+        for port in ports:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT left there is no listener
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()  # taken: something listens there
+                continue
+            sock.listen()
+            held.append(sock)
+        yield ports
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def render_one(manifest: Manifest, out: Path, *, python: Path, paths: dict[str, Path], entry: str,
                **kwargs: Any) -> Path:
     """Render one entry for a CPU plan; return its folder."""
