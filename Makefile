@@ -30,4 +30,4 @@ test: setup system-deps lint
 
 # While working: lint and the unit tests (no real envs, servers or whole pipelines), about a minute.
 test-fast: setup lint
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
