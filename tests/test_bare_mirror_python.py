@@ -1,15 +1,19 @@
 """Bare Debian 12 servers (systemd-nspawn, Python 3.11.2 only, a sudo login, nothing else) on mirror-only networks:
 the manifest's Python installed from a Python mirror the test serves on loopback, torch and every package from
 wheel folders served over HTTP (no PyPI, no PyTorch index, for the toolkit and the model env alike), a lock whose
-torch hash is read from the served folder; then a second bare host, booted into a network namespace of its own
-(loopback only: no route out, reached through an SSH ProxyCommand into that namespace), rebuilt from a bundle with
-every index and endpoint at its public default: the toolkit from the bundle's wheels, the lock's Python (a patch
-release the host lacks) from a mirror folder on the host, the bundle never staged in the login user's
-~/.ansible/tmp (a 8 MiB tmpfs there), the demo answering inside the namespace."""
+torch hash is read from the served folder, both demos started as the login user's systemd services (the Gradio
+chat answering the demo's dialogue through the env's gradio_client; ports are free ones on the host's own loopback
+address, as the container shares this machine's network); then a second bare host, booted into a network
+namespace of its own (loopback only: no route out, reached through an SSH ProxyCommand into that namespace),
+rebuilt from a bundle with every index and endpoint at its public default: the toolkit from the bundle's wheels,
+the lock's Python (a patch release the host lacks) from a mirror folder on the host, the bundle never staged in the
+login user's ~/.ansible/tmp (a 8 MiB tmpfs there), the lock's demos started again, the API answering inside the
+namespace."""
 
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import socket
 import subprocess
@@ -20,13 +24,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from modelrig.orchestrate.demo import ANSWER, PROMPT
+from tests.helpers.ansible_site import user_manifest
 from tests.helpers.barehost import BareHosts, available
 from tests.helpers.pythons import downloads_json, mirror_folder, sha256, standalone_archive
 from tests.helpers.served import Served, serve_folder
-from tests.helpers.sshhosts import REPO_ROOT, playbook, recap
+from tests.helpers.sshhosts import playbook, recap
 from tests.helpers.wheelhouse import packages_wheelhouse, toolkit_wheelhouse
 
 pytestmark = pytest.mark.slow
+HELPERS = Path(__file__).parent / "helpers"
 
 MODEL = "bare-tiny-ziya"
 #: Debian 12 has 3.11.2; the manifest names another release of 3.11 (the local torch wheel is cp311).
@@ -58,12 +65,14 @@ class Fleet:
         return playbook(self.tmp, inventory, book, *args)
 
 
-def _manifests(folder: Path) -> Path:
-    data = yaml.safe_load((REPO_ROOT / "model_manifests" / "demo-tiny-ziya.yaml").read_text())
-    data["id"] = MODEL
+def _manifests(folder: Path, address: str) -> Path:
+    """The demo as a user manifest naming WANTED, its demos on free ports of the host's own loopback address (the
+    container shares this machine's network: the manifest's default ports may be held by any other demo here)."""
+    user_manifest(folder, address, MODEL)
+    path = folder / f"{MODEL}.yaml"
+    data = yaml.safe_load(path.read_text())
     data["env"]["python"] = WANTED
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{MODEL}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
     return folder
 
 
@@ -73,13 +82,14 @@ def _prepare(hosts: BareHosts, name: str) -> None:
                            "apt-get -qq install -y --no-install-recommends python3-venv", timeout=600)
 
 
-def _mirror_knobs(tmp: Path, mirror: str, hub: tuple[str, str]) -> dict[str, object]:
+def _mirror_knobs(tmp: Path, address: str, mirror: str, hub: tuple[str, str]) -> dict[str, object]:
     return {
         "modelrig_models": [MODEL],
         "modelrig_data_root": "/home/operator1/modelrig",
         "modelrig_hf_endpoint": hub[0],
         "modelrig_hf_token": hub[1],
-        "modelrig_manifests_dir": str(_manifests(tmp / "manifests")),
+        "modelrig_manifests_dir": str(_manifests(tmp / "manifests", address)),
+        "modelrig_bind": address,
         "modelrig_wheel_build_dir": str(tmp / "wheel"),
         # a mirror-only network: an index with nothing, wheel folders served over HTTP, no PyTorch index at all
         "modelrig_pip": {"index_url": f"{mirror}/empty-index/", "extra_index_urls": [],
@@ -108,10 +118,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, tiny_hub: tuple[str, str]) -
         _prepare(hosts, "bare")
         fleet = Fleet(hosts=hosts, tmp=tmp, mirror=served, mirror_root=root,
                       first=subprocess.CompletedProcess([], 0))
-        inventory = fleet.inventory("bare", _mirror_knobs(tmp, served.url, tiny_hub))
-        # no launch here; the model_launch handler would otherwise try to restart the never-rendered demos
-        fleet.first = fleet.run(inventory, "site.yml", "--tags", "toolkit,env,weights,lock",
-                                "-e", '{"model_launch_to_restart": []}')
+        inventory = fleet.inventory("bare", _mirror_knobs(tmp, hosts.hosts["bare"].address, served.url, tiny_hub))
+        # the demos too: they are started, health-checked and locked (their rendered files) in the same run
+        fleet.first = fleet.run(inventory, "site.yml", "--tags", "toolkit,env,weights,launch,lock")
         yield fleet
 
 
@@ -132,6 +141,24 @@ def test_the_manifests_python_comes_from_the_mirror_and_torch_from_a_served_whee
     config = yaml.safe_load((home / "modelrig" / "config.yaml").read_text())
     assert config["pip"]["use_torch_index"] is False
     assert config["python"]["mirror"] == f"{fleet.mirror.url}/pbs"
+    # both demos of the mirror-built env run as the login user's systemd services and answer: the Gradio chat
+    # through the env's own gradio_client, with the demo's one dialogue word for word
+    entries = _status(fleet.hosts, "bare")
+    assert {e: (s["supervisor"], s["running"], s["healthy"]) for e, s in entries.items()} == {
+        "chat": ("systemd", True, True), "api": ("systemd", True, True)}
+    env = next(p for p in (home / "modelrig" / "envs").iterdir() if p.is_dir())
+    shutil.copy(HELPERS / "gradio_ask.py", home / "gradio_ask.py")
+    asked = fleet.hosts.ssh("bare", f"~/modelrig/envs/{env.name}/bin/python ~/gradio_ask.py "
+                                    f"{shlex.quote(str(entries['chat']['url']))} /chat "
+                                    f"{shlex.quote(json.dumps([[PROMPT, 0.0, 0.9, 64]]))}", check=False, timeout=300)
+    assert asked.returncode == 0, asked.stderr[-3000:]
+    assert json.loads(asked.stdout.strip().splitlines()[-1])["chats"] == [[[PROMPT, ANSWER]]]
+
+
+def _status(hosts: BareHosts, name: str) -> dict[str, dict[str, object]]:
+    modelrig = "MODELRIG_MANIFESTS=~/modelrig/manifests ~/modelrig/toolkit/bin/modelrig --data-root ~/modelrig"
+    out = hosts.ssh(name, f"{modelrig} status {MODEL} --json").stdout
+    return {e["entry"]: e for e in json.loads(out)["entries"]}
 
 
 #: Inside a namespace with loopback only, a TCP connect to anything but loopback fails at once with this errno.
@@ -203,6 +230,8 @@ def test_a_bundle_rebuilds_a_second_bare_host_with_no_route_out(fleet):
         "modelrig_models": [MODEL],
         "modelrig_data_root": "/home/operator1/modelrig",
         "modelrig_manifests_dir": str(fleet.tmp / "manifests"),
+        # the locked launch files name the first host's address (every 127.x address is on the namespace's lo)
+        "modelrig_bind": hosts.hosts["bare"].address,
         "modelrig_python_mirror": "file:///srv/python-mirror",
         "modelrig_python_downloads_json_url": "/srv/python-mirror/downloads.json",
     }
@@ -219,16 +248,11 @@ def test_a_bundle_rebuilds_a_second_bare_host_with_no_route_out(fleet):
     assert base.stdout.split() == [WANTED, "2.13.0+cpu"], base.stderr
     again = fleet.run(inventory, "rebuild.yml", "-e", f"modelrig_lock={lock}", "-e", f"modelrig_bundle={bundle}")
     assert again.returncode == 0 and recap(again.stdout)["cold"]["changed"] == 0, again.stdout[-6000:]
-    # the rebuilt env and weights serve the demo's API (the lock has no launch entries: its host ran none), asked
-    # from inside the host's namespace: nothing outside it can reach the host
-    modelrig = "MODELRIG_MANIFESTS=~/modelrig/manifests ~/modelrig/toolkit/bin/modelrig --data-root ~/modelrig"
-    python = f"~/modelrig/envs/{env.name}/bin/python"
-    served = hosts.ssh("cold", f"{modelrig} render {MODEL} --entry api --python {python} && {modelrig} launch {MODEL} "
-                               "api --supervisor process --json", check=False, timeout=600)
-    assert served.returncode == 0, served.stdout[-3000:] + served.stderr[-3000:]
-    status = hosts.ssh("cold", f"{modelrig} status {MODEL} --supervisor process --json").stdout
-    entries = {e["entry"]: e for e in json.loads(status)["entries"]}
-    assert {e: (s["running"], s["healthy"]) for e, s in entries.items()} == {"api": (True, True)}
+    # the rebuild started the lock's demos (the first host ran them) as systemd services; the API answers a
+    # request made inside the host's namespace: nothing outside it can reach the host
+    entries = _status(hosts, "cold")
+    assert {e: (s["supervisor"], s["running"], s["healthy"]) for e, s in entries.items()} == {
+        "chat": ("systemd", True, True), "api": ("systemd", True, True)}
     asked = cold.netns(["/usr/bin/python3", "-c", _ASK, str(entries["api"]["url"]), MODEL], timeout=180)
     assert asked.returncode == 0, asked.stderr
     assert json.loads(asked.stdout)["choices"][0]["message"]["content"].strip()
