@@ -9,6 +9,7 @@ Usage: `.venv/bin/python benchmarks/ansible_bench.py [--no-write]`
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -24,8 +25,8 @@ sys.path.insert(0, str(REPO))
 from benchmarks.report import publish  # noqa: E402
 from modelrig.hub.server import serve_in_thread  # noqa: E402
 from modelrig.hub.tiny_repos import TOKEN_FILE, make_tiny_hub  # noqa: E402
+from tests.helpers.ansible_site import MODEL, built_wheel, demo_knobs, user_manifest  # noqa: E402
 from tests.helpers.sshhosts import SshHost, SshHosts, available, playbook, recap  # noqa: E402
-from tests.test_ansible_site import MODEL, demo_knobs, user_manifest  # noqa: E402
 
 SECTION = "## Ansible provisioning (benchmarks/ansible_bench.py)"
 #: A uv cache holding fewer bytes than this is counted as cold (the demo env's wheels are about 1 GiB).
@@ -42,10 +43,34 @@ def cache_state(hosts: list[SshHost]) -> str:
     return ", ".join("warm" if size_of(h.slot / "uv") >= WARM_CACHE_BYTES else "cold" for h in hosts)
 
 
-def site(tmp: Path, inventory: Path, *args: str) -> tuple[float, dict[str, dict[str, int]]]:
+#: The callback that times each task (benchmarks/callback_plugins/task_seconds.py).
+CALLBACKS = REPO / "benchmarks" / "callback_plugins"
+
+
+def timed_env(out: Path) -> dict[str, str]:
+    """Environment for an ansible-playbook run that writes each task's seconds to `out` (JSON)."""
+    return {"ANSIBLE_CALLBACK_PLUGINS": str(CALLBACKS), "ANSIBLE_CALLBACKS_ENABLED": "task_seconds",
+            "TASK_SECONDS_FILE": str(out)}
+
+
+def slowest_tasks(path: Path, count: int = 8) -> list[tuple[str, float, float]]:
+    """The `count` tasks of a timed run that took longest: (name, wall seconds, the slowest host's seconds)."""
+    data = json.loads(path.read_text())
+    ends = [start for _, start in data["tasks"][1:]] + [data["total"]]
+    wall: dict[str, float] = {}
+    for (name, start), end in zip(data["tasks"], ends, strict=True):
+        wall[name] = wall.get(name, 0.0) + end - start
+    slowest: dict[str, float] = {}
+    for name, _, _, seconds in data["hosts"]:
+        slowest[name] = max(slowest.get(name, 0.0), seconds)
+    return sorted(((n, w, slowest.get(n, 0.0)) for n, w in wall.items()), key=lambda t: -t[1])[:count]
+
+
+def site(tmp: Path, inventory: Path, *args: str, env: dict[str, str] | None = None
+         ) -> tuple[float, dict[str, dict[str, int]]]:
     """Seconds of one site.yml run and its recap; it must succeed."""
     start = time.perf_counter()
-    run = playbook(tmp, inventory, "site.yml", *args)
+    run = playbook(tmp, inventory, "site.yml", *args, env=env)
     seconds = time.perf_counter() - start
     if run.returncode != 0:
         raise SystemExit(f"site.yml failed ({run.returncode}):\n{run.stdout[-6000:]}\n{run.stderr[-2000:]}")
@@ -53,18 +78,19 @@ def site(tmp: Path, inventory: Path, *args: str) -> tuple[float, dict[str, dict[
 
 
 def fleet(tmp: Path, hub_url: str, token: str, names: list[str],
-          up_too: bool = False) -> tuple[float, float, str, int, float]:
+          up_too: bool = False, profile: Path | None = None) -> tuple[float, float, str, int, float]:
     """Fresh hosts `names` provisioned by one site.yml run, then run again: (first s, second s, their uv caches
     before the first run, changed tasks of the second run, seconds of `modelrig up` on the first host when
-    `up_too`, else 0)."""
+    `up_too`, else 0). With `profile`, the second run's task times are written there (JSON)."""
     with SshHosts(tmp / "ssh-hosts") as hosts:
         made = [hosts.add(name) for name in names]
         caches = cache_state(made)
         inventory = hosts.inventory(tmp / "hosts.yml", hostvars={
             h.name: {**demo_knobs(tmp, h, hub_url, f"manifests-{h.name}"), "modelrig_hf_token": token} for h in made})
         first, _ = site(tmp, inventory)
-        wheel = next((tmp / "wheel").glob("modelrig-*.whl"))
-        second, counts = site(tmp, inventory, "-e", f"modelrig_wheel={wheel}")
+        wheel = built_wheel()
+        second, counts = site(tmp, inventory, "-e", f"modelrig_wheel={wheel}",
+                              env=timed_env(profile) if profile else None)
         playbook(tmp, inventory, "down.yml", "-e", f"modelrig_wheel={wheel}")
         up = modelrig_up(hosts, made[0], hub_url) if up_too else 0.0
     return first, second, caches, sum(c["changed"] for c in counts.values()), up

@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.ansible_bench import fleet  # noqa: E402
+from benchmarks.ansible_bench import fleet, slowest_tasks  # noqa: E402
 from benchmarks.report import publish  # noqa: E402
 from modelrig.hub.server import serve_in_thread  # noqa: E402
 from modelrig.hub.tiny_repos import TOKEN_FILE, make_tiny_hub  # noqa: E402
@@ -40,7 +40,8 @@ def main() -> None:
         url, stop_hub = serve_in_thread(hub, token_file=hub / TOKEN_FILE)
         try:
             first, second, caches, changed, _ = fleet(tmp, url, (hub / TOKEN_FILE).read_text().split()[0],
-                                                      ["a", "b", "c", "d"])
+                                                      ["a", "b", "c", "d"], profile=tmp / "second.json")
+            slowest = slowest_tasks(tmp / "second.json")
         finally:
             stop_hub()
     table = "\n".join([
@@ -51,7 +52,11 @@ def main() -> None:
         "with other developers' builds and tests).", "",
         "| what | seconds |", "|---|---|",
         f"| first site.yml, four hosts (uv caches {caches}) | {first:.1f} |",
-        f"| second site.yml, four hosts (changed={changed}) | {second:.1f} |",
+        f"| second site.yml, four hosts (changed={changed}) | {second:.1f} |", "",
+        "The second run's slowest tasks (benchmarks/callback_plugins/task_seconds.py): the slowest host's seconds "
+        "in each (hosts run side by side, so these overlap and do not add up to the run).", "",
+        "| task | slowest host (s) |", "|---|---:|",
+        *[f"| {name} | {host:.1f} |" for name, _, host in sorted(slowest, key=lambda t: -t[2])],
     ])
     publish(SECTION, table, write=not args.no_write)
 

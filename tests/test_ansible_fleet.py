@@ -98,6 +98,12 @@ def test_one_run_provisions_three_different_hosts(fleet):
     assert (autodl.home / "autodl-tmp" / "modelrig" / "run" / BLUELM / "chat.log").is_file()  # no systemd
 
 
+def test_each_env_build_and_download_ran_as_an_async_job(fleet):
+    # one model per host: its env built and its weights fetched, each an async job polled to its end
+    jobs = {h: len(re.findall(rf"^ASYNC OK on {h}: jid=", fleet.first.stdout, re.M)) for h in HOSTS}
+    assert jobs == dict.fromkeys(HOSTS, 2), fleet.first.stdout[-8000:]
+
+
 def test_system_packages_ran_on_the_root_host_with_nothing_missing(fleet):
     out = fleet.first.stdout
     query = out.split("TASK [system_packages : Find which of the packages are missing.]", 1)[1].split("TASK [", 1)[0]
@@ -127,6 +133,8 @@ def test_second_run_changes_nothing_on_any_host(fleet):
     counts = recap(again.stdout)
     assert {h: counts[h]["changed"] for h in HOSTS} == dict.fromkeys(HOSTS, 0), again.stdout[-8000:]
     assert all(counts[h]["failed"] == 0 for h in HOSTS)
+    # every env and every model's weights were found in place by a direct stamp check: no async job to wait for
+    assert "ASYNC" not in again.stdout, again.stdout[-8000:]
     lines = reports(again.stdout)
     assert [lines[h][-1] for h in HOSTS] == ["health: ok, 2/2 demos healthy", "health: ok, 1/1 demos healthy",
                                              "health: ok, 2/2 demos healthy"]
