@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from modelrig.errors import HealthCheckError, LaunchError
-from modelrig.launch.systemd import SystemdSupervisor, unit_path
+from modelrig.launch.systemd import SystemdSupervisor, crashed, journal_tail, unit_path, unit_state
 from tests.helpers.launching import free_port
 from tests.helpers.service_commands import ServiceManager, service_manager
 
@@ -118,3 +118,24 @@ def test_a_unit_that_crashes_and_is_restarted_fails_the_start_at_once_with_its_j
     show = user("show", "-p", ",".join(props), UNIT)
     assert manager.commands() == [user("daemon-reload"), user("is-active", UNIT), user("enable", "--now", UNIT),
                                   user("show", "-p", "MainPID", "--value", UNIT), show, show, journal]
+
+
+def test_as_root_the_state_and_journal_are_read_from_the_system_manager(tmp_path, manager, monkeypatch):
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    manager.replay(UNIT, shows=[{"ActiveState": "failed", "SubState": "failed", "NRestarts": "0",
+                                 "Result": "exit-code", "ExecMainStatus": "2"}], journal=["a", "b"])
+    assert unit_state(UNIT) == {"ActiveState": "failed", "SubState": "failed", "NRestarts": "0",
+                                "Result": "exit-code", "ExecMainStatus": "2"}
+    assert crashed(unit_state(UNIT), 0) is True
+    assert journal_tail(UNIT, 1) == f"; last lines of `journalctl -u {UNIT} -n 1 --no-pager -o cat`:\nb"
+    props = "ActiveState,SubState,NRestarts,Result,ExecMainStatus"
+    assert manager.commands() == [["systemctl", "show", "-p", props, UNIT]] * 2 + [
+        ["journalctl", "-u", UNIT, "-n", "1", "--no-pager", "-o", "cat"]]
+
+
+def test_a_running_unit_is_not_crashed_until_it_fails_waits_to_restart_or_restarts():
+    running = {"ActiveState": "active", "SubState": "running", "NRestarts": "2"}
+    assert crashed(running, 2) is False
+    assert crashed({**running, "NRestarts": "3"}, 2) is True
+    assert crashed({**running, "ActiveState": "activating", "SubState": "auto-restart"}, 2) is True
+    assert crashed({**running, "ActiveState": "inactive", "SubState": "dead"}, 2) is True
