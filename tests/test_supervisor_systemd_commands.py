@@ -3,12 +3,13 @@ with each answer (a recording systemctl first on PATH; user units, as a non-root
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
-from modelrig.errors import LaunchError
-from modelrig.launch.systemd import SystemdSupervisor, unit_path
+from modelrig.errors import HealthCheckError, LaunchError
+from modelrig.launch.systemd import SystemdSupervisor, crashed, journal_tail, unit_path, unit_state
 from tests.helpers.launching import free_port
 from tests.helpers.service_commands import ServiceManager, service_manager
 
@@ -93,3 +94,48 @@ def test_status_reads_the_state_word_and_the_main_pid(tmp_path, manager):
     manager.commands()
     assert sup.status(folder, info) == {"running": True, "state": "active", "pid": 4242}
     assert manager.commands() == [user("is-active", UNIT), user("show", "-p", "MainPID", "--value", UNIT)]
+
+
+def test_a_unit_that_crashes_and_is_restarted_fails_the_start_at_once_with_its_journal(tmp_path, manager):
+    folder, info = entry(tmp_path)
+    info["health"] = {"type": "http", "url": f"http://127.0.0.1:{info['port']}/health"}  # nothing answers
+    props = ("ActiveState", "SubState", "NRestarts", "Result", "ExecMainStatus")
+    manager.replay(UNIT, shows=[dict(zip(props, ("active", "running", "0", "success", "0"), strict=True)),
+                                dict(zip(props, ("activating", "auto-restart", "1", "exit-code", "1"), strict=True))],
+                   journal=["Traceback (most recent call last):", '  File "/srv/app.py", line 1, in <module>',
+                            "ModuleNotFoundError: No module named 'torchx'"])
+    began = time.monotonic()
+    with pytest.raises(HealthCheckError) as raised:
+        SystemdSupervisor().start(folder, info, timeout=60, wait=True, env=None, args=[])
+    assert time.monotonic() - began < 5  # not the 60 s health timeout
+    assert raised.value.code == "health_check_failed"
+    assert raised.value.fields["exit_status"] == 1
+    journal = ["journalctl", "--user", "-u", UNIT, "-n", "20", "--no-pager", "-o", "cat"]
+    assert str(raised.value) == (
+        f"tiny/api exited (status 1) before it became healthy; last lines of `{' '.join(journal)}`:\n"
+        "Traceback (most recent call last):\n  File \"/srv/app.py\", line 1, in <module>\n"
+        "ModuleNotFoundError: No module named 'torchx'")
+    show = user("show", "-p", ",".join(props), UNIT)
+    assert manager.commands() == [user("daemon-reload"), user("is-active", UNIT), user("enable", "--now", UNIT),
+                                  user("show", "-p", "MainPID", "--value", UNIT), show, show, journal]
+
+
+def test_as_root_the_state_and_journal_are_read_from_the_system_manager(tmp_path, manager, monkeypatch):
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    manager.replay(UNIT, shows=[{"ActiveState": "failed", "SubState": "failed", "NRestarts": "0",
+                                 "Result": "exit-code", "ExecMainStatus": "2"}], journal=["a", "b"])
+    assert unit_state(UNIT) == {"ActiveState": "failed", "SubState": "failed", "NRestarts": "0",
+                                "Result": "exit-code", "ExecMainStatus": "2"}
+    assert crashed(unit_state(UNIT), 0) is True
+    assert journal_tail(UNIT, 1) == f"; last lines of `journalctl -u {UNIT} -n 1 --no-pager -o cat`:\nb"
+    props = "ActiveState,SubState,NRestarts,Result,ExecMainStatus"
+    assert manager.commands() == [["systemctl", "show", "-p", props, UNIT]] * 2 + [
+        ["journalctl", "-u", UNIT, "-n", "1", "--no-pager", "-o", "cat"]]
+
+
+def test_a_running_unit_is_not_crashed_until_it_fails_waits_to_restart_or_restarts():
+    running = {"ActiveState": "active", "SubState": "running", "NRestarts": "2"}
+    assert crashed(running, 2) is False
+    assert crashed({**running, "NRestarts": "3"}, 2) is True
+    assert crashed({**running, "ActiveState": "activating", "SubState": "auto-restart"}, 2) is True
+    assert crashed({**running, "ActiveState": "inactive", "SubState": "dead"}, 2) is True

@@ -1,6 +1,7 @@
-"""A recording service manager for command-level supervisor tests: `systemctl` and `launchctl` executables that
-append each command line to a log, keep the services' state in a JSON file, answer as the real tools do (exit
-codes, `is-active` words, `launchctl print` lines), and fail a chosen verb with the real tools' message."""
+"""A recording service manager for command-level supervisor tests: `systemctl`, `journalctl` and `launchctl`
+executables that append each command line to a log, keep the services' state in a JSON file, answer as the real
+tools do (exit codes, `is-active` words, `systemctl show` lines, `launchctl print` lines), replay scripted unit
+states and journal lines, and fail a chosen verb with the real tools' message."""
 
 from __future__ import annotations
 
@@ -32,12 +33,22 @@ if tool == "systemctl":
         active = state.get(name, {}).get("active", False)
         print("active" if active else "inactive")
         sys.exit(0 if active else 3)
-    if verb == "show":
+    if verb == "show" and "MainPID" in args:
         print(state.get(name, {}).get("pid", 0) if state.get(name, {}).get("active") else 0)
+    elif verb == "show":
+        unit = state.setdefault(name, {})
+        answers = unit.get("shows") or [{"ActiveState": "active" if unit.get("active") else "inactive"}]
+        wanted = args[args.index("-p") + 1].split(",")
+        print("\n".join(f"{k}={v}" for k, v in answers[0].items() if k in wanted))
+        unit["shows"] = answers[1:] or answers
     elif verb in ("enable", "restart", "start"):
-        state[name] = {"active": True, "pid": 4242}
+        state.setdefault(name, {}).update(active=True, pid=4242)
     elif verb in ("disable", "stop"):
-        state[name] = {"active": False}
+        state.setdefault(name, {})["active"] = False
+elif tool == "journalctl":
+    name = args[args.index("-u") + 1]
+    lines = state.get(name, {}).get("journal", [])
+    print("\n".join(lines[-int(args[args.index("-n") + 1]):]))
 else:
     verb = verbs[0]
     label = name.rsplit("/", 1)[-1].removesuffix(".plist") if verb != "bootstrap" else Path(name).stem
@@ -68,16 +79,24 @@ class ServiceManager:
         self.log.write_text("")
         return [json.loads(line) for line in lines]
 
+    def replay(self, unit: str, shows: list[dict[str, str]], journal: list[str]) -> None:
+        """Script `systemctl show -p ...` answers for `unit` (one per call, the last one repeated) and its
+        `journalctl -u` lines."""
+        state = json.loads(self.state.read_text()) if self.state.exists() else {}
+        state.setdefault(unit, {}).update(shows=shows, journal=journal)
+        self.state.write_text(json.dumps(state))
+
     def fail(self, monkeypatch: pytest.MonkeyPatch, verb: str) -> None:
         """Make `verb` fail (exit 1, 'Failed to VERB: Access denied' on stderr)."""
         monkeypatch.setenv("FAKE_SM_FAIL", verb)
 
 
 def service_manager(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> ServiceManager:
-    """Put recording `systemctl` and `launchctl` first on PATH, HOME in `tmp/home`; return their handle."""
+    """Put recording `systemctl`, `journalctl` and `launchctl` first on PATH, HOME in `tmp/home`; return their
+    handle."""
     folder = tmp / "service-bin"
     folder.mkdir()
-    for name in ("systemctl", "launchctl"):
+    for name in ("systemctl", "journalctl", "launchctl"):
         path = folder / name
         path.write_text(f"#!{sys.executable}\n{_TOOL}")
         path.chmod(0o755)

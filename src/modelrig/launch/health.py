@@ -124,11 +124,12 @@ def owns_port(pid: int, port: int) -> bool | None:
 
 
 def wait_healthy(info: dict[str, Any], *, timeout: float | None = None, pid: int | None = None,
-                 exited: Callable[[], int | None] | None = None, log: Path | None = None) -> float:
+                 exited: Callable[[], int | None] | None = None, log: Path | None = None,
+                 journal: Callable[[], str] | None = None) -> float:
     """Wait until the entry answers its health check; return the seconds waited.
 
     `exited()` returns the exit status once the started process has ended (None while it runs): then the wait
-    stops at once with the log's tail. When `pid` is given, the port must be held by that process or one of its
+    stops at once with the log's tail (or `journal()`, the service manager's last lines of it). When `pid` is given, the port must be held by that process or one of its
     children: an answer from some other server on the same port is a `HealthCheckError`. Entries without a
     health endpoint (batch jobs) count as healthy while their process runs.
     """
@@ -136,13 +137,17 @@ def wait_healthy(info: dict[str, Any], *, timeout: float | None = None, pid: int
     limit = timeout if timeout is not None else float(health.get("timeout_s", 900))
     started = time.monotonic()
     name = f"{info['model']}/{info['entry']}"
+
+    def last_lines() -> str:
+        return tail(log) or (journal() if journal is not None else "")
+
     if health.get("type") != "http":
         # a job (batch captioning): started when its process survives its first second, or finished cleanly
         while exited is not None and time.monotonic() - started < 1.0:
             code = exited()
             if code is not None:
                 if code != 0:
-                    raise LaunchError(f"{name} exited with status {code}{tail(log)}", code="job_failed",
+                    raise LaunchError(f"{name} exited with status {code}{last_lines()}", code="job_failed",
                                       exit_status=code)
                 break
             time.sleep(0.1)
@@ -150,16 +155,16 @@ def wait_healthy(info: dict[str, Any], *, timeout: float | None = None, pid: int
     while True:
         code = exited() if exited is not None else None
         if code is not None:
-            raise HealthCheckError(f"{name} exited (status {code}) before it became healthy{tail(log)}",
+            raise HealthCheckError(f"{name} exited (status {code}) before it became healthy{last_lines()}",
                                    exit_status=code, url=health.get("url"))
         if probe(info):
             if pid is not None and info.get("port") and owns_port(pid, int(info["port"])) is False:
                 raise HealthCheckError(f"{name}: {health.get('url')} answers, but not from the process modelrig "
-                                       f"started (pid {pid}); another server holds port {info['port']}{tail(log)}",
+                                       f"started (pid {pid}); another server holds port {info['port']}{last_lines()}",
                                        url=health.get("url"), pid=pid, port=int(info["port"]))
             return time.monotonic() - started
         if time.monotonic() - started > limit:
-            raise HealthCheckError(f"{name} did not answer {health.get('url')} within {limit:.0f}s{tail(log)}",
+            raise HealthCheckError(f"{name} did not answer {health.get('url')} within {limit:.0f}s{last_lines()}",
                                    url=health.get("url"), timeout_s=limit)
         time.sleep(0.25)
 

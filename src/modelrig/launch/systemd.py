@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,37 @@ def _systemctl(*args: str) -> list[str]:
     return ["systemctl", *(() if os.geteuid() == 0 else ("--user",)), *args]
 
 
+def _journalctl(*args: str) -> list[str]:
+    return ["journalctl", *(() if os.geteuid() == 0 else ("--user",)), *args]
+
+
+#: What `systemctl show` tells about a unit's main process while the supervisor waits for its health check.
+STATE_PROPERTIES = ("ActiveState", "SubState", "NRestarts", "Result", "ExecMainStatus")
+
+
+def unit_state(unit: str) -> dict[str, str]:
+    """The unit's STATE_PROPERTIES as `systemctl show` reports them (missing ones absent)."""
+    out = run(_systemctl("show", "-p", ",".join(STATE_PROPERTIES), unit), check=False).stdout
+    pairs = (line.partition("=") for line in out.splitlines())
+    return {key: value.strip() for key, sep, value in pairs if sep and key in STATE_PROPERTIES}
+
+
+def crashed(state: dict[str, str], restarts_before: int) -> bool:
+    """Whether the unit's main process ended since it was started: the unit failed or stopped, waits to be
+    restarted (Restart=on-failure), or was restarted (NRestarts grew past `restarts_before`)."""
+    restarts = state.get("NRestarts", "0")
+    return (state.get("ActiveState") in ("failed", "inactive") or state.get("SubState") == "auto-restart"
+            or (restarts.isdigit() and int(restarts) > restarts_before))
+
+
+def journal_tail(unit: str, lines: int = 20) -> str:
+    """The unit's last journal lines (the unit template leaves stdout and stderr to the journal), as a suffix
+    for an error message; empty when the journal has none or cannot be read."""
+    cmd = _journalctl("-u", unit, "-n", str(lines), "--no-pager", "-o", "cat")
+    text = run(cmd, check=False).stdout.rstrip()
+    return f"; last lines of `{' '.join(cmd)}`:\n{text}" if text else ""
+
+
 def unit_path(info: dict[str, Any]) -> Path:
     """Where the unit is installed: /etc/systemd/system as root, else the user's systemd folder."""
     folder = Path("/etc/systemd/system") if os.geteuid() == 0 else Path.home() / ".config" / "systemd" / "user"
@@ -74,6 +106,24 @@ class SystemdSupervisor:
     def _main_pid(self, info: dict[str, Any]) -> int | None:
         out = run(_systemctl("show", "-p", "MainPID", "--value", info["systemd_unit"]), check=False).stdout.strip()
         return int(out) if out.isdigit() and int(out) > 0 else None
+
+    @staticmethod
+    def _exit_watch(unit: str, *, fresh: bool) -> Callable[[], int | None]:
+        """For wait_healthy: the main process's exit status once the unit has failed or been restarted (None
+        while it runs). A start by request resets NRestarts, so a `fresh` start counts from 0; an already
+        running unit from its first reading."""
+        before: list[int] = [0] if fresh else []
+
+        def exited() -> int | None:
+            state = unit_state(unit)
+            if not before:
+                before.append(int(state["NRestarts"]) if state.get("NRestarts", "").isdigit() else 0)
+            if not crashed(state, before[0]):
+                return None
+            status = state.get("ExecMainStatus", "")
+            return int(status) if status.lstrip("-").isdigit() else -1
+
+        return exited
 
     def check(self, entry_dir: Path, info: dict[str, Any]) -> list[str]:
         """Why `start` would change something (empty: it would not)."""
@@ -103,7 +153,9 @@ class SystemdSupervisor:
         if wait:
             pid = self._main_pid(info)
             details["pid"] = pid
-            details["waited_s"] = round(wait_healthy(info, timeout=timeout, pid=pid), 3)
+            details["waited_s"] = round(wait_healthy(info, timeout=timeout, pid=pid,
+                                                     exited=self._exit_watch(unit, fresh=written or not active),
+                                                     journal=lambda: journal_tail(unit)), 3)
         return written or not active, details
 
     def stop(self, entry_dir: Path, info: dict[str, Any], *, grace: float = 20.0) -> tuple[bool, dict[str, Any]]:
