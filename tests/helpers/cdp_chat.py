@@ -40,8 +40,12 @@ def free_port():
 
 port = free_port()
 # The browser's profile, and its own temp files (org.chromium.Chromium.*, else left in the system temp folder when
-# it is stopped) inside it, all removed at the end; a short path, for the socket Chromium makes there.
-profile = tempfile.mkdtemp(prefix="cdp-")
+# it is stopped) inside it, all removed at the end. Chromium's singleton socket lives there, and a Unix socket's path
+# has at most 107 bytes: a test session's temp folder (pytest's basetemp, one more level under a worker of
+# pytest-xdist) is too deep for it, so the profile goes to the machine's own temp root when the session's is long.
+session_tmp = tempfile.gettempdir()
+# "/cdp-XXXXXXXX/.org.chromium.Chromium.XXXXXX/SingletonSocket" adds 59 bytes to the folder's path.
+profile = tempfile.mkdtemp(prefix="cdp-", dir=session_tmp if len(session_tmp) + 59 <= 107 else "/tmp")
 browser = subprocess.Popen(
     ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
      "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
