@@ -19,13 +19,15 @@ from tests.helpers.sshhosts import REPO_ROOT
 pytestmark = pytest.mark.slow
 SCRIPT = REPO_ROOT / "scripts" / "gpu-check.sh"
 HERE = f"{sys.version_info.major}.{sys.version_info.minor}"
+#: The toolkit env running these tests (the checkout's .venv, or CI's own env elsewhere) makes the pack.
+TOOLKIT = {**os.environ, "MODELRIG_TOOLKIT_PYTHON": sys.executable}
 
 
 @pytest.fixture(scope="module")
 def pack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     folder = tmp_path_factory.mktemp("gpu-pack") / "pack"
     made = subprocess.run([str(SCRIPT), "--pack", str(folder), "--python-version", HERE], capture_output=True,
-                          text=True, check=False, timeout=1200)
+                          text=True, check=False, timeout=1200, env=TOOLKIT)
     assert made.returncode == 0, made.stdout + made.stderr
     assert made.stdout.startswith(f"gpu-check --pack: {folder} ready for Python {HERE} (")
     yield folder
@@ -88,7 +90,7 @@ def test_the_toolkit_and_the_demo_packages_install_from_the_pack_with_no_network
 
 
 def test_without_an_nvidia_gpu_the_check_stops_with_one_line(pack: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
+    env = {**TOOLKIT, "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
     run = subprocess.run([str(SCRIPT), str(pack), str(tmp_path / "out")], capture_output=True, text=True,
                          check=False, env=env, timeout=60)
     assert (run.returncode, run.stdout, run.stderr) == (3, "", "gpu-check: no NVIDIA GPU found: nvidia-smi is not "
