@@ -30,6 +30,10 @@ SUDO = ("#!/bin/sh\necho \"$*\" >> \"$HOME/sudo-calls.log\"\n"
 SYSCTL = ("#!/bin/sh\nprintf 'hw.memsize: 206158430208\\nhw.ncpu: 24\\n"
           "machdep.cpu.brand_string: Apple M2 Ultra\\n'\n")
 SW_VERS = "#!/bin/sh\nprintf 'ProductName:\\t\\tmacOS\\nProductVersion:\\t\\t14.3.1\\nBuildVersion:\\t\\t23D60\\n'\n"
+#: The Mac Studio's free disk, as macOS's `df -Pk` prints it (1 TiB free of its 2 TB disk): the check-mode plan reads
+#: it, and this machine's own free disk (which varies) must not decide whether the plan fits.
+DF = ("#!/bin/sh\nprintf 'Filesystem 1024-blocks Used Available Capacity Mounted on\\n"
+      "/dev/disk3s5 1942700360 869896264 1073741824 45%% /System/Volumes/Data\\n'\n")
 #: What check mode on the fresh Mac says it would do for Qwen-VL-Chat (its two demos that run on MPS).
 QWEN_VL_PREVIEW = {
     "model_env : Say which env each model would get.":
@@ -46,7 +50,8 @@ def _mac_host(ssh_hosts, tmp_path: Path, *, sudo: str = SUDO):
     """A test host whose sessions find a Mac's xcode-select and sudo first on PATH."""
     bin_dir = tmp_path / "mac-bin"
     bin_dir.mkdir()
-    for name, text in (("xcode-select", XCODE_SELECT), ("sudo", sudo), ("sysctl", SYSCTL), ("sw_vers", SW_VERS)):
+    for name, text in (("xcode-select", XCODE_SELECT), ("sudo", sudo), ("sysctl", SYSCTL), ("sw_vers", SW_VERS),
+                       ("df", DF)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     host = ssh_hosts.add("mac", env={"PATH": f"/opt/mac-bin-{os.getpid()}:/usr/local/bin:/usr/bin:/bin"})
