@@ -5,6 +5,7 @@ it left (ModelScope's partial file continues with a Range request), so two fetch
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -63,3 +64,33 @@ def test_a_fetch_left_running_is_named_then_stopped_and_resumed_by_a_take_over(t
         assert (folder / path).read_bytes() == data
     assert re.findall(r"range=bytes=([1-9]\d*)-", log.read_text()), "the partial file should be resumed"
     assert not (folder / HOLDER_NAME).exists() and list(folder.rglob("*.incomplete")) == []
+
+
+@pytest.mark.parametrize("left", ["record", "record_temporary", "record_temporary_of_a_reused_pid"])
+def test_what_a_sigkilled_fetch_left_beside_its_lock_never_blocks_the_next(tmp_path: Path, left: str) -> None:
+    """A fetch SIGKILLed while noting itself leaves its lock file and its holder record, or the record's temporary
+    (`.modelrig-tmp-<pid>-<random>-` + the record's name), in a folder it had not yet marked as fetch's: the next
+    fetch neither waits for it, nor refuses the folder as holding files fetch did not write."""
+    hub_dir = tmp_path / "hub"
+    write_repo(hub_dir, "org/big", {"main": {"config.json": FILES["config.json"], "a.bin": FILES["a.bin"]}})
+    manifest = write_manifest(tmp_path, "big-test", {"model": {"huggingface": {"repo": "org/big",
+                                                                                "revision": "main"}}})
+    folder = tmp_path / "root" / "store" / "huggingface" / "org--big"
+    folder.mkdir(parents=True)
+    (folder / ".modelrig-fetch.lock").touch()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    pid = os.getpid() if left.endswith("reused_pid") else gone.pid
+    if left == "record":
+        (folder / HOLDER_NAME).write_text(json.dumps({"pid": gone.pid, "create_time": 1.0, "started": 1.0}) + "\n")
+    else:
+        (folder / f".modelrig-tmp-{pid}-0123abcd-{HOLDER_NAME}").write_text('{"pid": ')
+    env = {**client_env(tmp_path), "MODELRIG_HOME": str(tmp_path / "root")}
+    with served(hub_dir) as url:
+        done = subprocess.run([*modelrig_cmd("fetch", str(manifest), "--hf-endpoint", url), "--json"], env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["changed"] is True
+    assert (folder / "a.bin").read_bytes() == FILES["a.bin"]
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".modelrig")) == [
+        ".modelrig-fetch-owned", ".modelrig-fetch.lock", ".modelrig-stamp.json"]

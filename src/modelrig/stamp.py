@@ -109,6 +109,11 @@ def _temporary_name(name: str) -> str:
     return f"{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}-{name}"
 
 
+def temporaries_of(path: Path) -> list[Path]:
+    """The temporary siblings `atomic_write_text` made for `path`, whoever wrote them (finished or not)."""
+    return sorted(path.parent.glob(f"{_TMP_MARK}*-{path.name}")) if path.parent.is_dir() else []
+
+
 def _writer_alive(entry_name: str) -> bool:
     pid = entry_name[len(_TMP_MARK):].split("-", 1)[0]
     if not pid.isdigit():

@@ -19,13 +19,19 @@ from typing import Any
 
 import psutil
 
-from modelrig.stamp import atomic_write_text
+from modelrig.stamp import atomic_write_text, temporaries_of
 
 HOLDER_NAME = ".modelrig-fetch.holder"
 
 
 def record(target: Path) -> None:
-    """Note this process as the one downloading into `target` (the caller holds the folder's lock)."""
+    """Note this process as the one downloading into `target` (the caller holds the folder's lock).
+
+    A record's temporary left beside it is a fetch's SIGKILLed mid-write (only the lock's holder writes one, and
+    the kernel freed its lock): it goes first, or the next fetch would take that stray file for one it did not
+    write and refuse the folder for good."""
+    for stale in temporaries_of(target / HOLDER_NAME):
+        stale.unlink(missing_ok=True)
     me = psutil.Process()
     atomic_write_text(target / HOLDER_NAME, json.dumps({"pid": me.pid, "create_time": me.create_time(),
                                                         "started": time.time()}) + "\n")
