@@ -5,18 +5,12 @@ write one folder, and nothing is left running."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import time
-
 import psutil
 import pytest
 
-from tests.helpers.ansible_site import built_wheel, demo_knobs
-from tests.helpers.hub import demo_repos, served
+from tests.helpers.ansible_site import built_wheel
 from tests.helpers.sshhosts import BIN, REPO_ROOT, ansible_env, playbook, recap, ssh_hosts_fixture  # noqa: F401
-from tests.helpers.store_files import WEIGHTS, gets, partial_files, weight_files
+from tests.helpers.store_files import WEIGHTS, gets, interrupted_site, partial_files, weight_files
 
 pytestmark = pytest.mark.slow
 #: Bytes per second per connection: the demo's ~660 KB of weights take minutes.
@@ -37,29 +31,8 @@ def engines(uid: int) -> list[int]:
 
 def test_an_engine_left_running_by_ctrl_c_is_named_stopped_and_resumed_by_the_next_run(
         ssh_hosts, tmp_path, tmp_path_factory):
-    hub_dir = demo_repos(tmp_path_factory, tmp_path / "hub")
-    tokens = hub_dir / ".modelrig-hub-tokens"
-    access = tmp_path / "access.log"
-    host = ssh_hosts.add("slow")
-    store = host.home / "modelrig" / "store"
-    with served(hub_dir, "--token-file", str(tokens), "--throttle", str(THROTTLE), access_log=access) as url:
-        knobs = {**demo_knobs(tmp_path, host, url), "modelrig_hf_token": tokens.read_text().split()[0]}
-        inventory = ssh_hosts.inventory(tmp_path / "hosts.yml", hostvars={"slow": knobs})
-        command = [str(BIN / "ansible-playbook"), "-i", str(inventory), str(REPO_ROOT / "playbooks" / "site.yml"),
-                   *TAGS]
-        # its own session, as a terminal's foreground job: Ctrl-C reaches ansible-playbook and its ssh clients
-        first = subprocess.Popen(command, cwd=REPO_ROOT, env=ansible_env(tmp_path), stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        deadline = time.monotonic() + 1200
-        while not (weight_files(store) and partial_files(store)):
-            assert first.poll() is None, f"site.yml ended before the download could be interrupted:\n" \
-                                         f"{first.communicate()[0][-6000:]}"
-            assert time.monotonic() < deadline, "no download in progress within 20 minutes"
-            time.sleep(0.05)
-        complete = weight_files(store)
-        os.killpg(first.pid, signal.SIGINT)
-        out = first.communicate(timeout=120)[0]
-        assert "User interrupted execution" in out, out[-4000:]
+    with interrupted_site(ssh_hosts, tmp_path, tmp_path_factory, throttle=THROTTLE, args=TAGS) as first:
+        host, store, complete, inventory = first.host, first.store, first.complete, first.inventory
         left = engines(host.uid)
         assert len(left) == 1, left  # what Ctrl-C leaves behind: the host's engine still downloading
 
@@ -69,12 +42,12 @@ def test_an_engine_left_running_by_ctrl_c_is_named_stopped_and_resumed_by_the_ne
         named = [line for line in again.stdout.splitlines() if "left by an interrupted run" in line]
         assert len(named) == 1 and "warning: slow: " in named[0] and f"(pid {left[0]}, running for " in named[0], \
             again.stdout[-6000:]
-        log = access.read_text()
+        log = first.access.read_text()
     assert not psutil.pid_exists(left[0]) or psutil.Process(left[0]).status() == psutil.STATUS_ZOMBIE
     assert engines(host.uid) == []
     after = weight_files(store)
     assert {key: after[key] for key in complete} == complete  # same inode, mtime and size: not rewritten
     for key in complete:
         assert gets(log, key.split("/")[1]) == 1, f"{key} was downloaded again"
-    assert {key.split("/")[1] for key in after} == {p.name for p in hub_dir.rglob("*") if p.suffix in WEIGHTS}
+    assert {key.split("/")[1] for key in after} == {p.name for p in first.hub_dir.rglob("*") if p.suffix in WEIGHTS}
     assert partial_files(store) == []

@@ -4,19 +4,14 @@ downloaded again (the hub's access log shows no second GET of them) nor rewritte
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from openai import OpenAI
 
-from tests.helpers.ansible_site import MODEL, built_wheel, demo_knobs
-from tests.helpers.hub import demo_repos, served
+from tests.helpers.ansible_site import MODEL, built_wheel
 from tests.helpers.sshhosts import BIN, REPO_ROOT, ansible_env, playbook, recap, ssh_hosts_fixture  # noqa: F401
-from tests.helpers.store_files import WEIGHTS, gets, partial_files, weight_files
+from tests.helpers.store_files import WEIGHTS, gets, interrupted_site, partial_files, weight_files
 
 pytestmark = pytest.mark.slow
 #: Bytes per second per connection: the demo's ~660 KB of weights take about a minute with two workers.
@@ -37,29 +32,10 @@ def fetching(uid: int) -> bool:
 
 
 def test_interrupted_download_resumes_without_fetching_complete_files_again(ssh_hosts, tmp_path, tmp_path_factory):
-    hub_dir = demo_repos(tmp_path_factory, tmp_path / "hub")
-    tokens = hub_dir / ".modelrig-hub-tokens"
-    access = tmp_path / "access.log"
-    host = ssh_hosts.add("slow")
-    store = host.home / "modelrig" / "store"
-    with served(hub_dir, "--token-file", str(tokens), "--throttle", str(THROTTLE), access_log=access) as url:
-        knobs = {**demo_knobs(tmp_path, host, url), "modelrig_hf_token": tokens.read_text().split()[0]}
-        inventory = ssh_hosts.inventory(tmp_path / "hosts.yml", hostvars={"slow": knobs})
-        command = [str(BIN / "ansible-playbook"), "-i", str(inventory), str(REPO_ROOT / "playbooks" / "site.yml")]
-        # Its own session, as a terminal's foreground job: Ctrl-C reaches ansible-playbook and its ssh clients.
-        first = subprocess.Popen(command, cwd=REPO_ROOT, env=ansible_env(tmp_path), stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        deadline = time.monotonic() + 1200
-        while not (weight_files(store) and partial_files(store)):
-            assert first.poll() is None, f"site.yml ended before the download could be interrupted:\n" \
-                                         f"{first.communicate()[0][-6000:]}"
-            assert time.monotonic() < deadline, "no download in progress within 20 minutes"
-            time.sleep(0.05)
-        complete = weight_files(store)  # complete when the play is interrupted
-        os.killpg(first.pid, signal.SIGINT)
-        out = first.communicate(timeout=120)[0]
-        assert first.returncode != 0, out[-4000:]
-        assert "User interrupted execution" in out, out[-4000:]
+    with interrupted_site(ssh_hosts, tmp_path, tmp_path_factory, throttle=THROTTLE) as first:
+        host, store, complete, inventory = first.host, first.store, first.complete, first.inventory
+        hub_dir, access = first.hub_dir, first.access
+        assert first.returncode != 0, first.out[-4000:]
         hub_weights = {p.name for p in hub_dir.rglob("*") if p.suffix in WEIGHTS}
         missing = hub_weights - {key.split("/")[1] for key in complete}
         assert complete and missing, f"the interruption should leave some files complete, some not: {complete}"
