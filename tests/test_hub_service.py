@@ -99,9 +99,14 @@ def test_under_systemd_the_unit_is_installed_enabled_and_removed_by_stop(tmp_pat
     assert "Restart=on-failure" in text and "WantedBy=default.target" in text
     assert f"ExecStart=/bin/sh {tmp_path}/hub/.modelrig-service/fleet-hub/start.sh" in text
     user = ["systemctl", "--user"]
-    assert manager.commands() == [[*user, "daemon-reload"], [*user, "is-active", service.UNIT],
-                                  [*user, "enable", "--now", service.UNIT],
-                                  [*user, "show", "-p", "MainPID", "--value", service.UNIT]]
+    commands = manager.commands()
+    assert commands[:4] == [[*user, "daemon-reload"], [*user, "is-active", service.UNIT],
+                            [*user, "enable", "--now", service.UNIT],
+                            [*user, "show", "-p", "MainPID", "--value", service.UNIT]]
+    # then the supervisor watches the unit's state for its first second (a unit that crashes at once is reported
+    # with its journal): as often as that second allows, and nothing else
+    state = [*user, "show", "-p", "ActiveState,SubState,NRestarts,Result,ExecMainStatus", service.UNIT]
+    assert commands[4:] and all(command == state for command in commands[4:]), commands[4:]
     assert not service.start(svc, supervisor="systemd").changed
     assert service.status(svc.root)["supervisor"] == "systemd" and service.status(svc.root)["running"]
     manager.commands()
