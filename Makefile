@@ -23,7 +23,7 @@ lint: setup
 	$(VENV)/bin/modelrig -q validate
 
 # Two workers, each test file on one of them: most slow tests wait on servers, SSH hosts and subprocesses, so two
-# files at a time took 33 minutes on a 2-core machine where one after the other took 51; the slowest tests are
+# files at a time took 25 minutes on a 2-core machine where one after the other took 51; the slowest tests are
 # listed at the end.
 test: setup system-deps lint
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25
