@@ -12,7 +12,8 @@ from tests.helpers.ansible_tasks import book as task_book
 from tests.helpers.sshhosts import BIN, REPO_ROOT, ansible_env, playbook, recap, ssh_hosts_fixture  # noqa: F401
 
 pytestmark = pytest.mark.slow
-MODULES = ("modelrig_env", "modelrig_fetch", "modelrig_convert", "modelrig_launch", "modelrig_facts", "modelrig_lock")
+MODULES = ("modelrig_env", "modelrig_fetch", "modelrig_convert", "modelrig_launch", "modelrig_facts", "modelrig_lock",
+           "modelrig_state")
 @pytest.mark.parametrize("module", MODULES)
 def test_ansible_doc_shows_documentation_examples_and_return_values(module, tmp_path):
     run = subprocess.run([str(BIN / "ansible-doc"), "-M", "library", module], cwd=REPO_ROOT,

@@ -217,6 +217,53 @@ def test_render_and_launch_checks_follow_an_edit_and_a_stopped_service(pipeline)
 
 
 @pytest.mark.slow
+def test_state_settles_a_provisioned_model_and_names_each_stage_that_would_change(pipeline):
+    root, _, _ = pipeline
+    code, _, err = run(root, "up", MODEL)
+    assert code == 0, err
+    assert run(root, "lock", MODEL)[0] == 0
+    lock = root / "locks" / f"{MODEL}.lock.yaml"
+    answer = checked(root, "state", MODEL)
+    assert answer["settled"] is True and answer["changed"] is False
+    state = answer["models"][MODEL]
+    assert state["settled"] is True and state["reasons"] == []
+    assert state["stages"] == dict.fromkeys(["env", "fetch", "convert", "render", "launch", "lock"], False)
+    assert state["lock"] == str(lock) and state["supervisor"] == "process"
+    assert [(e["entry"], e["running"], e["healthy"]) for e in state["entries"]] == [("api", True, True)]
+
+    text = lock.read_text()
+    lock.write_text(text.replace(f"model: {MODEL}", f"model: {MODEL}-edited"))
+    edited = checked(root, "state", MODEL)["models"][MODEL]
+    assert edited["settled"] is False and edited["reasons"] == [f"lock: {lock}: the host differs from its lock"]
+    lock.write_text(text)
+
+    assert run(root, "stop", MODEL)[0] == 0
+    stopped = checked(root, "state", MODEL)["models"][MODEL]
+    assert stopped["settled"] is False and stopped["reasons"] == ["launch: api: service is stopped"]
+    assert "lock" not in stopped["stages"]  # not asked once a stage below it would change
+    code, _, err = run(root, "up", MODEL)
+    assert code == 0, err
+    assert checked(root, "state", MODEL)["models"][MODEL]["settled"] is True
+
+
+@pytest.mark.slow
+def test_state_on_a_fresh_data_root_stops_at_the_env_and_an_unknown_model_is_unsettled(pipeline, tmp_path):
+    _, config, _ = pipeline
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "config.yaml").write_text(config)
+    answer = checked(fresh, "state", MODEL, "no-such-model")
+    assert answer["settled"] is False
+    state = answer["models"][MODEL]
+    assert state["stages"]["env"] is True and state["reasons"][0].startswith("env: no env with this spec")
+    assert "render" not in state["stages"] and state["entries"] == [] and state["lock"] is None
+    unknown = answer["models"]["no-such-model"]
+    assert unknown["settled"] is False and unknown["stages"] == {"error": True}
+    assert unknown["reasons"][0].startswith("no manifest with id 'no-such-model'")
+    assert sorted(p.name for p in fresh.iterdir()) == ["config.yaml"]
+
+
+@pytest.mark.slow
 def test_every_stage_result_validates_against_the_documented_schema(pipeline):
     from tests.helpers.result_schema import validate
 

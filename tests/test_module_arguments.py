@@ -71,6 +71,14 @@ def test_option_looking_or_path_names_are_refused_in_one_line(tmp_path, module, 
     assert not (tmp_path / "data").exists()
 
 
+def test_state_refuses_a_model_that_is_not_an_id_in_one_line_naming_it(tmp_path):
+    result = run_module(tmp_path, "modelrig_state", {"models": ["demo-tiny-ziya", "--store=/tmp/x"]})
+    assert result.get("failed") is True, result
+    assert result["msg"] == ("models: '--store=/tmp/x' is not a model id (lowercase letters, digits, '.', '_', '-'; "
+                             "first a letter or digit)")
+    assert "cmd" not in result  # refused before the engine ran
+
+
 def test_option_looking_paths_reach_the_engine_as_values(tmp_path):
     rebuilt = run_module(tmp_path, "modelrig_lock", {"state": "rebuilt", "lock": "--bundle=/tmp/x.tar"})
     assert rebuilt.get("failed") is True

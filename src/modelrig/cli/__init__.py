@@ -18,7 +18,7 @@ from modelrig.facts import HostFacts
 
 #: Modules under `modelrig.cli` that each add their verbs with a `register(subparsers)` function.
 COMMAND_MODULES: tuple[str, ...] = ("manifests", "plan", "facts", "fetch", "hub", "up", "render", "launch", "convert",
-                                      "doctor", "lock")
+                                      "doctor", "lock", "state")
 
 
 def build_parser() -> argparse.ArgumentParser:
