@@ -85,6 +85,16 @@ def test_second_run_changes_nothing_and_keeps_the_vault_token_secret(site):
     assert counts["changed"] == 0 and counts["failed"] == 0, again.stdout[-6000:]
     assert "health: ok, 2/2 demos healthy" in again.stdout
     assert _pids(site) == before_pids  # nothing restarted
+    # one engine run (model_state) found every stage in place: no stage asked the engine again
+    assert task_outcome(again.stdout, "model_state : Ask which stages of each model are already in place.") == "ok"
+    for task in ("rust_toolchain : Ask the planner whether a model builds tokenizers from source.",
+                 "model_env : Find the environments that would change.",
+                 "model_weights : Find the models whose weights would change.",
+                 "model_weights : Convert each model's weights.", "model_launch : Render and start each model's demos.",
+                 "model_launch : Ask each model's demos for their health.",
+                 "model_lock : Lock each model on the host (the file is rewritten only when the lock changed)."):
+        assert task_outcome(again.stdout, task) == "skipping", task
+    assert task_outcome(again.stdout, "model_lock : Copy each lock back to the controller.") == "ok"
 
     for output in (site.first.stdout, site.first.stderr, again.stdout, again.stderr):
         assert site.token not in output
@@ -96,6 +106,13 @@ def test_second_run_changes_nothing_and_keeps_the_vault_token_secret(site):
         assert site.token.encode() not in _read(Path(f"/proc/{pid}/cmdline"))
         assert site.token.encode() not in _read(Path(f"/proc/{pid}/environ"))
     assert _pids_of(site.host.uid), "the demos should be running as the host's user"
+
+
+def task_outcome(out: str, task: str) -> str:
+    """How a one-host run's task ended (`ok`, `changed`, `skipping`, `failed`), from its output."""
+    block = out.split(f"TASK [{task}]", 1)[1].split("\nTASK [", 1)[0]
+    return next(line.split(":", 1)[0] for line in block.splitlines()
+                if line.split(":", 1)[0] in ("ok", "changed", "skipping", "failed", "fatal"))
 
 
 def _pids(site: Site) -> dict[str, int]:
