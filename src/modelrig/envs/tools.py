@@ -50,8 +50,15 @@ class Interpreter:
         return ".".join(self.version.split(".")[:2])
 
 
+#: Interpreters this process has already asked (one process plans an env several times: env, render, lock).
+_PROBED: dict[str, Interpreter] = {}
+
+
 def probe_python(path: str) -> Interpreter | None:
-    """Run `path` and ask its real executable and version; None when it does not run (e.g. a dead pyenv shim)."""
+    """Run `path` and ask its real executable and version; None when it does not run (e.g. a dead pyenv shim).
+    An answer is remembered for the rest of the process; a failure is not (the Python may be installed next)."""
+    if path in _PROBED:
+        return _PROBED[path]
     try:
         out = subprocess.run([path, "-c", "import sys,json;print(json.dumps([sys.executable,"
                               "'%d.%d.%d' % sys.version_info[:3]]))"],
@@ -64,7 +71,8 @@ def probe_python(path: str) -> Interpreter | None:
         executable, version = json.loads(out.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         return None
-    return Interpreter(path=executable or path, version=version)
+    _PROBED[path] = Interpreter(path=executable or path, version=version)
+    return _PROBED[path]
 
 
 def python_candidates(version: str, *, managed_dir: Path | None = None) -> list[str]:
