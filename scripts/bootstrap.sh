@@ -65,7 +65,9 @@ fi
 torch_args=()
 while IFS= read -r arg; do torch_args+=("$arg"); done < <("$VENV/bin/python" scripts/toolkit_torch.py "$TORCH")
 "$VENV/bin/python" -m pip install -q "${torch_args[@]}"
-VIRTUAL_ENV="$VENV" "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" -e ".[test]"
+# --compile-bytecode: uv writes no .pyc by default, and where PYTHONDONTWRITEBYTECODE is set (CI images, some
+# shells) nothing ever does: every ansible-playbook run, and each of its workers, would compile Ansible again.
+VIRTUAL_ENV="$VENV" "$VENV/bin/uv" pip install -q --compile-bytecode --python "$VENV/bin/python" -e ".[test]"
 # After the whole install: torch imported before numpy is there warns "Failed to initialize NumPy".
 "$VENV/bin/python" scripts/toolkit_torch.py --installed
 echo "$want" > "$stamp"
