@@ -9,17 +9,15 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from modelrig.envs import tools
 from modelrig.envs.build import EnvBuildPlan
 from modelrig.envs.install import Indexes
 from modelrig.envs.tools import find_uv
-from modelrig.errors import EnvBuildError, LockError
+from modelrig.errors import LockError
 from modelrig.lock import collect
 from modelrig.lock.cache import SCHEMA, cache_file, env_state_key, load_packages
 from modelrig.lock.packages import Frozen
@@ -207,20 +205,3 @@ def test_an_env_with_a_package_without_a_hash_is_not_remembered(small_env, monke
         "tinypkg": ("1.0", [sha(small_env.wheels / "tinypkg-1.0-py3-none-any.whl")])}
     assert small_env.cache.is_file()
 
-
-def test_finding_the_envs_python_asks_uv_only_when_path_and_pyenv_have_none(tmp_path, monkeypatch):
-    """Every lock plans the env again: the Python on PATH is taken without the two `uv python find` processes
-    (~0.2 s) that used to run before any candidate was tried."""
-    log = tmp_path / "uv-calls"
-    uv = tmp_path / "uv"
-    uv.write_text(f"#!/bin/sh\necho \"$*\" >> {log}\nexit 1\n")
-    uv.chmod(0o755)
-    monkeypatch.setattr(tools, "find_uv", lambda: str(uv))
-    minor = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    interp, warnings = tools.find_python(minor, managed_dir=tmp_path / "pythons")
-    assert interp.minor == minor and warnings == []
-    assert not log.exists()
-    with pytest.raises(EnvBuildError, match=r"no Python 3\.99 found"):
-        tools.find_python("3.99", managed_dir=tmp_path / "pythons")
-    assert log.read_text().splitlines() == ["python find --no-config --no-project --system 3.99"] * 2
