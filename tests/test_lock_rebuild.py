@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from modelrig.lock import collect
 from modelrig.lock.packages import freeze
 from modelrig.orchestrate.demo import ANSWER, chat
 from tests.helpers.demo_root import demo_root, run
@@ -82,8 +83,26 @@ def test_the_lock_records_every_piece_and_an_untouched_host_verifies_clean(host)
         assert json.loads(out)["drift"] == []
 
 
+def test_a_second_lock_reads_the_cache_runs_no_uv_and_is_the_same_bytes(host, tmp_path, monkeypatch):
+    root, _, _, _ = host
+    shutil.rmtree(root / "cache" / "lock", ignore_errors=True)
+    fresh, cached = tmp_path / "fresh.lock.yaml", tmp_path / "cached.lock.yaml"
+    assert run(root, "lock", MODEL, "--out", fresh)[0] == 0
+    assert len(list((root / "cache" / "lock").glob("*.json"))) == 1
+
+    def refuse(*_args, **_kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("an unchanged env was frozen and hashed again")
+
+    monkeypatch.setattr(collect, "freeze", refuse)
+    monkeypatch.setattr(collect, "hashes_for", refuse)
+    code, _, err = run(root, "lock", MODEL, "--out", cached)
+    assert code == 0, err
+    assert cached.read_bytes() == fresh.read_bytes()
+
+
 def test_a_lock_taken_with_no_network_is_the_same_lock(host, tmp_path):
     root, _, lock, _ = host
+    shutil.rmtree(root / "cache" / "lock", ignore_errors=True)  # hash with uv offline, not from the lock cache
     again = tmp_path / "offline.lock.yaml"
     cmd = [sys.executable, "-m", "modelrig", "--data-root", str(root), "lock", MODEL, "--out", str(again)]
     proc = subprocess.run(offline(cmd), capture_output=True, text=True, cwd=REPO, timeout=300, check=False,
@@ -92,7 +111,7 @@ def test_a_lock_taken_with_no_network_is_the_same_lock(host, tmp_path):
     assert again.read_text() == lock.read_text()
 
 
-def test_a_changed_package_version_is_drift(host):
+def test_a_changed_package_version_is_drift_and_the_next_lock_lists_it(host, tmp_path):
     root, _, _, _ = host
     env = next((root / "envs").glob("*/bin/python"))
     locked = {f.name: f.version for f in freeze(env)}["tqdm"]
@@ -102,12 +121,20 @@ def test_a_changed_package_version_is_drift(host):
         subprocess.run([uv, "pip", "install", "--no-config", "--no-deps", "--python", str(env), f"tqdm=={version}"],
                        check=True, capture_output=True, env={**os.environ, "UV_CACHE_DIR": str(CACHE / "uv")})
 
+    def tqdm_locked(name: str) -> str:
+        assert run(root, "lock", MODEL, "--out", tmp_path / name)[0] == 0
+        packages = yaml.safe_load((tmp_path / name).read_text())["env"]["packages"]
+        return next(p["version"] for p in packages if p["name"] == "tqdm")
+
+    assert tqdm_locked("before.lock.yaml") == locked  # and remembered in the lock cache
     install("4.66.4")
     try:
         assert drift_of(root) == [f"package tqdm: {locked} expected, found 4.66.4"]
+        assert tqdm_locked("changed.lock.yaml") == "4.66.4"
     finally:
         install(locked)
     assert run(root, "verify", MODEL)[0] == 0
+    assert tqdm_locked("after.lock.yaml") == locked
 
 
 def test_one_flipped_byte_of_a_weight_file_is_found_by_full(host):

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,17 +76,16 @@ def probe_python(path: str) -> Interpreter | None:
     return _PROBED[path]
 
 
-def python_candidates(version: str, *, managed_dir: Path | None = None) -> list[str]:
+def python_candidates(version: str, *, managed_dir: Path | None = None) -> Iterator[str]:
     """Where a Python `version` ("3.11" or "3.11.7") may be: `python3.11` on PATH, pyenv versions, `uv python find`
-    (uv's own installs), and the Pythons modelrig installed with uv into `managed_dir`."""
+    (uv's own installs), and the Pythons modelrig installed with uv into `managed_dir`; in that order, each looked
+    up only when the ones before it were not taken (`uv python find` costs a process)."""
     minor = ".".join(version.split(".")[:2])
-    found: list[str] = []
     if exe := shutil.which(f"python{minor}"):
-        found.append(exe)
+        yield exe
     pyenv_root = Path(os.environ.get("PYENV_ROOT", "~/.pyenv")).expanduser()
-    for candidate in sorted(glob.glob(str(pyenv_root / "versions" / f"{minor}.*" / "bin" / f"python{minor}")),
-                            reverse=True):
-        found.append(candidate)
+    yield from sorted(glob.glob(str(pyenv_root / "versions" / f"{minor}.*" / "bin" / f"python{minor}")),
+                      reverse=True)
     if uv := find_uv():
         places = [{}] + ([{"UV_PYTHON_INSTALL_DIR": str(managed_dir)}] if managed_dir is not None else [])
         for extra in places:
@@ -93,11 +93,10 @@ def python_candidates(version: str, *, managed_dir: Path | None = None) -> list[
                 out = subprocess.run([uv, "python", "find", "--no-config", "--no-project", "--system", version],
                                      capture_output=True, text=True, timeout=30, env=clean_environ(extra),
                                      check=False)
-                if out.returncode == 0 and out.stdout.strip():
-                    found.append(out.stdout.strip())
             except (OSError, subprocess.TimeoutExpired):
-                pass
-    return found
+                continue
+            if out.returncode == 0 and out.stdout.strip():
+                yield out.stdout.strip()
 
 
 def find_python(version: str, *, explicit: str | None = None,

@@ -14,7 +14,8 @@ from modelrig.config import Context
 from modelrig.envs.build import EnvBuildPlan, env_is_complete, prepare_env_build
 from modelrig.envs.install import Indexes, indexes_for
 from modelrig.errors import LockError
-from modelrig.lock.packages import freeze, hashes_for
+from modelrig.lock.cache import cache_file, env_state_key, load_packages, save_packages
+from modelrig.lock.packages import Frozen, freeze, hashes_for
 from modelrig.lock.schema import (
     Conversion,
     Env,
@@ -66,12 +67,8 @@ def take_lock(manifest: Manifest, ctx: Context, *, manifest_path: Path) -> Lock:
     if where.stamp is None:
         raise LockError(f"{manifest.id}: no built env at {where.build.path}: run `modelrig up {manifest.id}` first",
                         code="not_provisioned", model=manifest.id)
-    frozen = freeze(where.build.python)
-    hashes = hashes_for(frozen, python=where.build.python, indexes=where.indexes)
-    missing = [f.requirement for f in frozen if f.git_commit is None and not hashes.get(f.name)]
-    if missing:
-        raise LockError(f"{manifest.id}: no wheel hash found for {missing[0]} on the env's indexes/find-links",
-                        code="not_provisioned", package=missing[0])
+    frozen, hashes = env_packages(where.build, where.indexes, stamp=where.stamp, cache_dir=ctx.data.cache,
+                                  model=manifest.id)
     packages = [Package(name=f.name, version=f.version, requirement=f.requirement, hashes=hashes.get(f.name, []),
                         git_commit=f.git_commit) for f in frozen]
     smoke = where.stamp.get("smoke", {})
@@ -91,6 +88,28 @@ def take_lock(manifest: Manifest, ctx: Context, *, manifest_path: Path) -> Lock:
         "conversions": conversions(manifest, ctx), "launch": launch_files(manifest, ctx, env_path=where.build.path),
         "remote_code": [RemoteCode(source=s.name, path=f.path, sha256=f.sha256)
                         for s in sources for f in s.files if f.path.endswith(".py")]})
+
+
+def env_packages(build: EnvBuildPlan, indexes: Indexes, *, stamp: dict[str, Any], cache_dir: Path,
+                 model: str) -> tuple[list[Frozen], dict[str, list[str]]]:
+    """The env's frozen packages and their wheel hashes: remembered from the last lock while nothing that can
+    change them has changed (`modelrig.lock.cache`), else frozen and hashed again (and remembered)."""
+    try:
+        key: str | None = env_state_key(python=build.python, env_path=build.path, stamp=stamp, indexes=indexes)
+    except OSError:  # an unreadable site-packages: no cache, the freeze below says what is wrong
+        key = None
+    path = cache_file(cache_dir, build.key)
+    if key is not None and (cached := load_packages(path, key)) is not None:
+        return cached
+    frozen = freeze(build.python)
+    hashes = hashes_for(frozen, python=build.python, indexes=indexes)
+    missing = [f.requirement for f in frozen if f.git_commit is None and not hashes.get(f.name)]
+    if missing:
+        raise LockError(f"{model}: no wheel hash found for {missing[0]} on the env's indexes/find-links",
+                        code="not_provisioned", package=missing[0])
+    if key is not None:
+        save_packages(path, key, frozen, hashes)
+    return frozen, hashes
 
 
 def source_folders(manifest: Manifest, ctx: Context) -> dict[str, Path]:
