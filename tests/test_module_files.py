@@ -90,7 +90,8 @@ def test_check_mode_reports_what_it_would_write_and_writes_nothing(tmp_path):
     result, out = run_files(tmp_path, layout(root), "--check", "--diff")
     assert result["changed"] is True and len(result["changed_paths"]) == 6
     assert not root.exists()
-    assert f"+++ after: {root / 'config.yaml'} (mode 0644)\n@@ -0,0 +1,2 @@\n+hub:\n+  endpoint: http://127.0.0.1:9\n" in out
+    assert (f"+++ after: {root / 'config.yaml'} (mode 0644)\n@@ -0,0 +1,2 @@\n+hub:\n+  endpoint: http://127.0.0.1:9\n"
+            in out)
 
 
 def test_a_drifted_file_and_mode_are_put_back_and_only_they_are_reported(tmp_path):
@@ -133,8 +134,8 @@ def test_a_file_the_controller_knows_the_sha1_of_is_only_reported(tmp_path):
      "expect[0].checksum must be a sha1 (40 lowercase hex digits), got 'abc'"),
 ])
 def test_bad_options_fail_in_one_line_naming_the_option_and_item_and_write_nothing(tmp_path, args, message):
-    result, _ = run_files(tmp_path, {**args, "directories": args.get("directories", [])
-                                     + [{"path": str(tmp_path / "made")}]})
+    made = {"path": str(tmp_path / "made")}
+    result, _ = run_files(tmp_path, {**args, "directories": [*args.get("directories", []), made]})
     assert result["failed"] is True and result["msg"] == message
     assert not (tmp_path / "made").exists()
 
