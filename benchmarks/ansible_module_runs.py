@@ -3,7 +3,7 @@ each host, i.e. the tasks that were ok there, not skipped, less those that run n
 debug, include/import, include_vars, meta); by role. The hosts as benchmarks/ansible_bench.py makes them. Prints
 JSON, writes nothing. Needs root.
 
-Usage: `.venv/bin/python benchmarks/ansible_module_runs.py [--hosts N]`
+Usage: `.venv/bin/python benchmarks/ansible_module_runs.py [--hosts N] [--profile FILE]`
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 from collections import Counter
@@ -55,6 +56,7 @@ def module_runs(profile: Path) -> dict[str, dict[str, object]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--hosts", type=int, default=1, help="test hosts in the run (default 1)")
+    parser.add_argument("--profile", type=Path, help="also keep the second run's task seconds (JSON) here")
     args = parser.parse_args()
     reason = available()
     if reason:
@@ -70,6 +72,8 @@ def main() -> None:
             first, second, caches, changed, _ = fleet(tmp, url, (hub / TOKEN_FILE).read_text().split()[0], names,
                                                       profile=tmp / "second.json")
             runs = module_runs(tmp / "second.json")
+            if args.profile:
+                shutil.copy(tmp / "second.json", args.profile)
         finally:
             stop_hub()
     print(json.dumps({"hosts": args.hosts, "first_s": round(first, 1), "second_s": round(second, 1),
