@@ -165,12 +165,14 @@ changed_paths:
   elements: str
   sample: [/srv/modelrig/config.yaml]
 differs:
-  description: The O(expect) paths that are missing or have another sha1.
+  description: The O(expect) paths that are missing or have another sha1 (before this run wrote anything).
   returned: always
   type: list
   elements: str
 probe:
-  description: For each O(probe) path, whether it exists, is a folder, and is executable by the module's user.
+  description:
+    - For each O(probe) path, whether it exists, is a folder, and is executable by the module's user.
+    - As the host was before this run wrote anything.
   returned: always
   type: dict
   sample: {"/srv/modelrig/toolkit/bin/modelrig": {"exists": true, "isdir": false, "executable": true}}
