@@ -166,3 +166,13 @@ def test_a_secret_never_reaches_output_or_a_diff(tmp_path):
         assert SECRET not in out
         assert f"after: {root / 'secrets' / 'hf_token'}" not in out
     assert (root / "secrets" / "hf_token").read_text() == SECRET + "\n"
+
+
+def test_ansible_doc_shows_its_options_examples_and_return_values(tmp_path):
+    run = subprocess.run([str(BIN / "ansible-doc"), "-M", "library", "modelrig_files"], cwd=REPO_ROOT,
+                         env=ansible_env(tmp_path), capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    shown = run.stdout.replace("\x1b[1m", "").replace("\x1b[0m", "")
+    for section in ("MODULE modelrig_files", "OPTIONS", "EXAMPLES", "RETURN VALUES", "secrets", "expect", "probe",
+                    "require", "check_mode", "diff_mode"):
+        assert section in shown, section
