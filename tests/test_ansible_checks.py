@@ -67,6 +67,8 @@ def test_check_diff_on_a_fresh_host_changes_nothing(ssh_hosts, tmp_path, tiny_hu
     ({"modelrig_hub_prefer": "github"}, "modelrig_hub_prefer"),
     ({"model_launch_timeout": "abc"}, "model_launch_timeout"),
     ({"modelrig_ports": {"demo/chat": "abc"}}, 'modelrig_ports: "demo/chat": "abc" must be MODEL/ENTRY mapped to'),
+    ({"modelrig_manifests_dir": "/nonexistent/manifests", "modelrig_models": ["demo-tiny-ziya"]},
+     'modelrig_manifests_dir must be a folder on the controller, got "/nonexistent/manifests"'),
 ])
 def test_a_wrong_variable_is_refused_by_name_before_any_change(ssh_hosts, tmp_path, tiny_hub, override,
                                                                named):

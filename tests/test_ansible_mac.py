@@ -99,7 +99,7 @@ def test_check_on_the_mac_inventory_reports_what_would_be_installed_and_writes_n
     assert release.requests == ["HEAD /25.3.0-3/Miniforge3-25.3.0-3-MacOSX-arm64.sh"]  # check mode: HEAD only
     for task in ("system_packages : Look for the Xcode command line tools.",
                  "miniforge : Run the installer in batch mode into the prefix.",
-                 "modelrig : Create the toolkit venv.",
+                 "modelrig : Install the toolkit env when it is missing or its requirements changed.",
                  "model_launch : Ask whether the login user may run launchctl as root without a password"):
         assert f"TASK [{task}" in out, task
     assert "+channels:\n+- conda-forge" in out  # the prefix's .condarc it would write

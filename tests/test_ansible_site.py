@@ -4,6 +4,7 @@ every file but its own; down.yml stops the demos."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -86,15 +87,15 @@ def test_second_run_changes_nothing_and_keeps_the_vault_token_secret(site):
     assert "health: ok, 2/2 demos healthy" in again.stdout
     assert _pids(site) == before_pids  # nothing restarted
     # one engine run (model_state) found every stage in place: no stage asked the engine again
-    assert task_outcome(again.stdout, "model_state : Ask which stages of each model are already in place.") == "ok"
+    assert _status(again.stdout, "model_state : Ask which stages of each model are already in place.") == "ok"
     for task in ("rust_toolchain : Ask the planner whether a model builds tokenizers from source.",
                  "model_env : Find the environments that would change.",
                  "model_weights : Find the models whose weights would change.",
                  "model_weights : Convert each model's weights.", "model_launch : Render and start each model's demos.",
                  "model_launch : Ask each model's demos for their health.",
                  "model_lock : Lock each model on the host (the file is rewritten only when the lock changed)."):
-        assert task_outcome(again.stdout, task) == "skipping", task
-    assert task_outcome(again.stdout, "model_lock : Copy each lock back to the controller.") == "ok"
+        assert _status(again.stdout, task) == "skipping", task
+    assert _status(again.stdout, "model_lock : Copy each lock back to the controller.") == "ok"
 
     for output in (site.first.stdout, site.first.stderr, again.stdout, again.stderr):
         assert site.token not in output
@@ -108,11 +109,33 @@ def test_second_run_changes_nothing_and_keeps_the_vault_token_secret(site):
     assert _pids_of(site.host.uid), "the demos should be running as the host's user"
 
 
-def task_outcome(out: str, task: str) -> str:
-    """How a one-host run's task ended (`ok`, `changed`, `skipping`, `failed`), from its output."""
-    block = out.split(f"TASK [{task}]", 1)[1].split("\nTASK [", 1)[0]
-    return next(line.split(":", 1)[0] for line in block.splitlines()
-                if line.split(":", 1)[0] in ("ok", "changed", "skipping", "failed", "fatal"))
+def _status(out: str, task: str) -> str:
+    """How the task ran on the host: the first status line after its TASK header (ok, changed, skipping)."""
+    after = out[out.index(f"TASK [{task}]"):]
+    return re.search(r"^(ok|changed|skipping|failed|fatal): \[", after, re.M).group(1)
+
+
+COPY_WHEEL = "modelrig : Copy the wheel to the host when it lacks this one."
+INSTALL = "modelrig : Install the toolkit env when it is missing or its requirements changed."
+
+
+def test_a_removed_wheel_and_an_edited_config_are_put_back_and_the_toolkit_is_not_reinstalled(site):
+    root = site.host.home / "modelrig"
+    wheel = built_wheel()
+    (root / "wheels" / wheel.name).unlink()
+    config = root / "config.yaml"
+    text = config.read_text()
+    config.write_text(text + "# edited on the host\n")
+    run = site.run("site.yml", "--tags", "toolkit", "--diff")
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    assert recap(run.stdout)["tiny"]["changed"] == 2, run.stdout[-6000:]  # the host's files, the wheel
+    assert f"+++ after: {config} (mode 0644)\n@@ " in run.stdout and "-# edited on the host\n" in run.stdout
+    assert (_status(run.stdout, COPY_WHEEL), _status(run.stdout, INSTALL)) == ("changed", "skipping")
+    assert (root / "wheels" / wheel.name).read_bytes() == wheel.read_bytes() and config.read_text() == text
+    assert site.token not in run.stdout
+    again = site.run("site.yml", "--tags", "toolkit")
+    assert recap(again.stdout)["tiny"]["changed"] == 0, again.stdout[-6000:]
+    assert (_status(again.stdout, COPY_WHEEL), _status(again.stdout, INSTALL)) == ("skipping", "skipping")
 
 
 def _pids(site: Site) -> dict[str, int]:

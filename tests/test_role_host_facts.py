@@ -36,7 +36,8 @@ def _recap(out: str) -> dict[str, int]:
 def test_role_installs_the_fact_then_changes_nothing_on_a_second_run(tmp_path):
     first = _playbook(tmp_path, "-e", f"host_facts_modelrig_bin={MODELRIG}")
     assert first.returncode == 0, first.stdout + first.stderr
-    assert _recap(first.stdout)["changed"] == 2  # the facts folder and the fact script
+    assert _recap(first.stdout)["changed"] == 1  # the facts folder and the fact script, in one module run
+    assert f"{(tmp_path / 'facts.d').stat().st_mode & 0o777:o}" == "755"
     assert "Check that the modelrig local fact is complete." in first.stdout
 
     fact = tmp_path / "facts.d" / "modelrig.fact"

@@ -17,6 +17,7 @@ type: aggregate
 short_description: each task's wall time and each host's seconds in it, as JSON
 description:
   - "Writes a JSON object (total seconds; each task's name and start; each host's name, task, status and seconds)
+    and each ok result's task, host, module, count of runs (loop items not skipped) and delegate_to
     to the file named by the TASK_SECONDS_FILE environment variable when the run ends."
 requirements:
   - TASK_SECONDS_FILE set in the environment
@@ -35,6 +36,7 @@ class CallbackModule(CallbackBase):
         self.tasks = []
         self.hosts = []
         self.started = {}
+        self.runs = []
 
     def v2_playbook_on_task_start(self, task, is_conditional):
         self.tasks.append([task.get_name(), round(time.time() - self.start, 3)])
@@ -49,6 +51,11 @@ class CallbackModule(CallbackBase):
 
     def v2_runner_on_ok(self, result):
         self._done(result, "ok")
+        # what ran on the host: the task's module and how many times (a loop's items that were not skipped)
+        items = result._result.get("results")
+        count = 1 if items is None else sum(1 for item in items if not item.get("skipped"))
+        self.runs.append([result._task.get_name(), result._host.get_name(), result._task.action, count,
+                          result._task.delegate_to or ""])
 
     def v2_runner_on_failed(self, result, ignore_errors=False):
         self._done(result, "failed")
@@ -63,4 +70,5 @@ class CallbackModule(CallbackBase):
         path = os.environ.get("TASK_SECONDS_FILE")
         if path:
             with open(path, "w") as out:
-                json.dump({"total": round(time.time() - self.start, 3), "tasks": self.tasks, "hosts": self.hosts}, out)
+                json.dump({"total": round(time.time() - self.start, 3), "tasks": self.tasks, "hosts": self.hosts,
+                           "runs": self.runs}, out)
