@@ -11,10 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import yaml
@@ -77,11 +80,48 @@ def site(tmp: Path, inventory: Path, *args: str, env: dict[str, str] | None = No
     return seconds, recap(run.stdout)
 
 
-def fleet(tmp: Path, hub_url: str, token: str, names: list[str],
-          up_too: bool = False, profile: Path | None = None) -> tuple[float, float, str, int, float]:
+#: The cgroup v1 CPU accounting hierarchy (where the machine has one).
+CPUACCT = Path("/sys/fs/cgroup/cpuacct")
+
+
+@contextmanager
+def cpu_group() -> Iterator[Path | None]:
+    """A cpuacct cgroup holding this process and what it starts from now on (ansible-playbook; the test hosts'
+    sshds, their sessions, modules and engine runs), or None where there is no such hierarchy."""
+    group = CPUACCT / f"modelrig-bench-{os.getpid()}"
+    try:
+        group.mkdir()
+        (group / "tasks").write_text(str(os.getpid()))
+    except OSError:
+        yield None
+        return
+    try:
+        yield group
+    finally:
+        (CPUACCT / "tasks").write_text(str(os.getpid()))
+        with suppress(OSError):  # a process started inside (a demo) may outlive the run
+            group.rmdir()
+
+
+def cpu_seconds(group: Path | None) -> float:
+    """CPU seconds the group used so far (0 without one)."""
+    return int((group / "cpuacct.usage").read_text()) / 1e9 if group is not None else 0.0
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's waited-for children (ansible-playbook and its workers)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def fleet(tmp: Path, hub_url: str, token: str, names: list[str], up_too: bool = False,
+          profile: Path | None = None, cpu: dict[str, float] | None = None,
+          group: Path | None = None) -> tuple[float, float, str, int, float]:
     """Fresh hosts `names` provisioned by one site.yml run, then run again: (first s, second s, their uv caches
     before the first run, changed tasks of the second run, seconds of `modelrig up` on the first host when
-    `up_too`, else 0). With `profile`, the second run's task times are written there (JSON)."""
+    `up_too`, else 0). With `profile`, the second run's task times are written there (JSON); with `cpu`, the
+    second run's CPU seconds (`controller`; `all`, controller and hosts, counted in `group`, a `cpu_group` entered
+    before the hosts were made)."""
     with SshHosts(tmp / "ssh-hosts") as hosts:
         made = [hosts.add(name) for name in names]
         caches = cache_state(made)
@@ -89,8 +129,12 @@ def fleet(tmp: Path, hub_url: str, token: str, names: list[str],
             h.name: {**demo_knobs(tmp, h, hub_url, f"manifests-{h.name}"), "modelrig_hf_token": token} for h in made})
         first, _ = site(tmp, inventory)
         wheel = built_wheel()
+        before = children_cpu(), cpu_seconds(group)
         second, counts = site(tmp, inventory, "-e", f"modelrig_wheel={wheel}",
                               env=timed_env(profile) if profile else None)
+        if cpu is not None:
+            cpu["controller"] = children_cpu() - before[0]
+            cpu["all"] = cpu_seconds(group) - before[1]
         playbook(tmp, inventory, "down.yml", "-e", f"modelrig_wheel={wheel}")
         up = modelrig_up(hosts, made[0], hub_url) if up_too else 0.0
     return first, second, caches, sum(c["changed"] for c in counts.values()), up

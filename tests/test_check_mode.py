@@ -117,6 +117,14 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory):
         yield demo.root, demo.config, demo.manifests
 
 
+def fresh_root(tmp_path: Path, pipeline: tuple[Path, str, Path]) -> Path:
+    """An empty data root with the pipeline's host config only."""
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "config.yaml").write_text(pipeline[1])
+    return fresh
+
+
 @pytest.mark.slow
 def test_up_check_after_a_real_run_says_every_stage_unchanged(pipeline):
     root, _, _ = pipeline
@@ -128,10 +136,7 @@ def test_up_check_after_a_real_run_says_every_stage_unchanged(pipeline):
 
 @pytest.mark.slow
 def test_up_check_on_a_fresh_data_root_says_what_every_stage_would_do(pipeline, tmp_path):
-    _, config, _ = pipeline
-    fresh = tmp_path / "fresh"
-    fresh.mkdir()
-    (fresh / "config.yaml").write_text(config)
+    fresh = fresh_root(tmp_path, pipeline)
     report = checked(fresh, "up", MODEL)
     by_stage = {s["stage"]: s for s in report["stages"]}
     assert all(by_stage[stage]["changed"] for stage in STAGES)
@@ -248,10 +253,7 @@ def test_state_settles_a_provisioned_model_and_names_each_stage_that_would_chang
 
 @pytest.mark.slow
 def test_state_on_a_fresh_data_root_stops_at_the_env_and_an_unknown_model_is_unsettled(pipeline, tmp_path):
-    _, config, _ = pipeline
-    fresh = tmp_path / "fresh"
-    fresh.mkdir()
-    (fresh / "config.yaml").write_text(config)
+    fresh = fresh_root(tmp_path, pipeline)
     answer = checked(fresh, "state", MODEL, "no-such-model")
     assert answer["settled"] is False
     state = answer["models"][MODEL]

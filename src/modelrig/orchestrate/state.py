@@ -18,8 +18,7 @@ from modelrig.catalog import load_model, resolve_model
 from modelrig.config import Context
 from modelrig.errors import ModelrigError
 from modelrig.manifest import Manifest
-from modelrig.orchestrate.up import UpOptions, env_stage, fetch_stage, render_stage
-from modelrig.outputs import RenderOutput, read
+from modelrig.orchestrate.up import UpOptions, check_convert, check_launch, env_stage, fetch_stage, render_stage
 from modelrig.plan import plan_model
 
 
@@ -62,8 +61,6 @@ def model_state(model: str, ctx: Context, *, options: UpOptions, supervisor: str
 
 
 def _ask(manifest: Manifest, ctx: Context, *, options: UpOptions, supervisor: str, state: ModelState) -> None:
-    from modelrig.convert.pipeline import check_pipeline
-    from modelrig.launch import check as check_entry
     from modelrig.launch import status
 
     def note(stage: str, changed: bool, reasons: list[str]) -> None:
@@ -77,31 +74,17 @@ def _ask(manifest: Manifest, ctx: Context, *, options: UpOptions, supervisor: st
     fetched = fetch_stage(manifest, ctx, options=options, check=True)
     note("fetch", fetched.changed, fetched.reasons)
     if manifest.convert:
-        converting = check_pipeline(manifest, ctx, local=options.local, upstream_changed=fetched.changed)
-        if options.prune_sources:
-            from modelrig.orchestrate.prune import prune_sources
-
-            report = prune_sources(manifest, ctx, store=options.store, local=options.local, check=True)
-            if report.freed_bytes:
-                converting.changed = True
-                converting.reasons.append(f"prune: {report.summary()}")
+        converting = check_convert(manifest, ctx, options=options, upstream_changed=fetched.changed)
         note("convert", converting.changed, converting.reasons)
     if any(state.stages.values()):
         return  # a stage below would change: the caller runs every stage, the rest need not be asked
     rendered = render_stage(manifest, plan, ctx, python=_render_python(plan, ctx), paths=_weight_paths(manifest, ctx),
                             options=UpOptions(), check=True)
     note("render", rendered.changed, rendered.reasons)
-    run_dir = ctx.data.run / manifest.id
-    launch_reasons: list[str] = []
-    for name, entry in read(RenderOutput, rendered).entries.items():
-        folder = Path(entry.dir)
-        if not (folder / "entry.json").is_file():
-            launch_reasons.append(f"{name}: not rendered yet")
-            continue
-        checked = check_entry(folder, supervisor=supervisor, run_dir=run_dir)
-        launch_reasons.extend(checked.reasons)
-        state.supervisor = checked.details["supervisor"]
-        state.entries.append(status(folder, supervisor=supervisor, run_dir=run_dir))
+    launch_reasons, checked = check_launch(manifest, ctx, rendered=rendered, supervisor=supervisor)
+    for folder, result in checked:
+        state.supervisor = result.details["supervisor"]
+        state.entries.append(status(folder, supervisor=supervisor, run_dir=ctx.data.run / manifest.id))
     note("launch", bool(launch_reasons), launch_reasons)
     if not any(state.stages.values()):
         _ask_lock(manifest, ctx, state=state)

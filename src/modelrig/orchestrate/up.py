@@ -242,9 +242,6 @@ def check_up(manifest: Manifest, ctx: Context, *, options: UpOptions | None = No
 
     Nothing is built, downloaded, converted, written or started; the data root is left byte-identical.
     """
-    from modelrig.convert.pipeline import check_pipeline
-    from modelrig.launch import check as check_entry
-
     options = options or UpOptions()
     emit = on_stage or (lambda result: None)
     begun = time.perf_counter()
@@ -272,27 +269,11 @@ def check_up(manifest: Manifest, ctx: Context, *, options: UpOptions | None = No
                              reasons=[f"{dep.id}: its output {dep.output_name} is not built yet"]))
     fetched = done(fetch_stage(manifest, ctx, options=options, check=True))
     if manifest.convert:
-        converting = check_pipeline(manifest, ctx, local=options.local, upstream_changed=fetched.changed)
-        if options.prune_sources:
-            from modelrig.orchestrate.prune import prune_sources
-
-            report = prune_sources(manifest, ctx, store=options.store, local=options.local, check=True)
-            converting.details["pruned"] = report.to_dict()
-            if report.freed_bytes:
-                converting.changed = True
-                converting.reasons.append(f"prune: {report.summary()}")
-        done(converting)
+        done(check_convert(manifest, ctx, options=options, upstream_changed=fetched.changed))
     paths = weight_paths(manifest, ctx, options=options)
     rendered = done(render_stage(manifest, plan, ctx, python=Path(read(EnvOutput, env).python), paths=paths,
                                  options=options, check=True))
-    launch_reasons: list[str] = []
-    for name, entry in read(RenderOutput, rendered).entries.items():
-        folder = Path(entry.dir)
-        if not (folder / "entry.json").is_file():
-            launch_reasons.append(f"{name}: not rendered yet")
-            continue
-        launch_reasons.extend(check_entry(folder, supervisor=ctx.config.serve.supervisor,
-                                          run_dir=ctx.data.run / manifest.id).reasons)
+    launch_reasons, _ = check_launch(manifest, ctx, rendered=rendered, supervisor=ctx.config.serve.supervisor)
     # pruning the sources alone restarts nothing
     underneath = [r.stage for r in results if r.changed and r.stage in ("env", "fetch", "convert", "render")
                   and not (r.reasons and all(why.startswith("prune: ") for why in r.reasons))]
@@ -302,6 +283,40 @@ def check_up(manifest: Manifest, ctx: Context, *, options: UpOptions | None = No
                      summary="services would be (re)started" if launch_reasons else "services running, healthy"))
     return UpReport(model=manifest.id, results=results, urls=dict(previous.get("urls", {})),
                     seconds=time.perf_counter() - begun)
+
+
+def check_convert(manifest: Manifest, ctx: Context, *, options: UpOptions, upstream_changed: bool) -> StageResult:
+    """What the conversion steps (and, with `options.prune_sources`, the pruning after them) would do."""
+    from modelrig.convert.pipeline import check_pipeline
+
+    converting = check_pipeline(manifest, ctx, local=options.local, upstream_changed=upstream_changed)
+    if options.prune_sources:
+        from modelrig.orchestrate.prune import prune_sources
+
+        report = prune_sources(manifest, ctx, store=options.store, local=options.local, check=True)
+        converting.details["pruned"] = report.to_dict()
+        if report.freed_bytes:
+            converting.changed = True
+            converting.reasons.append(f"prune: {report.summary()}")
+    return converting
+
+
+def check_launch(manifest: Manifest, ctx: Context, *, rendered: StageResult,
+                 supervisor: str) -> tuple[list[str], list[tuple[Path, StageResult]]]:
+    """Why each rendered entry would be (re)started, and each entry folder with its check."""
+    from modelrig.launch import check as check_entry
+
+    reasons: list[str] = []
+    checked: list[tuple[Path, StageResult]] = []
+    for name, entry in read(RenderOutput, rendered).entries.items():
+        folder = Path(entry.dir)
+        if not (folder / "entry.json").is_file():
+            reasons.append(f"{name}: not rendered yet")
+            continue
+        result = check_entry(folder, supervisor=supervisor, run_dir=ctx.data.run / manifest.id)
+        reasons.extend(result.reasons)
+        checked.append((folder, result))
+    return reasons, checked
 
 
 def check_down(model_id: str, ctx: Context) -> StageResult:
