@@ -32,21 +32,16 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_render)
 
 
-def _env_python(plan: Any, ctx: Context) -> Path:
-    from modelrig.envs.build import prepare_env_build
-
-    return Path(prepare_env_build(plan.env, data=ctx.data, config=ctx.config).python)
-
-
 def _render(args: argparse.Namespace, ctx: Context) -> int:
     from modelrig.fetch.locate import weight_paths
     from modelrig.launch.render import render
+    from modelrig.orchestrate.up import default_env_python
     from modelrig.plan import plan_model
 
     manifest = load_model(args.model)
     # launch files take no room worth planning: the disk is checked where weights are written (fetch, convert, up)
     plan = plan_model(manifest, ctx, facts=facts_option(args), check_disk=False)
-    python = args.python.expanduser().absolute() if args.python else _env_python(plan, ctx)
+    python = args.python.expanduser().absolute() if args.python else default_env_python(plan, ctx)
     given = parse_pairs(args.weights, "--weights")
     paths = {**weight_paths(manifest, ctx), **{n: Path(v).expanduser().absolute() for n, v in given.items()}}
     result = render(manifest, plan, args.out or ctx.data.launch / manifest.id, paths=paths, python=python,

@@ -11,14 +11,21 @@ Nothing is written, downloaded or started.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from modelrig.catalog import load_model, resolve_model
 from modelrig.config import Context
 from modelrig.errors import ModelrigError
 from modelrig.manifest import Manifest
-from modelrig.orchestrate.up import UpOptions, check_convert, check_launch, env_stage, fetch_stage, render_stage
+from modelrig.orchestrate.up import (
+    UpOptions,
+    check_convert,
+    check_launch,
+    default_env_python,
+    env_stage,
+    fetch_stage,
+    render_stage,
+)
 from modelrig.plan import plan_model
 
 
@@ -61,6 +68,7 @@ def model_state(model: str, ctx: Context, *, options: UpOptions, supervisor: str
 
 
 def _ask(manifest: Manifest, ctx: Context, *, options: UpOptions, supervisor: str, state: ModelState) -> None:
+    from modelrig.fetch.locate import weight_paths
     from modelrig.launch import status
 
     def note(stage: str, changed: bool, reasons: list[str]) -> None:
@@ -78,8 +86,9 @@ def _ask(manifest: Manifest, ctx: Context, *, options: UpOptions, supervisor: st
         note("convert", converting.changed, converting.reasons)
     if any(state.stages.values()):
         return  # a stage below would change: the caller runs every stage, the rest need not be asked
-    rendered = render_stage(manifest, plan, ctx, python=_render_python(plan, ctx), paths=_weight_paths(manifest, ctx),
-                            options=UpOptions(), check=True)
+    # as `modelrig render` renders by default (what the launch module runs): the plan's env, fetch's folders
+    rendered = render_stage(manifest, plan, ctx, python=default_env_python(plan, ctx),
+                            paths=weight_paths(manifest, ctx), options=UpOptions(), check=True)
     note("render", rendered.changed, rendered.reasons)
     launch_reasons, checked = check_launch(manifest, ctx, rendered=rendered, supervisor=supervisor)
     for folder, result in checked:
@@ -88,21 +97,6 @@ def _ask(manifest: Manifest, ctx: Context, *, options: UpOptions, supervisor: st
     note("launch", bool(launch_reasons), launch_reasons)
     if not any(state.stages.values()):
         _ask_lock(manifest, ctx, state=state)
-
-
-def _render_python(plan: Any, ctx: Context) -> Path:
-    """The interpreter `modelrig render` writes into the launch files by default (what the launch module renders
-    with)."""
-    from modelrig.envs.build import prepare_env_build
-
-    return Path(prepare_env_build(plan.env, data=ctx.data, config=ctx.config).python)
-
-
-def _weight_paths(manifest: Manifest, ctx: Context) -> dict[str, Path]:
-    """The weight folders `modelrig render` uses by default (what the launch module renders with)."""
-    from modelrig.fetch.locate import weight_paths
-
-    return weight_paths(manifest, ctx)
 
 
 def _ask_lock(manifest: Manifest, ctx: Context, *, state: ModelState) -> None:

@@ -109,6 +109,14 @@ def weight_paths(manifest: Manifest, ctx: Context, *, options: UpOptions) -> dic
     return locate(manifest, ctx, local=options.local, store=options.store)
 
 
+def default_env_python(plan: Plan, ctx: Context) -> Path:
+    """The interpreter of the env the plan builds with the host config's defaults (what `modelrig render` writes into
+    the launch files when not given one)."""
+    from modelrig.envs.build import prepare_env_build
+
+    return Path(prepare_env_build(plan.env, data=ctx.data, config=ctx.config).python)
+
+
 def render_stage(manifest: Manifest, plan: Plan, ctx: Context, *, python: Path, paths: dict[str, Path],
                  options: UpOptions, check: bool = False) -> StageResult:
     """Render the launch scripts for the plan's entries; with `check`, only say what would be written."""
