@@ -80,6 +80,17 @@ def site(tmp: Path, inventory: Path, *args: str, env: dict[str, str] | None = No
     return seconds, recap(run.stdout)
 
 
+@contextmanager
+def demo_hub(folder: Path) -> Iterator[tuple[str, str]]:
+    """The demo model's tiny repos in `folder`, served on loopback while inside: (URL, its token)."""
+    make_tiny_hub(folder, only=["modelrig-tiny/llama-meta", "modelrig-tiny/ziya-delta"])
+    url, stop_hub = serve_in_thread(folder, token_file=folder / TOKEN_FILE)
+    try:
+        yield url, (folder / TOKEN_FILE).read_text().split()[0]
+    finally:
+        stop_hub()
+
+
 #: The cgroup v1 CPU accounting hierarchy (where the machine has one).
 CPUACCT = Path("/sys/fs/cgroup/cpuacct")
 
@@ -172,18 +183,12 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="modelrig-ansiblebench-") as name:
         tmp = Path(name)
-        hub = tmp / "hub"
-        make_tiny_hub(hub, only=["modelrig-tiny/llama-meta", "modelrig-tiny/ziya-delta"])
-        url, stop_hub = serve_in_thread(hub, token_file=hub / TOKEN_FILE)
-        token = (hub / TOKEN_FILE).read_text().split()[0]
-        try:
+        with demo_hub(tmp / "hub") as (url, token):
             (tmp / "one").mkdir()
             one_first, one_second, one_cache, one_changed, up = fleet(tmp / "one", url, token, ["one"], up_too=True)
             (tmp / "three").mkdir()
             three_first, three_second, three_cache, three_changed, _ = fleet(tmp / "three", url, token,
                                                                              ["a", "b", "c"])
-        finally:
-            stop_hub()
     load = f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     table = "\n".join([
         SECTION, "",

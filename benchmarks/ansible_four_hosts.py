@@ -16,10 +16,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.ansible_bench import cpu_group, fleet, slowest_tasks  # noqa: E402
+from benchmarks.ansible_bench import cpu_group, demo_hub, fleet, slowest_tasks  # noqa: E402
 from benchmarks.report import publish  # noqa: E402
-from modelrig.hub.server import serve_in_thread  # noqa: E402
-from modelrig.hub.tiny_repos import TOKEN_FILE, make_tiny_hub  # noqa: E402
 from tests.helpers.sshhosts import available  # noqa: E402
 
 SECTION = "## Ansible, four hosts (benchmarks/ansible_four_hosts.py)"
@@ -36,16 +34,10 @@ def main() -> None:
     cpu: dict[str, float] = {}
     with cpu_group() as group, tempfile.TemporaryDirectory(prefix="modelrig-fourhosts-") as name:
         tmp = Path(name)
-        hub = tmp / "hub"
-        make_tiny_hub(hub, only=["modelrig-tiny/llama-meta", "modelrig-tiny/ziya-delta"])
-        url, stop_hub = serve_in_thread(hub, token_file=hub / TOKEN_FILE)
-        try:
-            first, second, caches, changed, _ = fleet(tmp, url, (hub / TOKEN_FILE).read_text().split()[0],
-                                                      ["a", "b", "c", "d"], profile=tmp / "second.json",
-                                                      cpu=cpu, group=group)
+        with demo_hub(tmp / "hub") as (url, token):
+            first, second, caches, changed, _ = fleet(tmp, url, token, ["a", "b", "c", "d"],
+                                                      profile=tmp / "second.json", cpu=cpu, group=group)
             slowest = slowest_tasks(tmp / "second.json")
-        finally:
-            stop_hub()
     table = "\n".join([
         SECTION, "",
         "The demo model on four hosts in one site.yml run (each host a Unix user with its own sshd on 127.0.0.N of "

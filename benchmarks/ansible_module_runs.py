@@ -20,9 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.ansible_bench import fleet  # noqa: E402
-from modelrig.hub.server import serve_in_thread  # noqa: E402
-from modelrig.hub.tiny_repos import TOKEN_FILE, make_tiny_hub  # noqa: E402
+from benchmarks.ansible_bench import demo_hub, fleet  # noqa: E402
 from tests.helpers.sshhosts import available  # noqa: E402
 
 #: Actions that run nothing on the host.
@@ -64,18 +62,12 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="modelrig-moduleruns-") as name:
         tmp = Path(name)
-        hub = tmp / "hub"
-        make_tiny_hub(hub, only=["modelrig-tiny/llama-meta", "modelrig-tiny/ziya-delta"])
-        url, stop_hub = serve_in_thread(hub, token_file=hub / TOKEN_FILE)
-        try:
+        with demo_hub(tmp / "hub") as (url, token):
             names = [f"h{i}" for i in range(args.hosts)]
-            first, second, caches, changed, _ = fleet(tmp, url, (hub / TOKEN_FILE).read_text().split()[0], names,
-                                                      profile=tmp / "second.json")
+            first, second, caches, changed, _ = fleet(tmp, url, token, names, profile=tmp / "second.json")
             runs = module_runs(tmp / "second.json")
             if args.profile:
                 shutil.copy(tmp / "second.json", args.profile)
-        finally:
-            stop_hub()
     print(json.dumps({"hosts": args.hosts, "first_s": round(first, 1), "second_s": round(second, 1),
                       "second_changed": changed, "uv_caches": caches,
                       "load": [round(load_before, 1), round(os.getloadavg()[0], 1)],
